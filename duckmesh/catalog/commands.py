@@ -1,0 +1,264 @@
+"""Catalog commands: validate, then append events (which update projections).
+
+Each command runs inside the caller's transaction on a sync connection and
+retries nothing itself: a ``ConcurrencyConflict`` propagates so the caller
+(``duckmesh.catalog.service``) can re-read and retry.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+import psycopg
+
+from duckmesh.auth import generate_key, hash_key, key_id_for
+from duckmesh.catalog import reads
+from duckmesh.catalog.model import (
+    COMPATIBILITY_MODES,
+    ROLES,
+    Column,
+    TableDef,
+    parse_column,
+    parse_columns,
+    parse_partition,
+    parse_retention,
+)
+from duckmesh.catalog.types import can_widen, is_identifier, parse_type
+from duckmesh.errors import DuckMeshError
+from duckmesh.events import append, stream_version
+from duckmesh.events.types import (
+    ApiKeyIssued,
+    ApiKeyRevoked,
+    SnapshotPinned,
+    SnapshotUnpinned,
+    TableCreated,
+    TableDropped,
+    TableSchemaEvolved,
+    TenantCreated,
+    TenantDisabled,
+)
+
+Conn = psycopg.Connection[Any]
+_TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def tenant_stream(tenant_id: str) -> str:
+    return f"tenant:{tenant_id}"
+
+
+def tables_stream(tenant_id: str) -> str:
+    return f"tables:{tenant_id}"
+
+
+def snapshots_stream(tenant_id: str) -> str:
+    return f"snapshots:{tenant_id}"
+
+
+def pins_stream(tenant_id: str) -> str:
+    return f"pins:{tenant_id}"
+
+
+def create_tenant(conn: Conn, tenant_id: str, name: str | None = None, **meta: Any) -> None:
+    if not _TENANT_ID.match(tenant_id):
+        raise DuckMeshError(
+            "VALIDATION_FAILED",
+            "tenant id must be 1-63 of a-z, 0-9, _ and -, starting with a letter or digit",
+        )
+    stream = tenant_stream(tenant_id)
+    if stream_version(conn, stream) != 0:
+        raise DuckMeshError("TENANT_EXISTS", f"tenant {tenant_id!r} exists", tenant=tenant_id)
+    append(conn, stream, 0, [TenantCreated(tenant_id, name or tenant_id)], tenant_id=tenant_id,
+           metadata=meta)
+    conn.execute(
+        "INSERT INTO bus_token_counter (tenant_id, last_token) VALUES (%s, 0)"
+        " ON CONFLICT DO NOTHING",
+        (tenant_id,),
+    )
+
+
+def _require_tenant(conn: Conn, tenant_id: str) -> int:
+    version = stream_version(conn, tenant_stream(tenant_id))
+    if version == 0:
+        raise DuckMeshError("NOT_FOUND", f"no tenant {tenant_id!r}", tenant=tenant_id)
+    return version
+
+
+def disable_tenant(conn: Conn, tenant_id: str, **meta: Any) -> None:
+    version = _require_tenant(conn, tenant_id)
+    append(conn, tenant_stream(tenant_id), version, [TenantDisabled(tenant_id)],
+           tenant_id=tenant_id, metadata=meta)
+
+
+def issue_key(
+    conn: Conn, tenant_id: str, roles: list[str], key: str | None = None, **meta: Any
+) -> tuple[str, str]:
+    """Issue a key; returns (key_id, plaintext). The plaintext is not kept."""
+    bad = sorted(set(roles) - set(ROLES))
+    if not roles or bad:
+        raise DuckMeshError(
+            "VALIDATION_FAILED", f"roles must be a non-empty subset of {list(ROLES)}", bad=bad
+        )
+    version = _require_tenant(conn, tenant_id)
+    plaintext = key or generate_key()
+    digest = hash_key(plaintext)
+    key_id = key_id_for(digest)
+    ordered = [r for r in ROLES if r in roles]
+    append(conn, tenant_stream(tenant_id), version,
+           [ApiKeyIssued(key_id, tenant_id, digest, ordered)], tenant_id=tenant_id, metadata=meta)
+    return key_id, plaintext
+
+
+def revoke_key(conn: Conn, key_id: str, **meta: Any) -> None:
+    row = conn.execute(
+        "SELECT tenant_id, revoked_at FROM api_key WHERE key_id = %s", (key_id,)
+    ).fetchone()
+    if row is None:
+        raise DuckMeshError("NOT_FOUND", f"no key {key_id!r}")
+    if row[1] is not None:
+        return
+    tenant_id = row[0]
+    version = stream_version(conn, tenant_stream(tenant_id))
+    append(conn, tenant_stream(tenant_id), version, [ApiKeyRevoked(key_id, tenant_id)],
+           tenant_id=tenant_id, metadata=meta)
+
+
+def create_table(conn: Conn, tenant_id: str, body: Any, **meta: Any) -> TableDef:
+    if not isinstance(body, dict):
+        raise DuckMeshError("VALIDATION_FAILED", "the body must be a JSON object")
+    allowed = {"name", "columns", "primary_key", "partition_by", "retention", "compatibility"}
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise DuckMeshError("VALIDATION_FAILED", f"unknown keys {unknown}", field=unknown[0])
+    name = body.get("name")
+    if not isinstance(name, str) or not is_identifier(name):
+        raise DuckMeshError(
+            "VALIDATION_FAILED",
+            "name must be an identifier (letters, digits, _; at most 63; not starting with _dm_)",
+            field="name",
+        )
+    columns = parse_columns(body.get("columns"))
+    pk_raw = body.get("primary_key") or []
+    if not isinstance(pk_raw, list) or not all(isinstance(p, str) for p in pk_raw):
+        raise DuckMeshError("VALIDATION_FAILED", "primary_key must be an array of column names",
+                            field="primary_key")
+    by_name = {c.name: c for c in columns}
+    missing = [p for p in pk_raw if p not in by_name]
+    if missing or len(set(pk_raw)) != len(pk_raw):
+        raise DuckMeshError("VALIDATION_FAILED",
+                            f"primary_key names unknown or repeated columns: {missing or pk_raw}",
+                            field="primary_key")
+    for p in pk_raw:
+        if parse_type(by_name[p].type).kind in ("LIST", "STRUCT", "JSON"):
+            raise DuckMeshError("VALIDATION_FAILED", f"primary key column {p!r} must be scalar",
+                                field="primary_key")
+    # Key columns are never null.
+    columns = [Column(c.name, c.type, False) if c.name in pk_raw else c for c in columns]
+    compatibility = body.get("compatibility", "backward")
+    if compatibility not in COMPATIBILITY_MODES:
+        raise DuckMeshError("VALIDATION_FAILED",
+                            f"compatibility must be one of {list(COMPATIBILITY_MODES)}",
+                            field="compatibility")
+    partition = parse_partition(body.get("partition_by"))
+    retention = parse_retention(body.get("retention"))
+    stream = tables_stream(tenant_id)
+    version = stream_version(conn, stream)
+    if reads.get_table(conn, tenant_id, name) is not None:
+        raise DuckMeshError("TABLE_EXISTS", f"table {name!r} exists", table=name)
+    table_id = f"{name}-{secrets.token_hex(4)}"
+    append(
+        conn,
+        stream,
+        version,
+        [TableCreated(table_id, tenant_id, name, [c.to_json() for c in columns], list(pk_raw),
+                      partition, retention, compatibility)],
+        tenant_id=tenant_id,
+        metadata=meta,
+    )
+    table = reads.get_table(conn, tenant_id, name)
+    assert table is not None
+    return table
+
+
+def evolve_table(conn: Conn, tenant_id: str, name: str, body: Any, **meta: Any) -> TableDef:
+    """Apply a backward-compatible change: add nullable columns, widen types."""
+    table = reads.get_table(conn, tenant_id, name)
+    if table is None:
+        raise DuckMeshError("TABLE_NOT_FOUND", f"no table {name!r}", table=name)
+    if not isinstance(body, dict) or not body or set(body) - {"add_columns", "widen_columns"}:
+        raise DuckMeshError("VALIDATION_FAILED",
+                            "the body must have add_columns and/or widen_columns")
+    columns = list(table.columns)
+    changes: list[str] = []
+    add = body.get("add_columns") or []
+    widen = body.get("widen_columns") or []
+    if not isinstance(add, list) or not isinstance(widen, list):
+        raise DuckMeshError("VALIDATION_FAILED", "add_columns and widen_columns must be arrays")
+    for i, raw in enumerate(add):
+        col = parse_column(raw, f"add_columns[{i}]")
+        if table.column(col.name) is not None or any(c.name == col.name for c in columns):
+            raise DuckMeshError("SCHEMA_INCOMPATIBLE", f"column {col.name!r} already exists",
+                                column=col.name, change="add")
+        if not col.nullable:
+            raise DuckMeshError("SCHEMA_INCOMPATIBLE",
+                                f"added column {col.name!r} must be nullable (old rows have none)",
+                                column=col.name, change="add")
+        columns.append(col)
+        changes.append(f"add {col.name} {col.type}")
+    for i, raw in enumerate(widen):
+        col = parse_column(raw, f"widen_columns[{i}]")
+        for j, existing in enumerate(columns):
+            if existing.name == col.name:
+                break
+        else:
+            raise DuckMeshError("SCHEMA_INCOMPATIBLE", f"no column {col.name!r} to widen",
+                                column=col.name, change="widen")
+        if not can_widen(parse_type(existing.type), parse_type(col.type)):
+            raise DuckMeshError(
+                "SCHEMA_INCOMPATIBLE",
+                f"cannot change {col.name!r} from {existing.type} to {col.type}: only widening"
+                " (SMALLINT->INTEGER->BIGINT, FLOAT->DOUBLE, larger DECIMAL) is backward"
+                " compatible",
+                column=col.name, change="widen", old_type=existing.type, new_type=col.type,
+            )
+        if col.name in table.primary_key:
+            raise DuckMeshError("SCHEMA_INCOMPATIBLE", f"key column {col.name!r} cannot change",
+                                column=col.name, change="widen")
+        columns[j] = Column(col.name, col.type, existing.nullable)
+        changes.append(f"widen {col.name} {existing.type} -> {col.type}")
+    stream = tables_stream(tenant_id)
+    version = stream_version(conn, stream)
+    append(
+        conn,
+        stream,
+        version,
+        [TableSchemaEvolved(table.table_id, tenant_id, table.schema_version + 1,
+                            [c.to_json() for c in columns], changes)],
+        tenant_id=tenant_id,
+        metadata=meta,
+    )
+    evolved = reads.get_table(conn, tenant_id, name)
+    assert evolved is not None
+    return evolved
+
+
+def drop_table(conn: Conn, tenant_id: str, name: str, **meta: Any) -> None:
+    table = reads.get_table(conn, tenant_id, name)
+    if table is None:
+        raise DuckMeshError("TABLE_NOT_FOUND", f"no table {name!r}", table=name)
+    stream = tables_stream(tenant_id)
+    append(conn, stream, stream_version(conn, stream), [TableDropped(table.table_id, tenant_id)],
+           tenant_id=tenant_id, metadata=meta)
+
+
+def pin_snapshot(conn: Conn, tenant_id: str, snapshot_id: int, pinned: bool, reason: str,
+                 **meta: Any) -> None:
+    if reads.get_snapshot(conn, tenant_id, snapshot_id) is None:
+        raise DuckMeshError("SNAPSHOT_NOT_FOUND", f"no snapshot {snapshot_id}",
+                            snapshot_id=snapshot_id)
+    stream = pins_stream(tenant_id)
+    event = (SnapshotPinned(tenant_id, snapshot_id, reason) if pinned
+             else SnapshotUnpinned(tenant_id, snapshot_id))
+    append(conn, stream, stream_version(conn, stream), [event], tenant_id=tenant_id,
+           metadata=meta)

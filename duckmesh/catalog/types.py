@@ -1,0 +1,342 @@
+"""Column types: parse DuckDB type names, check widening, validate JSON values.
+
+The type grammar is the subset of DuckDB types a table may use (SPEC §9):
+BOOLEAN, SMALLINT, INTEGER, BIGINT, FLOAT, DOUBLE, DECIMAL(p,s), VARCHAR,
+DATE, TIMESTAMP, TIMESTAMPTZ, JSON, ``T[]`` lists and ``STRUCT(name T, ...)``.
+Each parsed type renders back to one canonical DuckDB spelling, builds a
+validator for ingest and a converter used when writing Parquet.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import pyarrow as pa
+
+_INT_RANGES = {
+    "SMALLINT": (-(2**15), 2**15 - 1),
+    "INTEGER": (-(2**31), 2**31 - 1),
+    "BIGINT": (-(2**63), 2**63 - 1),
+}
+_ALIASES = {
+    "INT": "INTEGER",
+    "INT4": "INTEGER",
+    "INT8": "BIGINT",
+    "INT2": "SMALLINT",
+    "LONG": "BIGINT",
+    "BOOL": "BOOLEAN",
+    "FLOAT8": "DOUBLE",
+    "FLOAT4": "FLOAT",
+    "REAL": "FLOAT",
+    "STRING": "VARCHAR",
+    "TEXT": "VARCHAR",
+    "TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ",
+}
+_SCALARS = {
+    "BOOLEAN",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "FLOAT",
+    "DOUBLE",
+    "VARCHAR",
+    "DATE",
+    "TIMESTAMP",
+    "TIMESTAMPTZ",
+    "JSON",
+}
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+class TypeError_(ValueError):
+    """An unsupported or malformed type name."""
+
+
+@attrs.frozen
+class ColumnType:
+    kind: str  # a scalar name, "DECIMAL", "LIST" or "STRUCT"
+    precision: int = 0
+    scale: int = 0
+    element: ColumnType | None = None
+    fields: tuple[tuple[str, ColumnType], ...] = ()
+
+    def render(self) -> str:
+        if self.kind == "DECIMAL":
+            return f"DECIMAL({self.precision},{self.scale})"
+        if self.kind == "LIST":
+            assert self.element is not None
+            return f"{self.element.render()}[]"
+        if self.kind == "STRUCT":
+            inner = ", ".join(f"{name} {t.render()}" for name, t in self.fields)
+            return f"STRUCT({inner})"
+        return self.kind
+
+
+def is_identifier(name: str) -> bool:
+    return bool(_IDENT.match(name)) and not name.lower().startswith("_dm_")
+
+
+def _split_top(text: str) -> list[str]:
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p.strip() for p in parts]
+
+
+def parse_type(text: str) -> ColumnType:
+    """Parse a DuckDB type name; raises TypeError_ with the offending text."""
+    raw = " ".join(text.strip().split())
+    upper = raw.upper()
+    if not raw:
+        raise TypeError_("empty type")
+    if upper.endswith("[]"):
+        return ColumnType("LIST", element=parse_type(raw[:-2]))
+    if upper.startswith("LIST(") and upper.endswith(")"):
+        return ColumnType("LIST", element=parse_type(raw[5:-1]))
+    if upper.startswith("STRUCT(") and upper.endswith(")"):
+        fields = []
+        for part in _split_top(raw[7:-1]):
+            name, _, type_text = part.partition(" ")
+            name = name.strip('"')
+            if not _IDENT.match(name) or not type_text:
+                raise TypeError_(f"bad STRUCT field {part!r}")
+            fields.append((name, parse_type(type_text)))
+        if not fields or len({n for n, _ in fields}) != len(fields):
+            raise TypeError_(f"STRUCT needs distinct fields: {raw!r}")
+        return ColumnType("STRUCT", fields=tuple(fields))
+    match = re.fullmatch(r"(DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)", upper)
+    if match:
+        p, s = int(match.group(2)), int(match.group(3))
+        if not 1 <= p <= 38 or s > p:
+            raise TypeError_(f"DECIMAL precision 1..38 and scale <= precision: {raw!r}")
+        return ColumnType("DECIMAL", precision=p, scale=s)
+    name = _ALIASES.get(upper, upper)
+    if name in _SCALARS:
+        return ColumnType(name)
+    raise TypeError_(f"unsupported type {raw!r}")
+
+
+_WIDER = {
+    "SMALLINT": {"INTEGER", "BIGINT", "DOUBLE"},
+    "INTEGER": {"BIGINT", "DOUBLE"},
+    "BIGINT": set(),
+    "FLOAT": {"DOUBLE"},
+}
+
+
+def can_widen(old: ColumnType, new: ColumnType) -> bool:
+    """True when every value of ``old`` is exactly a value of ``new``."""
+    if old == new:
+        return True
+    if old.kind == "DECIMAL" and new.kind == "DECIMAL":
+        return new.scale >= old.scale and (new.precision - new.scale) >= (
+            old.precision - old.scale
+        )
+    if old.kind in _WIDER:
+        return new.kind in _WIDER[old.kind]
+    return False
+
+
+# --- ingest validation -------------------------------------------------------
+
+Validator = Callable[[Any], str | None]  # returns a reason, or None when valid
+
+
+def _parse_datetime(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value)
+
+
+def validator(t: ColumnType) -> Validator:
+    """A fast check for one JSON value of type ``t`` (None is checked elsewhere)."""
+    kind = t.kind
+    if kind in _INT_RANGES:
+        lo, hi = _INT_RANGES[kind]
+
+        def check_int(v: Any) -> str | None:
+            if type(v) is not int:
+                return f"expected {kind} (an integer)"
+            if not lo <= v <= hi:
+                return f"{v} is outside the {kind} range"
+            return None
+
+        return check_int
+    if kind in ("FLOAT", "DOUBLE"):
+
+        def check_float(v: Any) -> str | None:
+            if type(v) not in (int, float):
+                return f"expected {kind} (a number)"
+            return None
+
+        return check_float
+    if kind == "BOOLEAN":
+        return lambda v: None if type(v) is bool else "expected BOOLEAN (true or false)"
+    if kind == "VARCHAR":
+        return lambda v: None if type(v) is str else "expected VARCHAR (a string)"
+    if kind == "JSON":
+        return lambda v: None
+    if kind == "DECIMAL":
+        limit = decimal.Decimal(10) ** (t.precision - t.scale)
+
+        def check_decimal(v: Any) -> str | None:
+            if type(v) not in (int, float, str):
+                return f"expected {t.render()} (a number or numeric string)"
+            try:
+                d = decimal.Decimal(str(v))
+            except decimal.InvalidOperation:
+                return f"{v!r} is not a decimal number"
+            if not d.is_finite() or abs(d) >= limit:
+                return f"{v!r} does not fit {t.render()}"
+            return None
+
+        return check_decimal
+    if kind == "DATE":
+
+        def check_date(v: Any) -> str | None:
+            if type(v) is not str:
+                return "expected DATE (an ISO 8601 string)"
+            try:
+                dt.date.fromisoformat(v)
+            except ValueError:
+                return f"{v!r} is not an ISO 8601 date"
+            return None
+
+        return check_date
+    if kind in ("TIMESTAMP", "TIMESTAMPTZ"):
+
+        def check_ts(v: Any) -> str | None:
+            if type(v) is not str:
+                return f"expected {kind} (an ISO 8601 string)"
+            try:
+                _parse_datetime(v)
+            except ValueError:
+                return f"{v!r} is not an ISO 8601 timestamp"
+            return None
+
+        return check_ts
+    if kind == "LIST":
+        assert t.element is not None
+        inner = validator(t.element)
+
+        def check_list(v: Any) -> str | None:
+            if type(v) is not list:
+                return f"expected {t.render()} (an array)"
+            for i, item in enumerate(v):
+                if item is not None and (reason := inner(item)):
+                    return f"[{i}]: {reason}"
+            return None
+
+        return check_list
+    if kind == "STRUCT":
+        fields = {name: validator(ft) for name, ft in t.fields}
+
+        def check_struct(v: Any) -> str | None:
+            if type(v) is not dict:
+                return f"expected {t.render()} (an object)"
+            for key, item in v.items():
+                check = fields.get(key)
+                if check is None:
+                    return f"unknown field {key!r}"
+                if item is not None and (reason := check(item)):
+                    return f".{key}: {reason}"
+            return None
+
+        return check_struct
+    raise AssertionError(kind)
+
+
+# --- Parquet conversion ------------------------------------------------------
+
+Converter = Callable[[Any], Any]
+
+
+def arrow_type(t: ColumnType) -> pa.DataType:
+    kind = t.kind
+    simple: dict[str, pa.DataType] = {
+        "BOOLEAN": pa.bool_(),
+        "SMALLINT": pa.int16(),
+        "INTEGER": pa.int32(),
+        "BIGINT": pa.int64(),
+        "FLOAT": pa.float32(),
+        "DOUBLE": pa.float64(),
+        "VARCHAR": pa.string(),
+        "JSON": pa.string(),
+        "DATE": pa.date32(),
+        "TIMESTAMP": pa.timestamp("us"),
+        "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
+    }
+    if kind in simple:
+        return simple[kind]
+    if kind == "DECIMAL":
+        return pa.decimal128(t.precision, t.scale)
+    if kind == "LIST":
+        assert t.element is not None
+        return pa.list_(arrow_type(t.element))
+    assert kind == "STRUCT"
+    return pa.struct([(name, arrow_type(ft)) for name, ft in t.fields])
+
+
+def _to_timestamp(v: str) -> dt.datetime:
+    value = _parse_datetime(v)
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value
+
+
+def _to_timestamptz(v: str) -> dt.datetime:
+    value = _parse_datetime(v)
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+def converter(t: ColumnType) -> Converter | None:
+    """A function from validated JSON value to a pyarrow-ready value, or None
+    when the JSON value is already acceptable as is."""
+    kind = t.kind
+    if kind == "DATE":
+        return dt.date.fromisoformat
+    if kind == "TIMESTAMP":
+        return _to_timestamp
+    if kind == "TIMESTAMPTZ":
+        return _to_timestamptz
+    if kind == "DECIMAL":
+        q = decimal.Decimal(1).scaleb(-t.scale)
+        return lambda v: decimal.Decimal(str(v)).quantize(q)
+    if kind in ("FLOAT", "DOUBLE"):
+        return float
+    if kind == "JSON":
+        return lambda v: json.dumps(v, separators=(",", ":"))
+    if kind == "LIST":
+        assert t.element is not None
+        inner = converter(t.element)
+        if inner is None:
+            return None
+        conv = inner
+        return lambda v: [None if x is None else conv(x) for x in v]
+    if kind == "STRUCT":
+        convs = {name: converter(ft) for name, ft in t.fields}
+        if all(c is None for c in convs.values()):
+            return None
+
+        def convert_struct(v: dict[str, Any]) -> dict[str, Any]:
+            out = {}
+            for key, item in v.items():
+                c = convs[key]
+                out[key] = item if item is None or c is None else c(item)
+            return out
+
+        return convert_struct
+    return None

@@ -1,0 +1,225 @@
+"""Configuration: environment variables and an optional TOML file, parsed once.
+
+``load_config`` turns ``DUCKMESH_*`` variables (and ``DUCKMESH_CONFIG_FILE``, a
+TOML file whose keys are the same names in lower case without the prefix) into
+one frozen :class:`Config`. Environment wins over the file. Any bad value
+raises :class:`ConfigError` whose message names the variable, so ``duckmesh``
+can exit with one clear line. Every knob has a safe default, documented in
+``docs/CONFIGURATION.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+ROLES = ("all", "api", "coordinator", "maintenance")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the variable."""
+
+
+def _int(lo: int, hi: int) -> Callable[[str, str], int]:
+    def parse(name: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{name}={raw!r} is not an integer") from None
+        if not lo <= value <= hi:
+            raise ConfigError(f"{name}={value} is outside {lo}..{hi}")
+        return value
+
+    return parse
+
+
+def _bool(name: str, raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean (use 1/0, true/false)")
+
+
+def _str(name: str, raw: str) -> str:
+    return raw
+
+
+def _choice(*choices: str) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        if raw not in choices:
+            raise ConfigError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+        return raw
+
+    return parse
+
+
+def _bootstrap_key(name: str, raw: str) -> str:
+    if raw and len(raw) < 32:
+        raise ConfigError(f"{name} must be at least 32 characters")
+    return raw
+
+
+@attrs.frozen
+class Config:
+    """Effective configuration. Field docs live in docs/CONFIGURATION.md."""
+
+    data_dir: Path = Path("duckmesh-data")
+    catalog_dsn: str = ""
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    bootstrap_api_key: str = ""
+    role: str = "all"
+    log_format: str = "auto"  # auto | json | console
+    log_level: str = "info"
+    # database
+    db_pool_size: int = 8
+    # ingest
+    group_commit_window_ms: int = 2
+    max_request_bytes: int = 16 * 1024 * 1024
+    max_records_per_request: int = 10_000
+    max_record_bytes: int = 1024 * 1024
+    max_pending_records: int = 5_000_000
+    ingest_rate_limit: int = 0  # records/s per tenant; 0 = unlimited
+    # commit
+    coordinators: int = 1
+    flush_interval_ms: int = 200
+    commit_linger_ms: int = 10
+    batch_max_records: int = 100_000
+    batch_max_bytes: int = 64 * 1024 * 1024
+    lease_ms: int = 10_000
+    # query
+    query_memory_limit_mb: int = 512
+    query_threads: int = 2
+    query_timeout_ms: int = 30_000
+    query_row_limit: int = 10_000
+    query_max_row_limit: int = 1_000_000
+    query_concurrency: int = 8
+    consistency_timeout_ms: int = 5_000
+    max_consistency_timeout_ms: int = 60_000
+    snapshot_cache_size: int = 32
+    # maintenance
+    maintenance_interval_ms: int = 60_000
+    compaction_min_files: int = 8
+    compaction_target_bytes: int = 128 * 1024 * 1024
+    snapshot_retain_count: int = 100
+    snapshot_retain_ms: int = 24 * 3600 * 1000
+    gc_safety_window_ms: int = 3600 * 1000
+    # testing / chaos
+    enable_faults: bool = False
+    faults: str = ""
+
+    def redacted(self) -> dict[str, Any]:
+        """Every field, secrets replaced, for ``duckmesh config show``."""
+        out: dict[str, Any] = {}
+        for field in attrs.fields(Config):
+            value = getattr(self, field.name)
+            if field.name == "bootstrap_api_key" and value:
+                value = "<redacted>"
+            elif field.name == "catalog_dsn" and value:
+                value = redact_dsn(value)
+            out[field.name] = str(value) if isinstance(value, Path) else value
+        return out
+
+
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "data_dir": _str,
+    "catalog_dsn": _str,
+    "http_host": _str,
+    "http_port": _int(1, 65535),
+    "bootstrap_api_key": _bootstrap_key,
+    "role": _choice(*ROLES),
+    "log_format": _choice("auto", "json", "console"),
+    "log_level": _choice("debug", "info", "warning", "error"),
+    "db_pool_size": _int(2, 256),
+    "group_commit_window_ms": _int(0, 1000),
+    "max_request_bytes": _int(1024, 1 << 30),
+    "max_records_per_request": _int(1, 1_000_000),
+    "max_record_bytes": _int(64, 64 << 20),
+    "max_pending_records": _int(1, 1 << 40),
+    "ingest_rate_limit": _int(0, 1 << 30),
+    "coordinators": _int(1, 64),
+    "flush_interval_ms": _int(10, 60_000),
+    "commit_linger_ms": _int(0, 10_000),
+    "batch_max_records": _int(1, 10_000_000),
+    "batch_max_bytes": _int(1024, 1 << 34),
+    "lease_ms": _int(500, 3_600_000),
+    "query_memory_limit_mb": _int(16, 1 << 20),
+    "query_threads": _int(1, 256),
+    "query_timeout_ms": _int(10, 3_600_000),
+    "query_row_limit": _int(1, 100_000_000),
+    "query_max_row_limit": _int(1, 100_000_000),
+    "query_concurrency": _int(1, 1024),
+    "consistency_timeout_ms": _int(0, 3_600_000),
+    "max_consistency_timeout_ms": _int(0, 3_600_000),
+    "snapshot_cache_size": _int(1, 100_000),
+    "maintenance_interval_ms": _int(100, 86_400_000),
+    "compaction_min_files": _int(2, 100_000),
+    "compaction_target_bytes": _int(1024, 1 << 40),
+    "snapshot_retain_count": _int(1, 1_000_000_000),
+    "snapshot_retain_ms": _int(0, 1 << 50),
+    "gc_safety_window_ms": _int(0, 1 << 50),
+    "enable_faults": _bool,
+    "faults": _str,
+}
+
+
+def env_name(field: str) -> str:
+    return "DUCKMESH_" + field.upper()
+
+
+def redact_dsn(dsn: str) -> str:
+    """Hide a password in a libpq URI or key/value DSN."""
+    if "://" in dsn and "@" in dsn:
+        scheme, rest = dsn.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        user = creds.split(":", 1)[0]
+        return f"{scheme}://{user}:***@{host}" if ":" in creds else dsn
+    parts = []
+    for part in dsn.split():
+        key = part.split("=", 1)[0]
+        parts.append(f"{key}=***" if key == "password" else part)
+    return " ".join(parts)
+
+
+def load_config(
+    environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Config:
+    """Build the configuration: defaults < TOML file < environment < overrides."""
+    env = os.environ if environ is None else environ
+    raw: dict[str, tuple[str, str]] = {}  # field -> (source name, raw text)
+    file_name = env.get("DUCKMESH_CONFIG_FILE", "")
+    if file_name:
+        try:
+            with open(file_name, "rb") as fh:
+                data = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"DUCKMESH_CONFIG_FILE={file_name!r}: {exc}") from None
+        for key, value in data.items():
+            if key not in _PARSERS:
+                raise ConfigError(f"DUCKMESH_CONFIG_FILE: unknown key {key!r}")
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            raw[key] = (f"{file_name}:{key}", text)
+    for field in _PARSERS:
+        name = env_name(field)
+        if name in env:
+            raw[field] = (name, env[name])
+    values: dict[str, Any] = {}
+    for field, (source, text) in raw.items():
+        parsed = _PARSERS[field](source, text)
+        values[field] = Path(parsed) if field == "data_dir" else parsed
+    values.update(overrides or {})
+    config = Config(**values)
+    if config.query_row_limit > config.query_max_row_limit:
+        raise ConfigError("DUCKMESH_QUERY_ROW_LIMIT exceeds DUCKMESH_QUERY_MAX_ROW_LIMIT")
+    if config.consistency_timeout_ms > config.max_consistency_timeout_ms:
+        raise ConfigError(
+            "DUCKMESH_CONSISTENCY_TIMEOUT_MS exceeds DUCKMESH_MAX_CONSISTENCY_TIMEOUT_MS"
+        )
+    return config

@@ -1,0 +1,31 @@
+"""The event log: every catalog change is an append-only event in Postgres.
+
+Owns ``event_log`` and ``event_stream``. May import ``duckmesh.errors`` and,
+to project inside the append transaction, ``duckmesh.projections``.
+"""
+
+from duckmesh.events.store import (
+    EVENTS_CHANNEL,
+    ConcurrencyConflict,
+    RecordedEvent,
+    append,
+    count,
+    read_all,
+    read_stream,
+    stream_version,
+)
+from duckmesh.events.types import EVENT_TYPES, Event, decode
+
+__all__ = [
+    "EVENTS_CHANNEL",
+    "EVENT_TYPES",
+    "ConcurrencyConflict",
+    "Event",
+    "RecordedEvent",
+    "append",
+    "count",
+    "decode",
+    "read_all",
+    "read_stream",
+    "stream_version",
+]

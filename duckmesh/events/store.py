@@ -1,0 +1,160 @@
+"""The append-only event log: append with an expected version, read back.
+
+Optimistic concurrency lives in ``event_stream``: appending checks and bumps
+the stream's version in one UPDATE, so two writers that read the same version
+cannot both append, and versions have no gaps. Projections are applied in the
+same transaction as the append (``duckmesh.projections.apply``), so the
+catalog never runs ahead of or behind its log. Call inside a transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import attrs
+import psycopg
+
+from duckmesh.errors import DuckMeshError
+from duckmesh.events.types import Event, decode
+
+EVENTS_CHANNEL = "duckmesh_events"
+
+
+class ConcurrencyConflict(DuckMeshError):
+    """Another writer appended to the stream first; re-read and retry."""
+
+    def __init__(self, stream: str, expected: int) -> None:
+        super().__init__(
+            "CONCURRENCY_CONFLICT",
+            f"stream {stream!r} is no longer at version {expected}",
+            stream=stream,
+            expected_version=expected,
+        )
+        self.stream = stream
+        self.expected = expected
+
+
+@attrs.frozen
+class RecordedEvent:
+    position: int
+    stream: str
+    version: int
+    recorded_at: datetime
+    event: Event
+    metadata: dict[str, Any]
+
+
+def stream_version(conn: psycopg.Connection[Any], stream: str) -> int:
+    row = conn.execute("SELECT version FROM event_stream WHERE stream = %s", (stream,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def append(
+    conn: psycopg.Connection[Any],
+    stream: str,
+    expected_version: int,
+    events: Sequence[Event],
+    *,
+    tenant_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> list[RecordedEvent]:
+    """Append ``events`` after ``expected_version`` and project them.
+
+    Raises :class:`ConcurrencyConflict` when the stream has moved on. Must run
+    inside a transaction (the caller's): a conflict leaves nothing written.
+    """
+    from duckmesh.projections import apply  # projections import this module
+
+    new_version = expected_version + len(events)
+    if expected_version == 0:
+        cur = conn.execute(
+            "INSERT INTO event_stream (stream, version) VALUES (%s, %s)"
+            " ON CONFLICT (stream) DO NOTHING",
+            (stream, new_version),
+        )
+    else:
+        cur = conn.execute(
+            "UPDATE event_stream SET version = %s WHERE stream = %s AND version = %s",
+            (new_version, stream, expected_version),
+        )
+    if cur.rowcount != 1:
+        raise ConcurrencyConflict(stream, expected_version)
+    meta = json.dumps(metadata or {})
+    recorded = []
+    for offset, event in enumerate(events, start=1):
+        row = conn.execute(
+            "INSERT INTO event_log"
+            " (stream, version, event_type, schema_version, tenant_id, payload, metadata)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING position, recorded_at",
+            (
+                stream,
+                expected_version + offset,
+                event.event_type,
+                event.schema_version,
+                tenant_id,
+                json.dumps(event.to_payload()),
+                meta,
+            ),
+        ).fetchone()
+        assert row is not None
+        rec = RecordedEvent(
+            position=row[0],
+            stream=stream,
+            version=expected_version + offset,
+            recorded_at=row[1],
+            event=event,
+            metadata=metadata or {},
+        )
+        apply(conn, rec)
+        recorded.append(rec)
+    conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, stream))
+    return recorded
+
+
+def _decode_row(row: tuple[Any, ...]) -> RecordedEvent:
+    position, stream, version, event_type, schema_version, payload, metadata, recorded_at = row
+    return RecordedEvent(
+        position=position,
+        stream=stream,
+        version=version,
+        recorded_at=recorded_at,
+        event=decode(event_type, schema_version, payload),
+        metadata=metadata,
+    )
+
+
+_COLUMNS = (
+    "position, stream, version, event_type, schema_version, payload, metadata, recorded_at"
+)
+
+
+def read_stream(conn: psycopg.Connection[Any], stream: str) -> list[RecordedEvent]:
+    rows = conn.execute(
+        f"SELECT {_COLUMNS} FROM event_log WHERE stream = %s ORDER BY version", (stream,)
+    ).fetchall()
+    return [_decode_row(r) for r in rows]
+
+
+def read_all(
+    conn: psycopg.Connection[Any], after_position: int = 0, batch: int = 1000
+) -> Iterator[RecordedEvent]:
+    """Every event after ``after_position`` in log order, fetched in batches."""
+    position = after_position
+    while True:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM event_log WHERE position > %s ORDER BY position LIMIT %s",
+            (position, batch),
+        ).fetchall()
+        if not rows:
+            return
+        for row in rows:
+            yield _decode_row(row)
+        position = rows[-1][0]
+
+
+def count(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT count(*) FROM event_log").fetchone()
+    return int(row[0]) if row else 0

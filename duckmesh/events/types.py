@@ -1,0 +1,187 @@
+"""Catalog event types: immutable attrs classes with explicit schema versions.
+
+An event class names its ``event_type`` and ``schema_version``. Payloads are
+stored as JSON; when a class changes shape its version goes up and an
+upcaster turns older payloads into the current shape on read, so projections
+only ever see current events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import attrs
+
+JSON = dict[str, Any]
+
+
+@attrs.frozen
+class Event:
+    """Base of every catalog event."""
+
+    event_type: ClassVar[str] = ""
+    schema_version: ClassVar[int] = 1
+
+    def to_payload(self) -> JSON:
+        return attrs.asdict(self, recurse=True)
+
+
+@attrs.frozen
+class TenantCreated(Event):
+    event_type = "TenantCreated"
+    tenant_id: str
+    name: str
+
+
+@attrs.frozen
+class TenantDisabled(Event):
+    event_type = "TenantDisabled"
+    tenant_id: str
+
+
+@attrs.frozen
+class ApiKeyIssued(Event):
+    event_type = "ApiKeyIssued"
+    key_id: str
+    tenant_id: str
+    key_hash: str  # hex sha256 of the secret; the secret itself is never stored
+    roles: list[str]
+
+
+@attrs.frozen
+class ApiKeyRevoked(Event):
+    event_type = "ApiKeyRevoked"
+    key_id: str
+    tenant_id: str
+
+
+@attrs.frozen
+class TableCreated(Event):
+    event_type = "TableCreated"
+    table_id: str
+    tenant_id: str
+    name: str
+    columns: list[JSON]  # [{"name", "type", "nullable"}]
+    primary_key: list[str]
+    partition_by: JSON | None
+    retention: JSON | None
+    compatibility: str
+
+
+@attrs.frozen
+class TableSchemaEvolved(Event):
+    event_type = "TableSchemaEvolved"
+    table_id: str
+    tenant_id: str
+    version: int
+    columns: list[JSON]
+    changes: list[str]
+
+
+@attrs.frozen
+class TableDropped(Event):
+    event_type = "TableDropped"
+    table_id: str
+    tenant_id: str
+
+
+@attrs.frozen
+class SnapshotPublished(Event):
+    """A new numbered snapshot: files added and removed, new watermarks.
+
+    ``kind`` says why: ``commit`` (new records), ``compaction`` (same data,
+    fewer files), ``retention`` (old data dropped), ``restore`` (equal to an
+    older snapshot).
+    """
+
+    event_type = "SnapshotPublished"
+    tenant_id: str
+    snapshot_id: int
+    kind: str
+    created_by: str
+    max_visibility_token: int
+    parent_id: int | None
+    table_watermarks: dict[str, int]
+    files_added: list[JSON]
+    files_removed: list[str]
+    fence: int | None = None
+    restored_from: int | None = None
+
+
+@attrs.frozen
+class SnapshotPinned(Event):
+    event_type = "SnapshotPinned"
+    tenant_id: str
+    snapshot_id: int
+    reason: str
+
+
+@attrs.frozen
+class SnapshotUnpinned(Event):
+    event_type = "SnapshotUnpinned"
+    tenant_id: str
+    snapshot_id: int
+
+
+@attrs.frozen
+class SnapshotsExpired(Event):
+    event_type = "SnapshotsExpired"
+    tenant_id: str
+    snapshot_ids: list[int]
+
+
+@attrs.frozen
+class FilesCollected(Event):
+    event_type = "FilesCollected"
+    tenant_id: str
+    file_ids: list[str]
+
+
+@attrs.frozen
+class MaintenanceCompleted(Event):
+    """A maintenance run finished (compaction, retention, gc, integrity)."""
+
+    event_type = "MaintenanceCompleted"
+    tenant_id: str
+    kind: str
+    summary: JSON
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.event_type: cls
+    for cls in (
+        TenantCreated,
+        TenantDisabled,
+        ApiKeyIssued,
+        ApiKeyRevoked,
+        TableCreated,
+        TableSchemaEvolved,
+        TableDropped,
+        SnapshotPublished,
+        SnapshotPinned,
+        SnapshotUnpinned,
+        SnapshotsExpired,
+        FilesCollected,
+        MaintenanceCompleted,
+    )
+}
+
+# (event_type, stored schema_version) -> function returning the next version's payload.
+UPCASTERS: dict[tuple[str, int], Callable[[JSON], JSON]] = {}
+
+
+class UnknownEventType(ValueError):
+    pass
+
+
+def decode(event_type: str, schema_version: int, payload: JSON) -> Event:
+    """Turn a stored payload into the current event class, upcasting as needed."""
+    cls = EVENT_TYPES.get(event_type)
+    if cls is None:
+        raise UnknownEventType(event_type)
+    version = schema_version
+    while version < cls.schema_version:
+        payload = UPCASTERS[(event_type, version)](payload)
+        version += 1
+    return cls(**payload)

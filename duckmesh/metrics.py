@@ -1,0 +1,148 @@
+"""Every Prometheus metric DuckMesh exports, in one registry.
+
+Names follow SPEC §6 with the ``duckmesh_`` prefix. Modules import the metric
+objects from here; nothing else creates metrics.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)
+
+# ingest
+INGEST_REQUESTS = Counter(
+    "duckmesh_ingest_requests_total", "Ingest requests by outcome.", ["status"], registry=REGISTRY
+)
+INGEST_RECORDS = Counter(
+    "duckmesh_ingest_records_total", "Records accepted as new.", registry=REGISTRY
+)
+INGEST_DUPLICATES = Counter(
+    "duckmesh_ingest_duplicates_total", "Records recognised as retries.", registry=REGISTRY
+)
+INGEST_ACK_LATENCY = Histogram(
+    "duckmesh_ingest_ack_latency_seconds",
+    "Time from request receipt to durable acknowledgement.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+INGEST_GROUP_SIZE = Histogram(
+    "duckmesh_ingest_group_commit_requests",
+    "Requests sharing one group-commit transaction.",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+    registry=REGISTRY,
+)
+
+# visibility
+VISIBILITY_LAG = Gauge(
+    "duckmesh_visibility_lag_tokens",
+    "Tokens issued but not yet visible, per tenant.",
+    ["tenant"],
+    registry=REGISTRY,
+)
+LATEST_TOKEN = Gauge(
+    "duckmesh_latest_visibility_token",
+    "Latest published watermark per tenant.",
+    ["tenant"],
+    registry=REGISTRY,
+)
+CONSISTENCY_TIMEOUTS = Counter(
+    "duckmesh_consistency_timeouts_total",
+    "Barrier waits that timed out.",
+    ["kind"],
+    registry=REGISTRY,
+)
+WRITE_TO_VISIBLE = Histogram(
+    "duckmesh_write_to_visible_seconds",
+    "Time from a record's durable ingest to the commit of the snapshot that holds it.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+INGEST_LAG = Gauge(
+    "duckmesh_ingest_lag_records",
+    "Records durable in the bus but not yet published, per tenant.",
+    ["tenant"],
+    registry=REGISTRY,
+)
+
+# commit
+COMMIT_BATCH_RECORDS = Histogram(
+    "duckmesh_commit_batch_records",
+    "Records per committed batch.",
+    buckets=(1, 10, 100, 1000, 10_000, 100_000),
+    registry=REGISTRY,
+)
+COMMIT_LATENCY = Histogram(
+    "duckmesh_commit_batch_latency_seconds",
+    "Claim-to-publish time of one batch.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+CLAIM_RETRIES = Counter(
+    "duckmesh_claim_retries_total", "Publishes retried after a stream conflict.", registry=REGISTRY
+)
+PUBLISH_FAILURES = Counter(
+    "duckmesh_snapshot_publish_failures_total",
+    "Snapshot publications that failed.",
+    ["reason"],
+    registry=REGISTRY,
+)
+QUARANTINED = Counter(
+    "duckmesh_quarantined_records_total",
+    "Records that could never be committed and were set aside.",
+    registry=REGISTRY,
+)
+
+# query
+QUERY_REQUESTS = Counter(
+    "duckmesh_query_requests_total", "Queries by outcome.", ["status"], registry=REGISTRY
+)
+QUERY_LATENCY = Histogram(
+    "duckmesh_query_latency_seconds",
+    "Query latency including barrier wait.",
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+QUERY_SCANNED_FILES = Counter(
+    "duckmesh_query_scanned_files_total", "Parquet files bound to queries.", registry=REGISTRY
+)
+QUERY_SCANNED_BYTES = Counter(
+    "duckmesh_query_scanned_bytes_total", "Parquet bytes bound to queries.", registry=REGISTRY
+)
+
+# maintenance
+COMPACTION_RUNS = Counter(
+    "duckmesh_compaction_runs_total", "Compaction runs by outcome.", ["status"], registry=REGISTRY
+)
+COMPACTION_BYTES = Counter(
+    "duckmesh_compaction_bytes_rewritten_total", "Bytes rewritten by compaction.", registry=REGISTRY
+)
+GC_FILES_DELETED = Counter(
+    "duckmesh_gc_files_deleted_total", "Files deleted by garbage collection.", registry=REGISTRY
+)
+INTEGRITY_RUNS = Counter(
+    "duckmesh_integrity_runs_total", "Integrity runs by outcome.", ["status"], registry=REGISTRY
+)
+INTEGRITY_FILES_CHECKED = Counter(
+    "duckmesh_integrity_files_checked_total", "Files verified.", registry=REGISTRY
+)
+INTEGRITY_MISSING = Counter(
+    "duckmesh_integrity_missing_files_total", "Referenced files found missing.", registry=REGISTRY
+)
+INTEGRITY_SIZE_MISMATCH = Counter(
+    "duckmesh_integrity_size_mismatches_total",
+    "Referenced files with the wrong size or checksum.",
+    registry=REGISTRY,
+)
+
+# supervision
+ACTOR_RESTARTS = Counter(
+    "duckmesh_actor_restarts_total", "Actor restarts.", ["actor"], registry=REGISTRY
+)
+ACTOR_UP = Gauge(
+    "duckmesh_actor_up", "1 while the actor is running.", ["actor"], registry=REGISTRY
+)

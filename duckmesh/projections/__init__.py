@@ -1,0 +1,9 @@
+"""Catalog projections: tables derived from the event log, and replay.
+
+Owns the projection tables listed in ``PROJECTION_TABLES``; nothing else
+writes them. Applied by ``duckmesh.events.append`` in the append transaction.
+"""
+
+from duckmesh.projections.catalog import PROJECTION_TABLES, apply
+
+__all__ = ["PROJECTION_TABLES", "apply"]
