@@ -28,11 +28,16 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         self.pgdata = (data_dir / "pg").resolve()
         self._server: Any = None
+        self.adopted = False  # True when another process had already started it
 
     def start(self) -> str:
         """Start (or adopt) the server and return a libpq DSN for it."""
         self.pgdata.parent.mkdir(parents=True, exist_ok=True)
         pg = _pgserver()
+        from pgserver.utils import PostmasterInfo
+
+        running = PostmasterInfo.read_from_pgdata(self.pgdata)
+        self.adopted = running is not None and running.is_running()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._server = pg.get_server(self.pgdata, cleanup_mode=None)
@@ -40,8 +45,14 @@ class EmbeddedPostgres:
         return uri
 
     def stop(self) -> None:
-        """Stop the server (fast shutdown: sessions are rolled back)."""
+        """Stop the server we started (fast shutdown: sessions are rolled back).
+
+        A server adopted from another live process is left running for it.
+        """
         if self._server is None:
+            return
+        if self.adopted:
+            self._server = None
             return
         from pgserver._commands import pg_ctl
 
@@ -53,5 +64,4 @@ class EmbeddedPostgres:
                 user=self._server.system_user,
                 timeout=30,
             )
-        type(self._server)._instances.pop(self.pgdata, None)
         self._server = None

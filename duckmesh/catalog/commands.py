@@ -71,11 +71,6 @@ def create_tenant(conn: Conn, tenant_id: str, name: str | None = None, **meta: A
         raise DuckMeshError("TENANT_EXISTS", f"tenant {tenant_id!r} exists", tenant=tenant_id)
     append(conn, stream, 0, [TenantCreated(tenant_id, name or tenant_id)], tenant_id=tenant_id,
            metadata=meta)
-    conn.execute(
-        "INSERT INTO bus_token_counter (tenant_id, last_token) VALUES (%s, 0)"
-        " ON CONFLICT DO NOTHING",
-        (tenant_id,),
-    )
 
 
 def _require_tenant(conn: Conn, tenant_id: str) -> int:

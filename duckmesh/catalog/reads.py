@@ -163,3 +163,23 @@ def lookup_key(conn: Conn, key_id: str) -> tuple[str, str, list[str], bool, str]
         (key_id,),
     ).fetchone()
     return (row[0], row[1], list(row[2]), row[3], row[4]) if row else None
+
+
+def tables_as_of(conn: Conn, tenant_id: str, when: dt.datetime) -> list[TableDef]:
+    """Tables that existed at ``when``, each with the schema version of that time.
+
+    Queries against an old snapshot bind these, so the same snapshot and SQL
+    give the same columns and rows even after later schema changes.
+    """
+    rows = conn.execute(
+        "SELECT t.table_id, t.tenant_id, t.name, t.primary_key, t.partition_by, t.retention,"
+        " t.compatibility, v.version, t.created_at, v.columns"
+        " FROM table_def t JOIN LATERAL ("
+        "   SELECT version, columns FROM table_schema_version s"
+        "   WHERE s.table_id = t.table_id AND s.created_at <= %s"
+        "   ORDER BY version DESC LIMIT 1) v ON true"
+        " WHERE t.tenant_id = %s AND t.created_at <= %s"
+        " AND (t.dropped_at IS NULL OR t.dropped_at > %s) ORDER BY t.name",
+        (when, tenant_id, when, when),
+    ).fetchall()
+    return [_table(r) for r in rows]

@@ -1,0 +1,379 @@
+"""The Quart-Trio application: routes of SPEC §4, each in the OpenAPI document.
+
+Handlers stay thin: parse and validate the request, call a service, shape
+the response. Every error leaves through ``http.error_response``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from importlib import resources
+from typing import Any
+
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from quart import Response, request
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException
+
+from duckmesh import metrics, migrations
+from duckmesh.api.http import (
+    Authenticator,
+    Principal,
+    error_response,
+    json_body,
+    json_response,
+    require,
+    start_trace,
+)
+from duckmesh.catalog import commands, reads
+from duckmesh.errors import DuckMeshError
+from duckmesh.ingest.validation import TableValidator, parse_options, validate_records
+from duckmesh.query.barrier import wait_for_token
+from duckmesh.query.service import QueryRequest
+from duckmesh.runtime import Runtime
+
+_HTTP_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 403: "FORBIDDEN", 404: "NOT_FOUND",
+               405: "BAD_REQUEST", 413: "PAYLOAD_TOO_LARGE", 429: "RATE_LIMITED"}
+
+
+def load_openapi() -> dict[str, Any]:
+    text = resources.files("duckmesh.api").joinpath("openapi.json").read_text()
+    doc: dict[str, Any] = json.loads(text)
+    return doc
+
+
+def _int_field(body: dict[str, Any], name: str, lo: int = 0) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if type(value) is not int or value < lo:
+        raise DuckMeshError("VALIDATION_FAILED", f"{name} must be an integer >= {lo}", field=name)
+    return value
+
+
+def _time_field(body: dict[str, Any], name: str) -> dt.datetime | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise DuckMeshError("VALIDATION_FAILED", f"{name} must be an ISO 8601 timestamp",
+                            field=name)
+    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed
+
+
+def create_app(rt: Runtime) -> QuartTrio:
+    app = QuartTrio("duckmesh")
+    app.config["MAX_CONTENT_LENGTH"] = rt.config.max_request_bytes
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    auth = Authenticator(rt.db)
+    rt.notifications.on_event(auth.invalidate)
+    validators: dict[tuple[str, str], TableValidator] = {}
+
+    def forget_tables(stream: str) -> None:
+        if stream.startswith("tables:"):
+            validators.clear()
+
+    rt.notifications.on_event(forget_tables)
+
+    @app.before_request
+    async def _trace() -> None:
+        start_trace()
+
+    @app.errorhandler(DuckMeshError)
+    async def _duckmesh_error(exc: DuckMeshError) -> Response:
+        return error_response(exc)
+
+    @app.errorhandler(HTTPException)
+    async def _http_error(exc: HTTPException) -> Response:
+        code = exc.code or 500
+        return error_response(DuckMeshError(_HTTP_CODES.get(code, "BAD_REQUEST"),
+                                            exc.description or exc.name))
+
+    # -- health ------------------------------------------------------------
+
+    @app.get("/v1/health")
+    async def health() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/v1/ready")
+    async def ready() -> Response:
+        checks: dict[str, Any] = {}
+        try:
+            current = await rt.db.run(migrations.is_current, transaction=False)
+            checks["catalog"] = "ok"
+            checks["migrations"] = "ok" if current else "pending"
+        except Exception as exc:
+            checks["catalog"] = f"unreachable: {type(exc).__name__}"
+            checks["migrations"] = "unknown"
+        try:
+            await trio.to_thread.run_sync(rt.store.check_writable)
+            checks["object_store"] = "ok"
+        except OSError as exc:
+            checks["object_store"] = f"not writable: {exc.strerror}"
+        tree = rt.extra.get("tree")
+        actors = [dict(stats.as_dict(), path=path) for path, stats in tree()] if tree else []
+        ok = all(v == "ok" for v in checks.values())
+        return json_response({"status": "ready" if ok else "not_ready", "checks": checks,
+                              "actors": actors, "role": rt.config.role}, 200 if ok else 503)
+
+    @app.get("/v1/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/openapi.json")
+    async def openapi() -> Response:
+        return json_response(load_openapi())
+
+    # -- tables ------------------------------------------------------------
+
+    @app.post("/v1/tables")
+    @require(auth, "table_admin")
+    async def create_table(p: Principal) -> Response:
+        body = await json_body()
+        table = await rt.db.run(
+            lambda c: commands.create_table(c, p.tenant_id, body, actor=p.key_id,
+                                            trace_id=_trace_id())
+        )
+        return json_response(table.to_json(), 201)
+
+    @app.get("/v1/tables")
+    @require(auth, "query_reader", "table_admin")
+    async def list_tables(p: Principal) -> Response:
+        tables = await rt.db.run(lambda c: reads.list_tables(c, p.tenant_id), transaction=False)
+        return json_response({"tables": [t.to_json() for t in tables]})
+
+    async def _table(tenant: str, name: str) -> Any:
+        table = await rt.db.run(lambda c: reads.get_table(c, tenant, name), transaction=False)
+        if table is None:
+            raise DuckMeshError("TABLE_NOT_FOUND", f"no table {name!r}", table=name)
+        return table
+
+    @app.get("/v1/tables/<name>")
+    @require(auth, "query_reader", "table_admin")
+    async def get_table(p: Principal, name: str) -> Response:
+        return json_response((await _table(p.tenant_id, name)).to_json())
+
+    @app.patch("/v1/tables/<name>")
+    @require(auth, "table_admin")
+    async def evolve_table(p: Principal, name: str) -> Response:
+        body = await json_body()
+        table = await rt.db.run(
+            lambda c: commands.evolve_table(c, p.tenant_id, name, body, actor=p.key_id,
+                                            trace_id=_trace_id())
+        )
+        return json_response(table.to_json())
+
+    @app.delete("/v1/tables/<name>")
+    @require(auth, "table_admin")
+    async def drop_table(p: Principal, name: str) -> Response:
+        await rt.db.run(lambda c: commands.drop_table(c, p.tenant_id, name, actor=p.key_id,
+                                                      trace_id=_trace_id()))
+        return json_response({"dropped": name})
+
+    # -- ingest ------------------------------------------------------------
+
+    async def _validator(tenant: str, name: str) -> TableValidator:
+        tv = validators.get((tenant, name))
+        if tv is None:
+            tv = TableValidator.for_table(await _table(tenant, name))
+            validators[(tenant, name)] = tv
+        return tv
+
+    @app.post("/v1/ingest/<table>")
+    @require(auth, "ingest_writer")
+    async def ingest(p: Principal, table: str) -> Response:
+        started = time.perf_counter()
+        body = await json_body()
+        unknown = sorted(set(body) - {"records", "wait_for_visibility", "visibility_timeout_ms"})
+        if unknown:
+            raise DuckMeshError("VALIDATION_FAILED", f"unknown keys {unknown}", field=unknown[0])
+        options = parse_options(body, rt.config.max_consistency_timeout_ms)
+        tv = await _validator(p.tenant_id, table)
+        records = validate_records(
+            tv,
+            body.get("records"),
+            max_records=rt.config.max_records_per_request,
+            max_record_bytes=rt.config.max_record_bytes,
+        )
+        _check_backpressure(rt, p.tenant_id)
+        try:
+            receipts = await rt.ingest.submit(p.tenant_id, records)
+        except DuckMeshError as exc:
+            metrics.INGEST_REQUESTS.labels(status=exc.error_code).inc()
+            raise
+        duplicates = sum(1 for r in receipts if r.duplicate)
+        accepted = len(receipts) - duplicates
+        top = max(r.token for r in receipts)
+        metrics.INGEST_ACK_LATENCY.observe(time.perf_counter() - started)
+        metrics.INGEST_RECORDS.inc(accepted)
+        metrics.INGEST_DUPLICATES.inc(duplicates)
+        metrics.INGEST_REQUESTS.labels(status="accepted").inc()
+        result: dict[str, Any] = {
+            "accepted_count": accepted,
+            "duplicate_count": duplicates,
+            "max_visibility_token": top,
+            "visible_snapshot_id": None,
+            "status": "partial_duplicate" if duplicates else "accepted",
+        }
+        if options.wait_for_visibility:
+            snap = await wait_for_token(
+                rt.db, rt.bus, rt.notifications, p.tenant_id, top,
+                rt.queries.consistency_timeout(options.visibility_timeout_ms), kind="ingest",
+            )
+            result["visible_snapshot_id"] = snap.snapshot_id if snap else None
+            result["status"] = "visible"
+        return json_response(result)
+
+    # -- query -------------------------------------------------------------
+
+    @app.post("/v1/query")
+    @require(auth, "query_reader")
+    async def query(p: Principal) -> Response:
+        body = await json_body()
+        allowed = {"sql", "params", "snapshot_id", "snapshot_time", "min_visibility_token",
+                   "consistency_timeout_ms", "row_limit"}
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise DuckMeshError("VALIDATION_FAILED", f"unknown keys {unknown}", field=unknown[0])
+        sql = body.get("sql")
+        if not isinstance(sql, str) or not sql.strip():
+            raise DuckMeshError("VALIDATION_FAILED", "sql must be a non-empty string",
+                                field="sql")
+        params = body.get("params")
+        if params is not None and not isinstance(params, list):
+            raise DuckMeshError("VALIDATION_FAILED", "params must be an array", field="params")
+        snapshot_id = _int_field(body, "snapshot_id", 1)
+        snapshot_time = _time_field(body, "snapshot_time")
+        token = _int_field(body, "min_visibility_token")
+        if snapshot_id is not None and snapshot_time is not None:
+            raise DuckMeshError("VALIDATION_FAILED",
+                                "give at most one of snapshot_id and snapshot_time")
+        if snapshot_time is not None and token is not None:
+            raise DuckMeshError("TOKEN_SCOPE_MISMATCH",
+                                "min_visibility_token cannot apply to a snapshot chosen by time")
+        timeout_ms = _int_field(body, "consistency_timeout_ms")
+        req = QueryRequest(
+            sql=sql,
+            params=params,
+            snapshot_id=snapshot_id,
+            snapshot_time=snapshot_time,
+            min_visibility_token=token,
+            consistency_timeout_s=None if timeout_ms is None
+            else rt.queries.consistency_timeout(timeout_ms),
+            row_limit=_int_field(body, "row_limit", 1),
+        )
+        return json_response(await rt.queries.execute(p.tenant_id, req))
+
+    # -- snapshots ---------------------------------------------------------
+
+    @app.get("/v1/snapshots")
+    @require(auth, "query_reader")
+    async def list_snapshots(p: Principal) -> Response:
+        try:
+            limit = int(request.args.get("limit", "50"))
+            before = request.args.get("before")
+            before_id = int(before) if before is not None else None
+        except ValueError:
+            raise DuckMeshError("VALIDATION_FAILED", "limit and before must be integers") from None
+        if not 1 <= limit <= 1000:
+            raise DuckMeshError("VALIDATION_FAILED", "limit must be 1..1000", field="limit")
+        snaps = await rt.db.run(
+            lambda c: reads.list_snapshots(c, p.tenant_id, before_id, limit), transaction=False
+        )
+        next_before = snaps[-1].snapshot_id if len(snaps) == limit else None
+        return json_response({"snapshots": [s.to_json() for s in snaps],
+                              "next_before": next_before})
+
+    @app.get("/v1/snapshots/<int:snapshot_id>")
+    @require(auth, "query_reader")
+    async def get_snapshot(p: Principal, snapshot_id: int) -> Response:
+        def load(c: Any) -> Any:
+            snap = reads.get_snapshot(c, p.tenant_id, snapshot_id)
+            if snap is None:
+                return None
+            files = reads.snapshot_files(c, p.tenant_id, snapshot_id)
+            marks = reads.table_watermarks(c, p.tenant_id, snapshot_id)
+            tables = reads.tables_as_of(c, p.tenant_id, snap.created_at)
+            return snap, files, marks, tables
+
+        found = await rt.db.run(load, transaction=False)
+        if found is None:
+            raise DuckMeshError("SNAPSHOT_NOT_FOUND", f"no snapshot {snapshot_id}",
+                                snapshot_id=snapshot_id)
+        snap, files, marks, tables = found
+        body = snap.to_json()
+        body["tables"] = [
+            {
+                "name": t.name,
+                "table_id": t.table_id,
+                "schema_version": t.schema_version,
+                "watermark": marks.get(t.table_id, 0),
+                "files": [f.to_json() for f in files if f.table_id == t.table_id],
+            }
+            for t in tables
+        ]
+        return json_response(body)
+
+    @app.post("/v1/snapshots/pin")
+    @require(auth, "table_admin")
+    async def pin(p: Principal) -> Response:
+        body = await json_body()
+        snapshot_id = _int_field(body, "snapshot_id", 1)
+        pinned = body.get("pinned", True)
+        reason = body.get("reason", "")
+        if snapshot_id is None or not isinstance(pinned, bool) or not isinstance(reason, str):
+            raise DuckMeshError("VALIDATION_FAILED",
+                                "snapshot_id (integer), pinned (boolean), reason (string)")
+        await rt.db.run(lambda c: commands.pin_snapshot(c, p.tenant_id, snapshot_id, pinned,
+                                                        reason, actor=p.key_id))
+        return json_response({"snapshot_id": snapshot_id, "pinned": pinned})
+
+    # -- operations --------------------------------------------------------
+
+    @app.get("/v1/lag")
+    @require(auth, "ops_admin")
+    async def lag(p: Principal) -> Response:
+        latest = await trio.to_thread.run_sync(rt.bus.latest_token, p.tenant_id)
+        snap = await rt.db.run(lambda c: reads.latest_snapshot(c, p.tenant_id),
+                               transaction=False)
+        watermark = snap.max_visibility_token if snap else 0
+        return json_response({
+            "latest_token": latest,
+            "visible_watermark": watermark,
+            "pending_records": latest - watermark,
+            "latest_snapshot_id": snap.snapshot_id if snap else None,
+            "latest_snapshot_age_ms": round(
+                (dt.datetime.now(dt.UTC) - snap.created_at).total_seconds() * 1000
+            ) if snap else None,
+        })
+
+    return app
+
+
+def _trace_id() -> str | None:
+    from duckmesh.api.http import current_trace_id
+
+    return current_trace_id()
+
+
+def _check_backpressure(rt: Runtime, tenant: str) -> None:
+    """429 before collapse: refuse ingest while too much is pending."""
+    latest = rt.ingest.latest_token.get(tenant)
+    known = rt.notifications.watermarks.get(tenant)
+    if latest is None or known is None:
+        return
+    pending = latest - known[1]
+    if pending > rt.config.max_pending_records:
+        raise DuckMeshError(
+            "RATE_LIMITED",
+            f"{pending} records are waiting to become visible; slow down",
+            pending_records=pending,
+            retry_after_s=1,
+        )

@@ -1,0 +1,143 @@
+"""HTTP plumbing shared by every route: JSON bodies, errors, auth, trace ids.
+
+Errors always leave as the spec's body ``{error_code, message, retryable,
+context, trace_id}``. Authentication takes the tenant and roles from the API
+key alone (never from a header a client could forge); roles deny by default.
+Verified keys are cached briefly and the cache is dropped on every tenant
+event (key issued or revoked), so revocation applies at once in this process
+and within ``KEY_CACHE_S`` elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import attrs
+import structlog
+from quart import Response, request
+
+from duckmesh.auth import hash_key, key_id_for, matches
+from duckmesh.catalog import reads
+from duckmesh.db import Database
+from duckmesh.errors import DuckMeshError
+
+KEY_CACHE_S = 30.0
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+@attrs.frozen
+class Principal:
+    tenant_id: str
+    roles: frozenset[str]
+    key_id: str
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(_encode(body), status=status, content_type="application/json",
+                    headers=headers)
+
+
+def error_response(exc: DuckMeshError) -> Response:
+    headers = {}
+    if exc.error_code == "RATE_LIMITED":
+        headers["Retry-After"] = str(exc.context.get("retry_after_s", 1))
+    return json_response(exc.body(current_trace_id()), exc.http_status, headers)
+
+
+def current_trace_id() -> str | None:
+    ctx = structlog.contextvars.get_contextvars()
+    value = ctx.get("trace_id")
+    return value if isinstance(value, str) else None
+
+
+def start_trace() -> str:
+    header = request.headers.get("traceparent", "")
+    match = _TRACEPARENT.match(header.strip().lower())
+    trace_id = match.group(1) if match else secrets.token_hex(16)
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(trace_id=trace_id)
+    return trace_id
+
+
+async def json_body() -> dict[str, Any]:
+    data = await request.get_data(cache=False)
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DuckMeshError("BAD_REQUEST", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise DuckMeshError("BAD_REQUEST", "the body must be a JSON object")
+    return body
+
+
+class Authenticator:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._cache: dict[str, tuple[Principal | None, float]] = {}
+
+    def invalidate(self, stream: str) -> None:
+        if stream.startswith("tenant:"):
+            self._cache.clear()
+
+    async def principal(self) -> Principal:
+        key = ""
+        auth = request.headers.get("Authorization", "")
+        if auth[:7].lower() == "bearer ":
+            key = auth[7:].strip()
+        elif "X-API-Key" in request.headers:
+            key = request.headers["X-API-Key"].strip()
+        if not key:
+            raise DuckMeshError("UNAUTHENTICATED", "an API key is required"
+                                " (Authorization: Bearer <key> or X-API-Key)")
+        digest = hash_key(key)
+        now = time.monotonic()
+        cached = self._cache.get(digest)
+        if cached is None or cached[1] < now:
+            principal = await self._lookup(digest)
+            cached = (principal, now + KEY_CACHE_S)
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = cached
+        if cached[0] is None:
+            raise DuckMeshError("UNAUTHENTICATED", "the API key is not valid")
+        structlog.contextvars.bind_contextvars(tenant_id=cached[0].tenant_id)
+        return cached[0]
+
+    async def _lookup(self, digest: str) -> Principal | None:
+        key_id = key_id_for(digest)
+        row = await self.db.run(lambda c: reads.lookup_key(c, key_id), transaction=False)
+        if row is None:
+            return None
+        tenant_id, stored, roles, usable, status = row
+        if not usable or status != "active" or not matches(stored, digest):
+            return None
+        return Principal(tenant_id, frozenset(roles), key_id)
+
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+def require(auth: Authenticator, *roles: str) -> Callable[[Handler], Handler]:
+    """Route decorator: authenticate, then allow only holders of one of ``roles``."""
+
+    def wrap(fn: Handler) -> Handler:
+        async def handler(**kwargs: Any) -> Response:
+            principal = await auth.principal()
+            if not principal.roles & set(roles):
+                raise DuckMeshError(
+                    "FORBIDDEN",
+                    f"this key lacks the role for this operation (needs one of {list(roles)})",
+                    required_roles=list(roles),
+                )
+            return await fn(principal, **kwargs)
+
+        handler.__name__ = fn.__name__
+        return handler
+
+    return wrap

@@ -1,0 +1,275 @@
+"""The Postgres ingest bus.
+
+Tokens come from a per-tenant counter row locked ``FOR UPDATE`` in the
+ingest transaction: the lock orders commits, so token ``n`` is committed
+before any transaction can even read ``n`` as the counter — unlike a sequence,
+whose values commit out of order (SPEC §2.3, proven by
+``tests/bus/test_token_race.py`` with a negative control). Records are
+append-only; "committed" is derived from the scope's ``acked_token``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+
+from duckmesh.bus.protocol import Batch, BusRecord, IngestRecord, LeaseLost, Receipt
+from duckmesh.db import Conn, Database
+from duckmesh.errors import DuckMeshError
+
+RECORDS_CHANNEL = "duckmesh_records"
+
+_COPY = (
+    "COPY bus_record (tenant_id, token, table_id, idempotency_key, payload_hash, op, payload,"
+    " event_time, ingested_at, schema_version) FROM STDIN"
+)
+
+
+def _lock_counter(conn: Conn, tenant_id: str) -> tuple[int, dt.datetime]:
+    sql = "SELECT last_token, now() FROM bus_token_counter WHERE tenant_id = %s FOR UPDATE"
+    row = conn.execute(sql, (tenant_id,)).fetchone()
+    if row is None:
+        conn.execute(
+            "INSERT INTO bus_token_counter (tenant_id, last_token) VALUES (%s, 0)"
+            " ON CONFLICT DO NOTHING",
+            (tenant_id,),
+        )
+        conn.execute(
+            "INSERT INTO bus_scope (scope) VALUES (%s) ON CONFLICT DO NOTHING", (tenant_id,)
+        )
+        row = conn.execute(sql, (tenant_id,)).fetchone()
+        assert row is not None
+    return int(row[0]), row[1]
+
+
+class PostgresBus:
+    """``IngestBus`` on the catalog's Postgres (tables ``bus_*``)."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- producers ---------------------------------------------------------
+
+    def publish(
+        self, tenant_id: str, requests: Sequence[Sequence[IngestRecord]]
+    ) -> list[list[Receipt] | DuckMeshError]:
+        return self.db.call(lambda conn: self._publish(conn, tenant_id, requests))
+
+    def _publish(
+        self, conn: Conn, tenant_id: str, requests: Sequence[Sequence[IngestRecord]]
+    ) -> list[list[Receipt] | DuckMeshError]:
+        last, now = _lock_counter(conn, tenant_id)
+        # With the counter locked no other ingest of this tenant can commit,
+        # so this read of existing keys cannot miss a concurrent duplicate.
+        tables = [r.table_id for req in requests for r in req]
+        keys = [r.idempotency_key for req in requests for r in req]
+        existing: dict[tuple[str, str], tuple[int, bytes]] = {
+            (t, k): (tok, bytes(h))
+            for t, k, tok, h in conn.execute(
+                "SELECT r.table_id, r.idempotency_key, r.token, r.payload_hash"
+                " FROM unnest(%s::text[], %s::text[]) AS k(table_id, key)"
+                " JOIN bus_record r ON r.tenant_id = %s AND r.table_id = k.table_id"
+                " AND r.idempotency_key = k.key",
+                (tables, keys, tenant_id),
+            )
+        }
+        results: list[list[Receipt] | DuckMeshError] = []
+        rows: list[tuple[Any, ...]] = []
+        token = last
+        for req in requests:
+            receipts: list[Receipt] = []
+            staged: list[tuple[Any, ...]] = []
+            seen: dict[tuple[str, str], tuple[int, bytes]] = {}
+            conflict: DuckMeshError | None = None
+            for index, rec in enumerate(req):
+                key = (rec.table_id, rec.idempotency_key)
+                prior = existing.get(key) or seen.get(key)
+                if prior is not None:
+                    if prior[1] != rec.payload_hash:
+                        conflict = DuckMeshError(
+                            "IDEMPOTENCY_CONFLICT",
+                            f"idempotency key {rec.idempotency_key!r} was already used with a"
+                            " different payload",
+                            record_index=index,
+                            idempotency_key=rec.idempotency_key,
+                            original_token=prior[0],
+                        )
+                        break
+                    receipts.append(Receipt(prior[0], True))
+                    continue
+                token += 1
+                seen[key] = (token, rec.payload_hash)
+                receipts.append(Receipt(token, False))
+                staged.append(
+                    (
+                        tenant_id,
+                        token,
+                        rec.table_id,
+                        rec.idempotency_key,
+                        rec.payload_hash,
+                        rec.op,
+                        rec.payload,
+                        rec.event_time,
+                        now,
+                        rec.schema_version,
+                    )
+                )
+            if conflict is not None:
+                # The request fails whole: give its tokens back.
+                token -= len(staged)
+                results.append(conflict)
+                continue
+            existing.update(seen)
+            rows.extend(staged)
+            results.append(receipts)
+        if rows:
+            with conn.cursor().copy(_COPY) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            conn.execute(
+                "UPDATE bus_token_counter SET last_token = %s WHERE tenant_id = %s",
+                (token, tenant_id),
+            )
+            conn.execute("SELECT pg_notify(%s, %s)", (RECORDS_CHANNEL, f"{tenant_id}:{token}"))
+        return results
+
+    # -- consumers ---------------------------------------------------------
+
+    def claim(
+        self, consumer_id: str, *, limit: int, max_bytes: int, lease_s: float
+    ) -> Batch | None:
+        return self.db.call(lambda conn: self._claim(conn, consumer_id, limit, max_bytes, lease_s))
+
+    def _claim(
+        self, conn: Conn, consumer_id: str, limit: int, max_bytes: int, lease_s: float
+    ) -> Batch | None:
+        row = conn.execute(
+            "WITH candidate AS ("
+            "  SELECT s.scope, c.last_token FROM bus_scope s"
+            "  JOIN bus_token_counter c ON c.tenant_id = s.scope"
+            "  WHERE c.last_token > s.acked_token"
+            "    AND (s.owner IS NULL OR s.owner = %(me)s OR s.lease_until < now())"
+            "  ORDER BY (s.owner IS NOT DISTINCT FROM %(me)s) DESC, s.lease_until NULLS FIRST"
+            "  LIMIT 1 FOR UPDATE OF s SKIP LOCKED)"
+            " UPDATE bus_scope s SET owner = %(me)s,"
+            "   lease_until = now() + make_interval(secs => %(lease)s),"
+            "   fence = CASE WHEN s.owner IS NOT DISTINCT FROM %(me)s THEN s.fence"
+            "                ELSE s.fence + 1 END"
+            " FROM candidate WHERE s.scope = candidate.scope"
+            " RETURNING s.scope, s.fence, s.acked_token, candidate.last_token",
+            {"me": consumer_id, "lease": lease_s},
+        ).fetchone()
+        if row is None:
+            return None
+        scope, fence, acked, last = row
+        records: list[BusRecord] = []
+        size = 0
+        cur = conn.execute(
+            "SELECT token, table_id, op, payload, event_time, ingested_at, schema_version"
+            " FROM bus_record WHERE tenant_id = %s AND token > %s AND token <= %s"
+            " ORDER BY token LIMIT %s",
+            (scope, acked, last, limit),
+        )
+        for rec in cur:
+            size += len(rec[3])
+            if records and size > max_bytes:
+                break
+            records.append(BusRecord(*rec))
+        return Batch(scope, consumer_id, fence, acked, tuple(records))
+
+    def ack(self, batch: Batch, *, up_to: int | None = None, tx: Any = None) -> None:
+        """Advance the committed position; ``tx`` is a psycopg connection in a transaction."""
+        if tx is None:
+            self.db.call(lambda conn: self._ack(conn, batch, up_to))
+        else:
+            self._ack(tx, batch, up_to)
+
+    def _ack(self, conn: Conn, batch: Batch, up_to: int | None) -> None:
+        cur = conn.execute(
+            "UPDATE bus_scope SET acked_token = %s"
+            " WHERE scope = %s AND owner = %s AND fence = %s AND acked_token = %s",
+            (
+                batch.last_token if up_to is None else up_to,
+                batch.scope,
+                batch.consumer_id,
+                batch.fence,
+                batch.after_token,
+            ),
+        )
+        if cur.rowcount != 1:
+            raise LeaseLost(batch.scope, batch.fence)
+
+    def nack(self, batch: Batch, reason: str) -> None:
+        """Give the scope back without advancing; another claim redoes it."""
+        self.db.call(
+            lambda conn: conn.execute(
+                "UPDATE bus_scope SET owner = NULL, lease_until = NULL"
+                " WHERE scope = %s AND owner = %s AND fence = %s",
+                (batch.scope, batch.consumer_id, batch.fence),
+            )
+        )
+
+    def extend_lease(self, batch: Batch, lease_s: float) -> None:
+        def run(conn: Conn) -> None:
+            cur = conn.execute(
+                "UPDATE bus_scope SET lease_until = now() + make_interval(secs => %s)"
+                " WHERE scope = %s AND owner = %s AND fence = %s",
+                (lease_s, batch.scope, batch.consumer_id, batch.fence),
+            )
+            if cur.rowcount != 1:
+                raise LeaseLost(batch.scope, batch.fence)
+
+        self.db.call(run)
+
+    def requeue_expired(self) -> int:
+        def run(conn: Conn) -> int:
+            cur = conn.execute(
+                "UPDATE bus_scope SET owner = NULL, lease_until = NULL"
+                " WHERE owner IS NOT NULL AND lease_until < now()"
+            )
+            return cur.rowcount
+
+        return self.db.call(run)
+
+    def release(self, consumer_id: str) -> int:
+        def run(conn: Conn) -> int:
+            cur = conn.execute(
+                "UPDATE bus_scope SET owner = NULL, lease_until = NULL WHERE owner = %s",
+                (consumer_id,),
+            )
+            return cur.rowcount
+
+        return self.db.call(run)
+
+    def latest_token(self, tenant_id: str) -> int:
+        row = self.db.call(
+            lambda conn: conn.execute(
+                "SELECT last_token FROM bus_token_counter WHERE tenant_id = %s", (tenant_id,)
+            ).fetchone(),
+            transaction=False,
+        )
+        return int(row[0]) if row else 0
+
+    def committed_token(self, tenant_id: str) -> int:
+        row = self.db.call(
+            lambda conn: conn.execute(
+                "SELECT acked_token FROM bus_scope WHERE scope = %s", (tenant_id,)
+            ).fetchone(),
+            transaction=False,
+        )
+        return int(row[0]) if row else 0
+
+    def lag(self) -> dict[str, tuple[int, int]]:
+        """tenant -> (latest token, committed token)."""
+        rows = self.db.call(
+            lambda conn: conn.execute(
+                "SELECT c.tenant_id, c.last_token, coalesce(s.acked_token, 0)"
+                " FROM bus_token_counter c LEFT JOIN bus_scope s ON s.scope = c.tenant_id"
+            ).fetchall(),
+            transaction=False,
+        )
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+

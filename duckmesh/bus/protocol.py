@@ -1,0 +1,109 @@
+"""The ``IngestBus`` contract, free of any backend's types.
+
+Semantics (SPEC §2.3), identical for every backend:
+
+- ``publish`` appends records durably. Each request in the call is
+  all-or-nothing; the call may group many requests of one tenant into one
+  backend transaction (group commit). Every new record gets the next token of
+  its tenant: tokens are contiguous and assigned in commit order. A retry of
+  an idempotency key with the same payload hash gets the original token back
+  and consumes none; the same key with another payload fails its request with
+  ``IDEMPOTENCY_CONFLICT``.
+- ``claim`` hands one consumer the next records of one scope (a tenant) under
+  a lease with a fencing number; only that consumer may ``ack`` them, and only
+  while its fence is current.
+- ``ack`` advances the scope's committed position. ``tx`` is the catalog
+  transaction that publishes the snapshot: a backend living in the catalog
+  database (Postgres) joins it so publication and ack are one commit; a
+  backend that cannot (Kafka) acks after the catalog commit, and the catalog
+  watermark stays the source of truth (ADR 0006).
+
+Methods are synchronous: callers run them in worker threads.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from duckmesh.errors import DuckMeshError
+
+
+@attrs.frozen
+class IngestRecord:
+    table_id: str
+    idempotency_key: str
+    op: str  # insert | upsert | delete
+    payload: str  # canonical JSON text
+    payload_hash: bytes
+    event_time: dt.datetime | None
+    schema_version: int
+
+
+@attrs.frozen
+class Receipt:
+    token: int
+    duplicate: bool
+
+
+@attrs.frozen
+class BusRecord:
+    token: int
+    table_id: str
+    op: str
+    payload: str
+    event_time: dt.datetime | None
+    ingested_at: dt.datetime
+    schema_version: int
+
+
+@attrs.frozen
+class Batch:
+    scope: str
+    consumer_id: str
+    fence: int
+    after_token: int  # the scope's committed position when claimed
+    records: tuple[BusRecord, ...]
+
+    @property
+    def last_token(self) -> int:
+        return self.records[-1].token if self.records else self.after_token
+
+
+class LeaseLost(DuckMeshError):
+    """The consumer no longer holds the scope (another took it over)."""
+
+    def __init__(self, scope: str, fence: int) -> None:
+        super().__init__(
+            "CONCURRENCY_CONFLICT",
+            f"lease on scope {scope!r} with fence {fence} is no longer held",
+            scope=scope,
+            fence=fence,
+        )
+
+
+class IngestBus(Protocol):
+    def publish(
+        self, tenant_id: str, requests: Sequence[Sequence[IngestRecord]]
+    ) -> list[list[Receipt] | DuckMeshError]: ...
+
+    def claim(
+        self, consumer_id: str, *, limit: int, max_bytes: int, lease_s: float
+    ) -> Batch | None: ...
+
+    def ack(self, batch: Batch, *, up_to: int | None = None, tx: Any = None) -> None: ...
+
+    def nack(self, batch: Batch, reason: str) -> None: ...
+
+    def extend_lease(self, batch: Batch, lease_s: float) -> None: ...
+
+    def requeue_expired(self) -> int: ...
+
+    def release(self, consumer_id: str) -> int: ...
+
+    def latest_token(self, tenant_id: str) -> int: ...
+
+    def committed_token(self, tenant_id: str) -> int: ...

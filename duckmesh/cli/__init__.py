@@ -1,0 +1,1 @@
+"""The ``duckmesh`` command line (``main.py``)."""

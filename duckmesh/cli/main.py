@@ -1,0 +1,247 @@
+"""The ``duckmesh`` command.
+
+Every subcommand reads the same configuration (``DUCKMESH_*``); a bad value
+exits with status 2 and one line naming the variable. Commands that need the
+catalog use ``DUCKMESH_CATALOG_DSN`` or the embedded Postgres in the data
+directory (adopting it when a running server already started it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+from duckmesh.config import Config, ConfigError, load_config
+
+
+def _runtime(config: Config) -> Any:
+    from duckmesh.runtime import build_runtime
+
+    return build_runtime(config)
+
+
+def cmd_serve(args: argparse.Namespace, config: Config) -> int:
+    import trio
+
+    from duckmesh.logs import configure_logging
+    from duckmesh.runtime import migrate_and_bootstrap
+    from duckmesh.server import serve
+
+    configure_logging(config.log_format, config.log_level)
+    rt = _runtime(config)
+    try:
+        migrate_and_bootstrap(rt)
+        return trio.run(serve, rt)
+    finally:
+        rt.close()
+
+
+def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
+    from duckmesh import migrations
+
+    rt = _runtime(config)
+    try:
+        with rt.db.connection() as conn:
+            if args.action == "up":
+                done = migrations.migrate_up(conn)
+                print(f"applied {len(done)} migration(s)" + "".join(
+                    f"\n  {m.version:04d} {m.name}" for m in done))
+            elif args.action == "down":
+                done = migrations.migrate_down(conn, args.steps)
+                print(f"reverted {len(done)} migration(s)" + "".join(
+                    f"\n  {m.version:04d} {m.name}" for m in done))
+            else:
+                applied = set(migrations.applied(conn))
+                for m in migrations.available():
+                    state = "applied" if m.version in applied else "pending"
+                    print(f"{m.version:04d} {m.name:<30} {state}")
+    finally:
+        rt.close()
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace, config: Config) -> int:
+    from duckmesh import events
+    from duckmesh.projections import replay
+
+    rt = _runtime(config)
+    try:
+        with rt.db.connection() as conn:
+            total = events.count(conn)
+
+            def progress(n: int) -> None:
+                width = 30
+                done = int(width * n / max(total, 1))
+                print(f"\r[{'#' * done}{'.' * (width - done)}] {n}/{total} events",
+                      end="", file=sys.stderr, flush=True)
+
+            if args.action == "verify":
+                diffs = replay.verify(conn, progress=progress)
+                print(file=sys.stderr)
+                bad = [d for d in diffs if not d.equal]
+                for d in diffs:
+                    mark = "ok  " if d.equal else "DIFF"
+                    print(f"{mark} {d.table:<26} live={d.live_rows} replay={d.replay_rows}")
+                    for row in d.only_live:
+                        print(f"       only in live:   {row}")
+                    for row in d.only_replay:
+                        print(f"       only in replay: {row}")
+                print(f"replayed {total} events: "
+                      + ("projections equal the log" if not bad
+                         else f"{len(bad)} table(s) differ"))
+                return 1 if bad else 0
+            try:
+                applied = replay.rebuild(conn, progress=progress)
+            except replay.ReplayRefused as exc:
+                print(f"\nrebuild refused: {exc}", file=sys.stderr)
+                return 1
+            print(f"\nrebuilt projections from {applied} events")
+            return 0
+    finally:
+        rt.close()
+
+
+def cmd_tenants(args: argparse.Namespace, config: Config) -> int:
+    from duckmesh.catalog import commands
+
+    rt = _runtime(config)
+    try:
+        with rt.db.connection() as conn:
+            if args.action == "create":
+                with conn.transaction():
+                    commands.create_tenant(conn, args.tenant, args.name, actor="cli")
+                print(f"created tenant {args.tenant}")
+            elif args.action == "disable":
+                with conn.transaction():
+                    commands.disable_tenant(conn, args.tenant, actor="cli")
+                print(f"disabled tenant {args.tenant}")
+            else:
+                for row in conn.execute(
+                    "SELECT tenant_id, name, status, created_at FROM tenant ORDER BY 1"
+                ):
+                    print(f"{row[0]:<24} {row[1]:<24} {row[2]:<9} {row[3]:%Y-%m-%d %H:%M:%S}")
+    finally:
+        rt.close()
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace, config: Config) -> int:
+    from duckmesh.catalog import commands
+
+    rt = _runtime(config)
+    try:
+        with rt.db.connection() as conn:
+            if args.action == "create":
+                with conn.transaction():
+                    key_id, key = commands.issue_key(conn, args.tenant, args.role, actor="cli")
+                print(f"key id: {key_id}\nAPI key (shown once): {key}")
+            elif args.action == "revoke":
+                with conn.transaction():
+                    commands.revoke_key(conn, args.key_id, actor="cli")
+                print(f"revoked {args.key_id}")
+            else:
+                query = ("SELECT key_id, tenant_id, roles, created_at, revoked_at FROM api_key"
+                         + (" WHERE tenant_id = %s" if args.tenant else "") + " ORDER BY 2, 4")
+                for row in conn.execute(query, (args.tenant,) if args.tenant else ()):
+                    state = "revoked" if row[4] else "active"
+                    print(f"{row[0]}  {row[1]:<20} {','.join(row[2]):<55} {state}")
+    finally:
+        rt.close()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    url = f"http://{config.http_host}:{config.http_port}/v1/ready"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (local URL)
+            body = json.load(resp)
+    except urllib.error.HTTPError as exc:
+        body = json.load(exc)
+    except OSError as exc:
+        print(f"no DuckMesh answering at {url}: {exc}", file=sys.stderr)
+        return 1
+    print(f"status: {body['status']} (role {body.get('role')})")
+    for name, state in body.get("checks", {}).items():
+        print(f"  {name:<14} {state}")
+    print("actors:")
+    for actor in body.get("actors", []):
+        err = f"  last error: {actor['last_error']}" if actor.get("last_error") else ""
+        print(f"  {actor['path']:<36} {actor['state']:<12} restarts={actor['restarts']}{err}")
+    return 0 if body["status"] == "ready" else 1
+
+
+def cmd_config(args: argparse.Namespace, config: Config) -> int:
+    for key, value in config.redacted().items():
+        print(f"{key} = {value!r}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="duckmesh", description="DuckMesh: fresh analytics plane")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the API and background actors")
+    serve.add_argument("--role", choices=["all", "api", "coordinator", "maintenance"])
+    migrate = sub.add_parser("migrate", help="catalog migrations")
+    migrate.add_argument("action", choices=["up", "down", "status"])
+    migrate.add_argument("--steps", type=int, default=1)
+    replay = sub.add_parser("replay", help="rebuild projections from the event log")
+    replay.add_argument("action", choices=["verify", "rebuild"])
+    tenants = sub.add_parser("tenants", help="manage tenants")
+    tenants.add_argument("action", choices=["create", "list", "disable"])
+    tenants.add_argument("tenant", nargs="?")
+    tenants.add_argument("--name")
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys.add_argument("action", choices=["create", "list", "revoke"])
+    keys.add_argument("key_id", nargs="?")
+    keys.add_argument("--tenant")
+    keys.add_argument("--role", action="append", default=[])
+    sub.add_parser("status", help="show a running server's readiness and actors")
+    config = sub.add_parser("config", help="configuration")
+    config.add_argument("action", choices=["show"])
+    return p
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
+    "serve": cmd_serve,
+    "migrate": cmd_migrate,
+    "replay": cmd_replay,
+    "tenants": cmd_tenants,
+    "keys": cmd_keys,
+    "status": cmd_status,
+    "config": cmd_config,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "tenants" and args.action in ("create", "disable") and not args.tenant:
+        parser().error("tenants create|disable needs a tenant id")
+    if args.command == "keys" and args.action == "create" and not (args.tenant and args.role):
+        parser().error("keys create needs --tenant and at least one --role")
+    if args.command == "keys" and args.action == "revoke" and not args.key_id:
+        parser().error("keys revoke needs a key id")
+    overrides = {"role": args.role} if getattr(args, "role", None) and args.command == "serve" \
+        else {}
+    try:
+        config = load_config(overrides=overrides)
+    except ConfigError as exc:
+        print(f"duckmesh: configuration error: {exc}", file=sys.stderr)
+        return 2
+    from duckmesh.errors import DuckMeshError
+
+    try:
+        return COMMANDS[args.command](args, config)
+    except DuckMeshError as exc:
+        print(f"duckmesh: {exc.error_code}: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

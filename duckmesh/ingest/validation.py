@@ -1,0 +1,181 @@
+"""Validation of ingest requests against a table's current schema.
+
+A request is checked whole before anything is written: every invalid record
+is reported (index, field, reason) and a request with any error writes
+nothing. Valid records become ``IngestRecord`` with canonical JSON (sorted
+keys) and a hash of (op, event time, payload), which is what makes a retry
+recognisable as the same logical write.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from duckmesh.bus import IngestRecord
+from duckmesh.catalog.model import TableDef
+from duckmesh.catalog.types import validator
+from duckmesh.errors import DuckMeshError
+
+OPS = ("insert", "upsert", "delete")
+MAX_KEY_LENGTH = 256
+MAX_LISTED_ERRORS = 100
+_RECORD_KEYS = frozenset({"idempotency_key", "op", "payload", "event_time"})
+_dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode
+
+
+@attrs.frozen
+class IngestOptions:
+    wait_for_visibility: bool
+    visibility_timeout_ms: int | None
+
+
+@attrs.frozen
+class TableValidator:
+    """Checks compiled once per table schema version."""
+
+    table: TableDef
+    checks: dict[str, tuple[bool, Callable[[Any], str | None]]]  # name -> (nullable, check)
+    required: tuple[str, ...]
+    key: tuple[str, ...]
+
+    @classmethod
+    def for_table(cls, table: TableDef) -> TableValidator:
+        checks = {c.name: (c.nullable, validator(c.parsed)) for c in table.columns}
+        required = tuple(c.name for c in table.columns if not c.nullable)
+        return cls(table, checks, required, table.primary_key)
+
+
+def parse_options(body: dict[str, Any], max_timeout_ms: int) -> IngestOptions:
+    wait = body.get("wait_for_visibility", False)
+    if not isinstance(wait, bool):
+        raise DuckMeshError("VALIDATION_FAILED", "wait_for_visibility must be true or false",
+                            field="wait_for_visibility")
+    timeout = body.get("visibility_timeout_ms")
+    if timeout is not None and (type(timeout) is not int or not 0 <= timeout <= max_timeout_ms):
+        raise DuckMeshError(
+            "VALIDATION_FAILED",
+            f"visibility_timeout_ms must be an integer from 0 to {max_timeout_ms}",
+            field="visibility_timeout_ms",
+        )
+    return IngestOptions(wait, timeout)
+
+
+def _event_time(raw: Any) -> dt.datetime:
+    if type(raw) is not str:
+        raise ValueError("must be an ISO 8601 string")
+    value = dt.datetime.fromisoformat(raw)
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
+def validate_records(
+    tv: TableValidator, raw_records: Any, *, max_records: int, max_record_bytes: int
+) -> list[IngestRecord]:
+    """Validate every record; raise one error listing all problems, or return them all."""
+    if not isinstance(raw_records, list) or not raw_records:
+        raise DuckMeshError("VALIDATION_FAILED", "records must be a non-empty array",
+                            field="records")
+    if len(raw_records) > max_records:
+        raise DuckMeshError("PAYLOAD_TOO_LARGE",
+                            f"at most {max_records} records per request", limit=max_records)
+    table = tv.table
+    keyed = bool(tv.key)
+    errors: list[dict[str, Any]] = []
+    out: list[IngestRecord] = []
+    too_large: list[int] = []
+
+    def bad(index: int, field: str, reason: str) -> None:
+        errors.append({"index": index, "field": field, "reason": reason})
+
+    for index, rec in enumerate(raw_records):
+        if type(rec) is not dict:
+            bad(index, "", "a record must be an object")
+            continue
+        if not rec.keys() <= _RECORD_KEYS:
+            for k in sorted(rec.keys() - _RECORD_KEYS):
+                bad(index, k, "unknown record field")
+            continue
+        key = rec.get("idempotency_key")
+        if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH:
+            bad(index, "idempotency_key", f"required: a string of 1..{MAX_KEY_LENGTH} characters")
+            continue
+        op = rec.get("op", "insert")
+        if op not in OPS:
+            bad(index, "op", "must be insert, upsert or delete")
+            continue
+        if op != "insert" and not keyed:
+            bad(index, "op", f"{op} needs a table with a primary key; {table.name!r} has none")
+            continue
+        payload = rec.get("payload")
+        if type(payload) is not dict:
+            bad(index, "payload", "required: an object")
+            continue
+        event_time = None
+        if rec.get("event_time") is not None:
+            try:
+                event_time = _event_time(rec["event_time"])
+            except ValueError:
+                bad(index, "event_time", "must be an ISO 8601 timestamp")
+                continue
+        ok = True
+        for name, value in payload.items():
+            spec = tv.checks.get(name)
+            if spec is None:
+                bad(index, f"payload.{name}", "unknown column")
+                ok = False
+                continue
+            if value is None:
+                if not spec[0]:
+                    bad(index, f"payload.{name}", "must not be null")
+                    ok = False
+                continue
+            reason = spec[1](value)
+            if reason is not None:
+                bad(index, f"payload.{name}", reason)
+                ok = False
+        needed = tv.key if op == "delete" else tv.required
+        for name in needed:
+            if payload.get(name) is None and name not in payload:
+                bad(index, f"payload.{name}", "required column missing")
+                ok = False
+        if not ok:
+            continue
+        text = _dumps(payload)
+        if len(text) > max_record_bytes:
+            too_large.append(index)
+            continue
+        digest = hashlib.sha256(
+            f"{op}\x00{rec.get('event_time') or ''}\x00{text}".encode()
+        ).digest()
+        out.append(
+            IngestRecord(
+                table_id=table.table_id,
+                idempotency_key=key,
+                op=op,
+                payload=text,
+                payload_hash=digest,
+                event_time=event_time,
+                schema_version=table.schema_version,
+            )
+        )
+        if len(errors) >= MAX_LISTED_ERRORS:
+            break
+    if too_large:
+        raise DuckMeshError(
+            "PAYLOAD_TOO_LARGE",
+            f"{len(too_large)} record(s) exceed {max_record_bytes} bytes",
+            record_indexes=too_large[:MAX_LISTED_ERRORS],
+            limit=max_record_bytes,
+        )
+    if errors:
+        raise DuckMeshError(
+            "VALIDATION_FAILED",
+            f"{len(errors)} invalid record field(s); nothing was written",
+            errors=errors[:MAX_LISTED_ERRORS],
+        )
+    return out

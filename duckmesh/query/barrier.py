@@ -1,0 +1,72 @@
+"""The visibility barrier: wait until a tenant's published watermark reaches a token.
+
+Woken by snapshot notices, re-checking the catalog at least every
+``POLL_S`` so a lost notice only costs latency. A token above anything
+issued to the tenant fails at once (``VISIBILITY_TOKEN_INVALID``); a token
+not visible by the deadline fails with ``CONSISTENCY_TIMEOUT`` and the
+current watermark, so the caller can retry or report.
+"""
+
+from __future__ import annotations
+
+import trio
+
+from duckmesh import metrics
+from duckmesh.bus import IngestBus
+from duckmesh.catalog import reads
+from duckmesh.catalog.model import Snapshot
+from duckmesh.db import Database
+from duckmesh.errors import DuckMeshError
+from duckmesh.notify import Notifications
+
+POLL_S = 0.25
+
+
+async def latest(db: Database, tenant: str) -> Snapshot | None:
+    return await db.run(lambda conn: reads.latest_snapshot(conn, tenant), transaction=False)
+
+
+async def wait_for_token(
+    db: Database,
+    bus: IngestBus,
+    notifications: Notifications,
+    tenant: str,
+    token: int,
+    timeout_s: float,
+    *,
+    kind: str = "query",
+) -> Snapshot | None:
+    """The newest snapshot whose watermark is at least ``token``."""
+    if token < 0:
+        raise DuckMeshError("VISIBILITY_TOKEN_INVALID", "tokens are non-negative integers",
+                            token=token)
+    deadline = trio.current_time() + timeout_s
+    signal = notifications.snapshots(tenant)
+    checked_issued = False
+    while True:
+        seen = signal.seq
+        snap = await latest(db, tenant)
+        watermark = snap.max_visibility_token if snap else 0
+        if watermark >= token:
+            return snap
+        if not checked_issued:
+            issued = await trio.to_thread.run_sync(bus.latest_token, tenant)
+            if token > issued:
+                raise DuckMeshError(
+                    "VISIBILITY_TOKEN_INVALID",
+                    f"token {token} was never issued to this tenant (latest issued: {issued})",
+                    token=token, latest_issued_token=issued,
+                )
+            checked_issued = True
+        remaining = deadline - trio.current_time()
+        if remaining <= 0:
+            metrics.CONSISTENCY_TIMEOUTS.labels(kind=kind).inc()
+            raise DuckMeshError(
+                "CONSISTENCY_TIMEOUT",
+                f"token {token} was not visible within {timeout_s * 1000:.0f} ms",
+                token=token,
+                current_watermark=watermark,
+                snapshot_id=snap.snapshot_id if snap else None,
+                timeout_ms=round(timeout_s * 1000),
+            )
+        await signal.wait(seen, min(remaining, POLL_S))

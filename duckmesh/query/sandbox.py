@@ -1,0 +1,396 @@
+"""Sandboxed execution of tenant SQL over exactly one published snapshot.
+
+Why it exists: a query must see one tenant's tables as of one snapshot, with
+upserts resolved and deletes hidden, and nothing else on the machine: no other
+tenant's files, no settings, no extensions, no writes.
+
+What it guarantees:
+
+* ``SnapshotDatabase`` is a private in-memory DuckDB database whose only
+  objects are one VIEW per bound table. Each view reads exactly the snapshot's
+  Parquet files, casts every column to the table's current type (columns absent
+  from old files read as NULL), never shows the ``_dm_*`` system columns, and
+  for keyed tables shows only the newest row per key unless it is a delete.
+* The database is configured before any tenant SQL runs and then sealed, in
+  this order (DuckDB refuses ``allowed_directories`` once external access is
+  off, and refuses every SET once the configuration is locked): memory limit,
+  threads, no temporary directory (no spilling: memory overruns fail fast and
+  nothing is written), UTC time zone, no Python replacement scans, no extension
+  auto-install/auto-load, no community extensions, Parquet metadata cache,
+  ``allowed_directories = [tenant data dir]``, ``enable_external_access =
+  false``, ``lock_configuration = true``.
+* ``execute`` runs only SQL accepted by ``check_sql`` (one read-only SELECT,
+  see ``_sqlcheck``), referring only to bound tables or its own CTEs, with a
+  time limit (the cursor is interrupted), a row limit and a result-size limit,
+  and returns JSON-ready values (see ``_convert``). DuckDB errors become
+  ``DuckMeshError`` with the data directory replaced by ``<data>``.
+* Several queries may run at once on one database, each on its own cursor.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import duckdb
+
+from duckmesh.errors import DuckMeshError
+from duckmesh.query._convert import column_plan, convert_column, row_size
+from duckmesh.query._sqlcheck import SqlAnalysis, analyze, check_sql
+from duckmesh.query._watchdog import WATCHDOG
+
+__all__ = [
+    "ColumnSpec",
+    "QueryLimits",
+    "QueryResult",
+    "SnapshotDatabase",
+    "TableBinding",
+    "check_sql",
+]
+
+SYSTEM_COLUMN_PREFIX = "_dm_"
+TOKEN_COLUMN = "_dm_token"  # noqa: S105 - a column name, not a secret
+OP_COLUMN = "_dm_op"
+_FETCH_BATCH = 8192
+_GLOB_CHARACTERS = frozenset("*?[]{}")
+
+
+@attrs.frozen
+class ColumnSpec:
+    """One column of a table's current schema; ``type`` is a DuckDB type name."""
+
+    name: str
+    type: str
+    nullable: bool = True
+
+
+@attrs.frozen
+class TableBinding:
+    """A table as of one snapshot: its current schema and exactly its files."""
+
+    name: str
+    columns: tuple[ColumnSpec, ...]
+    primary_key: tuple[str, ...]
+    files: tuple[str, ...]
+    file_columns: tuple[str, ...]
+    total_bytes: int = 0
+
+
+@attrs.frozen
+class QueryLimits:
+    """Resource limits; memory and threads apply per ``SnapshotDatabase``."""
+
+    memory_limit_mb: int = 512
+    threads: int = 2
+    timeout_s: float = 30.0
+    row_limit: int = 10_000
+    max_result_bytes: int = 64 * 1024 * 1024
+
+
+@attrs.frozen
+class QueryResult:
+    columns: tuple[tuple[str, str], ...]
+    rows: list[list[object]]
+    truncated: bool
+    scanned_files: int
+    scanned_bytes: int
+    duration_ms: float
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _validate_binding(binding: TableBinding, allowed_dir: str) -> None:
+    where = f"table binding {binding.name!r}"
+    if not binding.name or "\x00" in binding.name:
+        raise ValueError(f"{where}: invalid table name")
+    if not binding.columns:
+        raise ValueError(f"{where}: a table needs at least one column")
+    names = [column.name.lower() for column in binding.columns]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{where}: duplicate column names")
+    for column in binding.columns:
+        if not column.name or column.name.lower().startswith(SYSTEM_COLUMN_PREFIX):
+            raise ValueError(f"{where}: invalid column name {column.name!r}")
+        if not column.type.strip() or any(ch in column.type for ch in ";\x00"):
+            raise ValueError(f"{where}: invalid type {column.type!r}")
+    missing = [key for key in binding.primary_key if key.lower() not in names]
+    if missing:
+        raise ValueError(f"{where}: primary key columns {missing} are not columns")
+    present = {name.lower() for name in binding.file_columns}
+    if binding.files and any(key.lower() not in present for key in binding.primary_key):
+        raise ValueError(f"{where}: primary key columns must be present in the files")
+    root = allowed_dir.rstrip(os.sep) + os.sep
+    for path in binding.files:
+        if not os.path.isabs(path) or not os.path.abspath(path).startswith(root):
+            raise ValueError(f"{where}: file {path!r} is not under the data dir")
+        if any(ch in path for ch in _GLOB_CHARACTERS):
+            raise ValueError(f"{where}: file path contains glob characters")
+
+
+def view_query(binding: TableBinding) -> str:
+    """The SELECT behind a binding's view (see the module docstring)."""
+    present = {name.lower() for name in binding.file_columns}
+    projection = ", ".join(
+        f"CAST({quote_ident(column.name) if column.name.lower() in present else 'NULL'} "
+        f"AS {column.type}) AS {quote_ident(column.name)}"
+        for column in binding.columns
+    )
+    if not binding.files:
+        null_projection = ", ".join(
+            f"CAST(NULL AS {column.type}) AS {quote_ident(column.name)}"
+            for column in binding.columns
+        )
+        return f"SELECT {null_projection} WHERE false"
+    files = ", ".join(quote_literal(os.path.abspath(path)) for path in binding.files)
+    source = f"read_parquet([{files}], union_by_name = true)"
+    if not binding.primary_key:
+        return f"SELECT {projection} FROM {source}"
+    keys = ", ".join(quote_ident(key) for key in binding.primary_key)
+    return (
+        f"SELECT {projection} FROM ("
+        f"SELECT * FROM {source} "
+        f"QUALIFY row_number() OVER (PARTITION BY {keys} "
+        f"ORDER BY {quote_ident(TOKEN_COLUMN)} DESC) = 1"
+        f") AS latest WHERE latest.{quote_ident(OP_COLUMN)} <> 'delete'"
+    )
+
+
+class SnapshotDatabase:
+    """A private in-memory DuckDB database exposing exactly one snapshot of one tenant."""
+
+    def __init__(
+        self, bindings: Sequence[TableBinding], *, allowed_dir: str, limits: QueryLimits
+    ) -> None:
+        self._allowed_dir = os.path.abspath(allowed_dir)
+        self._scrub = sorted(
+            {self._allowed_dir, os.path.realpath(self._allowed_dir)}, key=len, reverse=True
+        )
+        self._bindings: dict[str, TableBinding] = {}
+        for binding in bindings:
+            _validate_binding(binding, self._allowed_dir)
+            key = binding.name.lower()
+            if key in self._bindings:
+                raise ValueError(f"table {binding.name!r} is bound twice")
+            self._bindings[key] = binding
+        self._memory_limit_mb = limits.memory_limit_mb
+        self._lock = threading.Lock()
+        self._active: set[duckdb.DuckDBPyConnection] = set()
+        self._closed = False
+        self._conn = duckdb.connect(":memory:")
+        try:
+            self._configure(limits)
+            for binding in self._bindings.values():
+                self._create_view(binding)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    # -- setup -----------------------------------------------------------------
+
+    def _configure(self, limits: QueryLimits) -> None:
+        if limits.memory_limit_mb <= 0 or limits.threads <= 0:
+            raise ValueError("memory_limit_mb and threads must be positive")
+        allowed = quote_literal(self._allowed_dir.rstrip(os.sep) + os.sep)
+        for statement in (
+            f"SET memory_limit = '{int(limits.memory_limit_mb)}MB'",
+            f"SET threads = {int(limits.threads)}",
+            # No spilling: memory overruns fail fast, deterministically, and
+            # nothing is ever written to disk (the default is ./.tmp).
+            "SET temp_directory = ''",
+            "SET TimeZone = 'UTC'",
+            "SET python_enable_replacements = false",
+            "SET autoinstall_known_extensions = false",
+            "SET autoload_known_extensions = false",
+            "SET allow_community_extensions = false",
+            "SET parquet_metadata_cache = true",
+            # Must precede enable_external_access = false (DuckDB refuses it after).
+            f"SET allowed_directories = [{allowed}]",
+            "SET enable_external_access = false",
+            # Last: from here on no SET is accepted, by anyone.
+            "SET lock_configuration = true",
+        ):
+            self._conn.execute(statement)
+
+    def _create_view(self, binding: TableBinding) -> None:
+        sql = f"CREATE VIEW main.{quote_ident(binding.name)} AS {view_query(binding)}"
+        statements = self._conn.extract_statements(sql)
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.CREATE:
+            raise ValueError(f"table binding {binding.name!r} does not form a single view")
+        try:
+            self._conn.execute(sql)
+        except duckdb.Error as exc:
+            raise DuckMeshError(
+                "INTERNAL",
+                f"cannot expose table {binding.name!r}: {self._scrubbed(exc)}",
+                table=binding.name,
+            ) from exc
+
+    # -- execution ---------------------------------------------------------------
+
+    def execute(
+        self, sql: str, params: Sequence[object] | None, limits: QueryLimits
+    ) -> QueryResult:
+        """Run one sandboxed SELECT; see the module docstring for the guarantees."""
+        started = time.perf_counter()
+        cursor = self._open_cursor()
+        try:
+            analysis = analyze(cursor, sql)
+            referenced = self._referenced(analysis)
+            alarm = WATCHDOG.arm(limits.timeout_s, cursor.interrupt)
+            try:
+                if params is None:
+                    cursor.execute(sql)
+                else:
+                    cursor.execute(sql, list(params))
+                columns, rows, truncated = self._fetch(cursor, limits)
+            except duckdb.Error as exc:
+                timed_out = alarm.disarm()
+                raise self._map_error(exc, timed_out=timed_out, limits=limits) from exc
+            finally:
+                alarm.disarm()
+        finally:
+            self._release(cursor)
+        return QueryResult(
+            columns=columns,
+            rows=rows,
+            truncated=truncated,
+            scanned_files=sum(len(binding.files) for binding in referenced),
+            scanned_bytes=sum(binding.total_bytes for binding in referenced),
+            duration_ms=(time.perf_counter() - started) * 1000.0,
+        )
+
+    def _referenced(self, analysis: SqlAnalysis) -> list[TableBinding]:
+        referenced: list[TableBinding] = []
+        for name in sorted(analysis.table_names):
+            binding = self._bindings.get(name)
+            if binding is not None:
+                referenced.append(binding)
+            elif name not in analysis.cte_names:
+                known = ", ".join(sorted(b.name for b in self._bindings.values())[:50])
+                raise DuckMeshError(
+                    "SQL_ERROR",
+                    f"table {name!r} does not exist in this snapshot"
+                    + (f" (tables: {known})" if known else " (it has no tables)"),
+                    table=name,
+                )
+        return referenced
+
+    def _fetch(
+        self, cursor: duckdb.DuckDBPyConnection, limits: QueryLimits
+    ) -> tuple[tuple[tuple[str, str], ...], list[list[object]], bool]:
+        description = cursor.description or []
+        columns = tuple((name, str(duck_type)) for name, duck_type, *_ in description)
+        plans = [column_plan(duck_type) for _, duck_type, *_ in description]
+        converters = [(i, plan.convert) for i, plan in enumerate(plans) if plan.convert]
+        wanted = max(limits.row_limit, 0) + 1
+        budget = limits.max_result_bytes
+        rows: list[list[object]] = []
+        size = 0
+        truncated = False
+        while len(rows) < wanted:
+            batch = cursor.fetchmany(min(wanted - len(rows), _FETCH_BATCH))
+            if not batch:
+                break
+            if not plans:
+                rows.extend([] for _ in batch)
+                continue
+            values: list[Sequence[Any]] = list(zip(*batch, strict=True))
+            for index, convert in converters:
+                values[index] = convert_column(values[index], convert)
+            batch_rows: list[list[object]] = list(map(list, zip(*values, strict=True)))
+            batch_size = sum(plan.size(column) for plan, column in zip(plans, values, strict=True))
+            if size + batch_size <= budget:
+                rows.extend(batch_rows)
+                size += batch_size
+                continue
+            # Over budget somewhere in this batch: keep whole rows that fit.
+            truncated = True
+            for row in batch_rows:
+                size += row_size(row)
+                if size > budget:
+                    break
+                rows.append(row)
+            break
+        if len(rows) > limits.row_limit:
+            del rows[max(limits.row_limit, 0) :]
+            truncated = True
+        return columns, rows, truncated
+
+    def _map_error(
+        self, exc: duckdb.Error, *, timed_out: bool, limits: QueryLimits
+    ) -> DuckMeshError:
+        if timed_out:
+            return DuckMeshError(
+                "QUERY_TIMEOUT",
+                f"query exceeded the time limit of {limits.timeout_s:g} s and was stopped",
+                timeout_s=limits.timeout_s,
+            )
+        if isinstance(exc, duckdb.InterruptException):
+            return DuckMeshError("QUERY_TIMEOUT", "query was cancelled", reason="cancelled")
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            return DuckMeshError(
+                "QUERY_MEMORY_EXCEEDED",
+                f"query exceeded the memory limit of {self._memory_limit_mb} MB "
+                "(reduce the data it sorts, groups or joins, or add filters)",
+                memory_limit_mb=self._memory_limit_mb,
+            )
+        message = self._scrubbed(exc)
+        if isinstance(exc, duckdb.PermissionException):
+            return DuckMeshError("SQL_REJECTED", f"statement refused by the sandbox: {message}")
+        if isinstance(exc, (duckdb.InternalException, duckdb.FatalException, duckdb.IOException)):
+            return DuckMeshError("INTERNAL", f"query engine failure: {message}")
+        return DuckMeshError("SQL_ERROR", message)
+
+    def _scrubbed(self, exc: BaseException) -> str:
+        message = str(exc)
+        for path in self._scrub:
+            message = message.replace(path, "<data>")
+        return message
+
+    # -- cursors and lifecycle ---------------------------------------------------
+
+    def _open_cursor(self) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            if self._closed:
+                raise DuckMeshError("INTERNAL", "snapshot database is closed")
+            cursor = self._conn.cursor()
+            self._active.add(cursor)
+            return cursor
+
+    def _release(self, cursor: duckdb.DuckDBPyConnection) -> None:
+        with self._lock:
+            self._active.discard(cursor)
+            cursor.close()
+            if self._closed and not self._active:
+                self._conn.close()
+
+    def interrupt(self) -> None:
+        """Interrupt every query currently running on this database."""
+        with self._lock:
+            for cursor in self._active:
+                cursor.interrupt()
+
+    def close(self) -> None:
+        """Interrupt running queries and release the database once they have ended."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for cursor in self._active:
+                cursor.interrupt()
+            if not self._active:
+                self._conn.close()
+
+    @property
+    def table_names(self) -> tuple[str, ...]:
+        return tuple(binding.name for binding in self._bindings.values())

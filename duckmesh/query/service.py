@@ -1,0 +1,234 @@
+"""Query orchestration: resolve a snapshot, pass the barrier, run the sandbox.
+
+A ``SnapshotDatabase`` is built once per (tenant, snapshot) and kept in a
+small LRU, so a query pays no setup that grows with history: views over the
+snapshot's exact files, Parquet metadata cached by DuckDB. Concurrency is
+bounded; past the queue limit callers get 429 instead of a collapse.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections import OrderedDict
+from typing import Any
+
+import attrs
+import trio
+
+from duckmesh import metrics
+from duckmesh.bus import IngestBus
+from duckmesh.catalog import reads
+from duckmesh.catalog.model import DataFile, Snapshot, TableDef
+from duckmesh.db import Conn, Database
+from duckmesh.errors import DuckMeshError
+from duckmesh.notify import Notifications
+from duckmesh.query.barrier import wait_for_token
+from duckmesh.query.sandbox import ColumnSpec, QueryLimits, SnapshotDatabase, TableBinding
+from duckmesh.storage.local import LocalObjectStore
+
+
+@attrs.frozen
+class QuerySettings:
+    memory_limit_mb: int = 512
+    threads: int = 2
+    timeout_s: float = 30.0
+    row_limit: int = 10_000
+    max_row_limit: int = 1_000_000
+    concurrency: int = 8
+    consistency_timeout_s: float = 5.0
+    max_consistency_timeout_s: float = 60.0
+    cache_size: int = 32
+
+
+@attrs.frozen
+class QueryRequest:
+    sql: str
+    params: list[Any] | None = None
+    snapshot_id: int | None = None
+    snapshot_time: dt.datetime | None = None
+    min_visibility_token: int | None = None
+    consistency_timeout_s: float | None = None
+    row_limit: int | None = None
+
+
+def _bindings(
+    store: LocalObjectStore, conn: Conn, tables: list[TableDef], files: list[DataFile]
+) -> list[TableBinding]:
+    by_table: dict[str, list[DataFile]] = {}
+    for f in files:
+        by_table.setdefault(f.table_id, []).append(f)
+    out = []
+    for table in tables:
+        mine = by_table.get(table.table_id, [])
+        newest = max((f.schema_version for f in mine), default=0)
+        present = (
+            {c.name for c in reads.schema_columns(conn, table.table_id, newest)} if newest else set()
+        )
+        out.append(
+            TableBinding(
+                name=table.name,
+                columns=tuple(ColumnSpec(c.name, c.type, c.nullable) for c in table.columns),
+                primary_key=table.primary_key,
+                files=tuple(str(store.local_path(f.path)) for f in mine),
+                file_columns=tuple(c.name for c in table.columns if c.name in present),
+                total_bytes=sum(f.size_bytes for f in mine),
+            )
+        )
+    return out
+
+
+class QueryService:
+    def __init__(
+        self,
+        db: Database,
+        bus: IngestBus,
+        store: LocalObjectStore,
+        notifications: Notifications,
+        settings: QuerySettings,
+    ) -> None:
+        self.db = db
+        self.bus = bus
+        self.store = store
+        self.notifications = notifications
+        self.settings = settings
+        self._limiter = trio.CapacityLimiter(settings.concurrency)
+        self._cache: OrderedDict[tuple[str, int], SnapshotDatabase] = OrderedDict()
+        self._building: dict[tuple[str, int], trio.Event] = {}
+
+    def consistency_timeout(self, requested_ms: int | None) -> float:
+        if requested_ms is None:
+            return self.settings.consistency_timeout_s
+        return min(requested_ms / 1000.0, self.settings.max_consistency_timeout_s)
+
+    async def resolve(self, tenant: str, req: QueryRequest) -> Snapshot | None:
+        """The snapshot a request reads; None when the tenant has none yet."""
+        if req.snapshot_id is not None:
+            snap = await self.db.run(
+                lambda c: reads.get_snapshot(c, tenant, req.snapshot_id or 0), transaction=False
+            )
+            if snap is None or snap.expired:
+                raise DuckMeshError(
+                    "SNAPSHOT_NOT_FOUND",
+                    f"snapshot {req.snapshot_id} does not exist"
+                    + (" any more (expired)" if snap else ""),
+                    snapshot_id=req.snapshot_id,
+                )
+            if req.min_visibility_token is not None and (
+                snap.max_visibility_token < req.min_visibility_token
+            ):
+                raise DuckMeshError(
+                    "TOKEN_SCOPE_MISMATCH",
+                    f"snapshot {snap.snapshot_id} has watermark {snap.max_visibility_token},"
+                    f" below min_visibility_token {req.min_visibility_token}",
+                    snapshot_id=snap.snapshot_id,
+                    watermark=snap.max_visibility_token,
+                )
+            return snap
+        if req.snapshot_time is not None:
+            when = req.snapshot_time
+            snap = await self.db.run(lambda c: reads.snapshot_at(c, tenant, when),
+                                     transaction=False)
+            if snap is None:
+                raise DuckMeshError("SNAPSHOT_NOT_FOUND", f"no snapshot at or before {when}",
+                                    snapshot_time=when.isoformat())
+            return snap
+        timeout = (
+            self.settings.consistency_timeout_s
+            if req.consistency_timeout_s is None
+            else req.consistency_timeout_s
+        )
+        return await wait_for_token(
+            self.db, self.bus, self.notifications, tenant, req.min_visibility_token or 0, timeout
+        )
+
+    async def _database(self, tenant: str, snap: Snapshot | None) -> SnapshotDatabase:
+        key = (tenant, snap.snapshot_id if snap else 0)
+        while True:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
+            building = self._building.get(key)
+            if building is None:
+                break
+            await building.wait()
+        done = self._building[key] = trio.Event()
+        try:
+            database = await self._build(tenant, snap)
+            self._cache[key] = database
+            while len(self._cache) > self.settings.cache_size:
+                _, old = self._cache.popitem(last=False)
+                old.close()
+            return database
+        finally:
+            del self._building[key]
+            done.set()
+
+    async def _build(self, tenant: str, snap: Snapshot | None) -> SnapshotDatabase:
+        def load(conn: Conn) -> list[TableBinding]:
+            if snap is None:
+                return _bindings(self.store, conn, reads.list_tables(conn, tenant), [])
+            tables = reads.tables_as_of(conn, tenant, snap.created_at)
+            files = reads.snapshot_files(conn, tenant, snap.snapshot_id)
+            return _bindings(self.store, conn, tables, files)
+
+        bindings = await self.db.run(load, transaction=False)
+        tenant_dir = self.store.root / tenant
+        tenant_dir.mkdir(parents=True, exist_ok=True)
+        limits = self._limits(None)
+        return await trio.to_thread.run_sync(
+            lambda: SnapshotDatabase(bindings, allowed_dir=str(tenant_dir), limits=limits)
+        )
+
+    def _limits(self, row_limit: int | None) -> QueryLimits:
+        s = self.settings
+        rows = s.row_limit if row_limit is None else row_limit
+        if not 1 <= rows <= s.max_row_limit:
+            raise DuckMeshError("VALIDATION_FAILED",
+                                f"row_limit must be between 1 and {s.max_row_limit}",
+                                field="row_limit")
+        return QueryLimits(memory_limit_mb=s.memory_limit_mb, threads=s.threads,
+                           timeout_s=s.timeout_s, row_limit=rows)
+
+    async def execute(self, tenant: str, req: QueryRequest) -> dict[str, Any]:
+        started = time.perf_counter()
+        limits = self._limits(req.row_limit)
+        if self._limiter.statistics().tasks_waiting >= self.settings.concurrency * 4:
+            metrics.QUERY_REQUESTS.labels(status="rejected").inc()
+            raise DuckMeshError("RATE_LIMITED", "too many queries waiting; retry shortly",
+                                retry_after_s=1)
+        try:
+            snap = await self.resolve(tenant, req)
+            database = await self._database(tenant, snap)
+            async with self._limiter:
+                result = await trio.to_thread.run_sync(
+                    database.execute, req.sql, req.params, limits, abandon_on_cancel=False
+                )
+        except DuckMeshError as exc:
+            metrics.QUERY_REQUESTS.labels(status=exc.error_code).inc()
+            raise
+        elapsed = time.perf_counter() - started
+        metrics.QUERY_REQUESTS.labels(status="ok").inc()
+        metrics.QUERY_LATENCY.observe(elapsed)
+        metrics.QUERY_SCANNED_FILES.inc(result.scanned_files)
+        metrics.QUERY_SCANNED_BYTES.inc(result.scanned_bytes)
+        return {
+            "columns": [{"name": n, "type": t} for n, t in result.columns],
+            "rows": result.rows,
+            "truncated": result.truncated,
+            "snapshot_id": snap.snapshot_id if snap else None,
+            "snapshot_time": snap.created_at.isoformat() if snap else None,
+            "max_visibility_token": snap.max_visibility_token if snap else 0,
+            "stats": {
+                "duration_ms": round(elapsed * 1000, 3),
+                "execution_ms": round(result.duration_ms, 3),
+                "scanned_files": result.scanned_files,
+                "scanned_bytes": result.scanned_bytes,
+            },
+        }
+
+    def close(self) -> None:
+        for database in self._cache.values():
+            database.close()
+        self._cache.clear()

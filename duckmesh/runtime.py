@@ -1,0 +1,141 @@
+"""Everything one DuckMesh process runs, built once from the configuration.
+
+``Runtime`` wires the database, bus, object store, notifications, services
+and actors, and declares the supervision tree of each role in one place
+(``build_tree``). The CLI builds it; the API reads it; tests build it too.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+from typing import Any
+
+import attrs
+import structlog
+
+from duckmesh import migrations
+from duckmesh.bus.postgres import PostgresBus
+from duckmesh.catalog import commands, reads
+from duckmesh.catalog.model import ROLES
+from duckmesh.config import Config
+from duckmesh.coordinator.actor import CoordinatorActor
+from duckmesh.coordinator.committer import CommitSettings, Committer
+from duckmesh.db import Database
+from duckmesh.embedded import EmbeddedPostgres
+from duckmesh.ingest.group_commit import GroupCommitter
+from duckmesh.notify import Notifications
+from duckmesh.query.service import QueryService, QuerySettings
+from duckmesh.storage.local import LocalObjectStore
+from duckmesh.supervisors.faults import FaultPoints
+
+log = structlog.get_logger("duckmesh.runtime")
+
+
+@attrs.define
+class Runtime:
+    config: Config
+    dsn: str
+    db: Database
+    bus: PostgresBus
+    store: LocalObjectStore
+    notifications: Notifications
+    faults: FaultPoints
+    queries: QueryService
+    ingest: GroupCommitter
+    embedded: EmbeddedPostgres | None = None
+    extra: dict[str, Any] = attrs.field(factory=dict)
+
+    def close(self) -> None:
+        self.queries.close()
+        self.db.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+def open_catalog(config: Config) -> tuple[str, EmbeddedPostgres | None]:
+    """The catalog DSN: the configured one, or a started embedded server's."""
+    if config.catalog_dsn:
+        return config.catalog_dsn, None
+    embedded = EmbeddedPostgres(config.data_dir)
+    return embedded.start(), embedded
+
+
+def build_runtime(config: Config, *, dsn: str | None = None) -> Runtime:
+    embedded = None
+    if dsn is None:
+        dsn, embedded = open_catalog(config)
+    db = Database(dsn, size=config.db_pool_size)
+    bus = PostgresBus(db)
+    store = LocalObjectStore(config.data_dir / "objects")
+    notifications = Notifications()
+    faults = FaultPoints.from_spec(config.faults, enabled=config.enable_faults)
+    queries = QueryService(
+        db,
+        bus,
+        store,
+        notifications,
+        QuerySettings(
+            memory_limit_mb=config.query_memory_limit_mb,
+            threads=config.query_threads,
+            timeout_s=config.query_timeout_ms / 1000,
+            row_limit=config.query_row_limit,
+            max_row_limit=config.query_max_row_limit,
+            concurrency=config.query_concurrency,
+            consistency_timeout_s=config.consistency_timeout_ms / 1000,
+            max_consistency_timeout_s=config.max_consistency_timeout_ms / 1000,
+            cache_size=config.snapshot_cache_size,
+        ),
+    )
+    ingest = GroupCommitter(bus, window_s=config.group_commit_window_ms / 1000)
+    return Runtime(config, dsn, db, bus, store, notifications, faults, queries, ingest, embedded)
+
+
+def coordinator_actors(rt: Runtime) -> list[CoordinatorActor]:
+    cfg = rt.config
+    settings = CommitSettings(
+        batch_max_records=cfg.batch_max_records,
+        batch_max_bytes=cfg.batch_max_bytes,
+        lease_s=cfg.lease_ms / 1000,
+    )
+    actors = []
+    for n in range(cfg.coordinators):
+        consumer = f"{os.uname().nodename}:{os.getpid()}:{n}:{secrets.token_hex(3)}"
+        committer = Committer(rt.db, rt.bus, rt.store, rt.faults, settings, consumer)
+        actors.append(
+            CoordinatorActor(
+                f"coordinator-{n}",
+                committer,
+                rt.notifications,
+                flush_interval_s=cfg.flush_interval_ms / 1000,
+                linger_s=cfg.commit_linger_ms / 1000,
+            )
+        )
+    return actors
+
+
+def migrate_and_bootstrap(rt: Runtime) -> str | None:
+    """Apply pending migrations; on an empty catalog create tenant ``default``
+    and its all-roles key. Returns the generated key when one was generated."""
+    def run(conn: Any) -> str | None:
+        migrations.migrate_up(conn)
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (0x424F4F54,))
+            if reads.tenant_ids(conn):
+                return None
+            commands.create_tenant(conn, "default", "default", actor="bootstrap")
+            given = rt.config.bootstrap_api_key or None
+            _, key = commands.issue_key(conn, "default", list(ROLES), key=given,
+                                        actor="bootstrap")
+            return None if given else key
+
+    key = rt.db.call(run, transaction=False)
+    if key is not None:
+        print(
+            "DuckMesh bootstrap: created tenant 'default' with an all-roles API key.\n"
+            f"  API key (shown once): {key}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return key

@@ -1,0 +1,94 @@
+"""Local file system object store (the default).
+
+Keys map to paths under ``root``. ``put_file`` fsyncs the source, renames it
+into place (atomic within one file system) and fsyncs the directory, so a
+crash leaves either no object or the whole object. Scratch files live in
+``root/_scratch`` on the same file system so the rename stays atomic.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from duckmesh.storage.protocol import ObjectInfo
+
+SCRATCH = "_scratch"
+
+
+class LocalObjectStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / SCRATCH).mkdir(exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if self.root not in path.parents:
+            raise ValueError(f"object key escapes the store: {key!r}")
+        return path
+
+    def put_file(self, source: Path, key: str) -> ObjectInfo:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(source, target)
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        info = self.stat(key)
+        assert info is not None
+        return info
+
+    def local_path(self, key: str) -> Path:
+        return self._path(key)
+
+    def stat(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self._path(key).stat()
+        except FileNotFoundError:
+            return None
+        return ObjectInfo(key, st.st_size, dt.datetime.fromtimestamp(st.st_mtime, dt.UTC))
+
+    def delete(self, key: str) -> bool:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self._path(prefix) if prefix else self.root
+        if not base.exists():
+            return
+        for dirpath, dirnames, filenames in os.walk(base):
+            if Path(dirpath) == self.root:
+                dirnames[:] = [d for d in dirnames if d != SCRATCH]
+            for name in filenames:
+                path = Path(dirpath) / name
+                st = path.stat()
+                yield ObjectInfo(
+                    str(path.relative_to(self.root)),
+                    st.st_size,
+                    dt.datetime.fromtimestamp(st.st_mtime, dt.UTC),
+                )
+
+    def scratch_dir(self) -> Path:
+        return self.root / SCRATCH
+
+    def scratch_path(self, suffix: str = "") -> Path:
+        return self.root / SCRATCH / f"{uuid.uuid4().hex}{suffix}"
+
+    def check_writable(self) -> None:
+        probe = self.scratch_path(".probe")
+        probe.write_bytes(b"ok")
+        probe.unlink()
