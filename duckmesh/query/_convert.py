@@ -53,6 +53,8 @@ _FIXED_WIDTHS: dict[str, int] = {
     "float": 16,
     "double": 25,
 }
+# Brackets around a row and the separator after it.
+ROW_OVERHEAD = 4
 _STRING_IDS = frozenset({"varchar", "enum", "bit", "bignum"})
 _FLOAT_IDS = frozenset({"float", "double"})
 _DATE_TIME_IDS = frozenset({"date", "time", "time_ns", "time with time zone"})
@@ -83,6 +85,9 @@ def _iso(value: Any) -> str:
 
 def _utc_iso(value: Any) -> str:
     if isinstance(value, datetime):
+        text = value.isoformat()
+        if text.endswith("+00:00"):  # the sandbox runs in UTC: the usual case
+            return text[:-6] + "Z"
         if value.tzinfo is not None:
             value = value.astimezone(UTC).replace(tzinfo=None)
         return f"{value.isoformat()}Z"
@@ -217,7 +222,8 @@ def _fixed_size(width: int) -> Sizer:
 
 
 def _string_size(values: Sequence[Any]) -> int:
-    return sum(len(value) for value in values if value is not None) + 3 * len(values)
+    # Quotes and the separator: 4 characters a value beyond the text itself.
+    return sum(len(value) for value in values if value is not None) + 4 * len(values)
 
 
 def _json_size(values: Sequence[Any]) -> int:
@@ -244,5 +250,5 @@ def convert_column(values: Sequence[Any], convert: Converter) -> list[Any]:
 
 
 def row_size(row: Sequence[Any]) -> int:
-    """Approximate JSON size of one already-converted row."""
-    return len(json.dumps(row, default=str, ensure_ascii=False))
+    """Approximate JSON size of one already-converted row, with its separator."""
+    return len(json.dumps(row, default=str, ensure_ascii=False)) + ROW_OVERHEAD - 2

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -210,12 +211,45 @@ def _check_tree(statement: dict[str, Any]) -> SqlAnalysis:
     return SqlAnalysis(table_names=frozenset(tables), cte_names=frozenset(ctes))
 
 
+# The verdict depends on the text alone, and parsing costs about as much as a
+# small query, so verdicts on short statements are remembered.
+_CACHE_ENTRIES = 2048
+_CACHE_MAX_SQL = 8192
+_cache_lock = threading.Lock()
+_cache: OrderedDict[str, SqlAnalysis | DuckMeshError] = OrderedDict()
+
+
 def analyze(conn: duckdb.DuckDBPyConnection, sql: str) -> SqlAnalysis:
     """Check ``sql`` using ``conn`` for parsing only; raise SQL_REJECTED / SQL_ERROR.
 
     ``conn`` is never asked to bind or run ``sql``: only DuckDB's parser and
     ``json_serialize_sql`` (a pure function of the text) are used.
     """
+    cacheable = len(sql) <= _CACHE_MAX_SQL
+    if cacheable:
+        with _cache_lock:
+            verdict = _cache.get(sql)
+            if verdict is not None:
+                _cache.move_to_end(sql)
+        if isinstance(verdict, SqlAnalysis):
+            return verdict
+        if verdict is not None:
+            raise DuckMeshError(verdict.error_code, verdict.message, **verdict.context)
+    try:
+        verdict = _analyze(conn, sql)
+    except DuckMeshError as exc:
+        verdict = exc
+    if cacheable:
+        with _cache_lock:
+            _cache[sql] = verdict
+            while len(_cache) > _CACHE_ENTRIES:
+                _cache.popitem(last=False)
+    if isinstance(verdict, DuckMeshError):
+        raise verdict
+    return verdict
+
+
+def _analyze(conn: duckdb.DuckDBPyConnection, sql: str) -> SqlAnalysis:
     try:
         statements = conn.extract_statements(sql)
     except duckdb.ParserException as exc:

@@ -39,7 +39,7 @@ import attrs
 import duckdb
 
 from duckmesh.errors import DuckMeshError
-from duckmesh.query._convert import column_plan, convert_column, row_size
+from duckmesh.query._convert import ROW_OVERHEAD, column_plan, convert_column, row_size
 from duckmesh.query._sqlcheck import SqlAnalysis, analyze, check_sql
 from duckmesh.query._watchdog import WATCHDOG
 
@@ -308,7 +308,9 @@ class SnapshotDatabase:
             for index, convert in converters:
                 values[index] = convert_column(values[index], convert)
             batch_rows: list[list[object]] = list(map(list, zip(*values, strict=True)))
-            batch_size = sum(plan.size(column) for plan, column in zip(plans, values, strict=True))
+            batch_size = ROW_OVERHEAD * len(batch) + sum(
+                plan.size(column) for plan, column in zip(plans, values, strict=True)
+            )
             if size + batch_size <= budget:
                 rows.extend(batch_rows)
                 size += batch_size

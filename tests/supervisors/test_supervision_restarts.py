@@ -177,8 +177,9 @@ async def test_nested_supervisor_escalates_to_parent(
     # root restarted commit once; each commit run restarted coordinator once before giving up.
     assert commit.statistics().restarts == 1
     assert commit.statistics().state is ActorState.FAILED
-    assert commit.statistics().last_error is not None
-    assert commit.statistics().last_error.startswith("EscalationError:")
+    commit_error = commit.statistics().last_error
+    assert commit_error is not None
+    assert commit_error.startswith("EscalationError: supervisor 'commit' gave up")
     assert len(journal.of("coordinator", "crash")) == 4
     assert journal.sequence().count(("api", "start")) == 1
     assert api.statistics().state is ActorState.STOPPED

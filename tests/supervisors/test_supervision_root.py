@@ -20,13 +20,9 @@ async def test_returns_0_after_graceful_stop_and_calls_on_started_once_up() -> N
         root.request_stop()
 
     assert await run_root(root, on_started=on_started) == 0
-    assert journal.sequence() == [
-        ("a", "start"),
-        ("b", "start"),
-        ("root", "on_started"),
-        ("a", "stop"),
-        ("b", "stop"),
-    ]
+    seq = journal.sequence()
+    assert seq[:3] == [("a", "start"), ("b", "start"), ("root", "on_started")]
+    assert sorted(seq[3:]) == [("a", "stop"), ("b", "stop")]  # in whichever order Trio ran them
     assert root.statistics().state is ActorState.STOPPED
 
 
@@ -78,6 +74,7 @@ async def test_cancelling_the_caller_stops_the_tree_gracefully(
     inner = Supervisor("inner", [stubborn], fast_policy(shutdown_grace=100.0))
     root = Supervisor("root", [polite, inner], fast_policy(shutdown_grace=4.0))
     returned: list[int] = []
+    t0 = trio.current_time()
 
     with trio.move_on_after(10.0) as scope:  # stands in for a SIGTERM handler cancelling us
         returned.append(await run_root(root))
@@ -85,17 +82,13 @@ async def test_cancelling_the_caller_stops_the_tree_gracefully(
     assert scope.cancelled_caught  # Cancelled propagated: run_root did not swallow it
     assert returned == []
     # Every actor was asked to stop when the caller was cancelled; the polite one returned at
-    # once, the stubborn one was cut off at the root's grace period.
+    # once, the stubborn one was cut off at the root's grace period (not the inner 100 s).
     assert polite.stop_requested.is_set()
     assert stubborn.stop_requested.is_set()
-    assert journal.times("polite", "stop") == [pytest.approx(10.0 + scope_start(journal))]
-    assert journal.times("stubborn", "cancelled") == [pytest.approx(14.0 + scope_start(journal))]
-    assert trio.current_time() == pytest.approx(14.0 + scope_start(journal))
+    assert journal.times("polite", "stop") == [pytest.approx(t0 + 10.0)]
+    assert journal.times("stubborn", "cancelled") == [pytest.approx(t0 + 14.0)]
+    assert trio.current_time() == pytest.approx(t0 + 14.0)
     assert all(stats.state is ActorState.STOPPED for _, stats in root.tree())
-
-
-def scope_start(journal: Journal) -> float:
-    return journal.times("polite", "start")[0]
 
 
 async def test_stop_requested_before_run_root_returns_0() -> None:

@@ -1,0 +1,280 @@
+"""Shared test fixtures: a real Postgres, a fresh catalog per test, a running app.
+
+- ``pg_dsn`` (session): ``DUCKMESH_TEST_DSN`` or an embedded Postgres started
+  once for the whole run.
+- ``dsn``: a fresh, migrated database cloned from a template (fast).
+- ``runtime``: a bootstrapped ``Runtime`` on that database with ``tmp_path``
+  as its data directory.
+- ``server``: the whole supervision tree and HTTP API running in the test's
+  nursery on a free port, with an ``httpx`` client already authenticated.
+- ``spawn_server``: ``duckmesh serve`` as a real subprocess, for crash and
+  signal tests.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+import psycopg
+import pytest
+import trio
+from psycopg.conninfo import make_conninfo
+
+from duckmesh import migrations
+from duckmesh.config import Config, load_config
+from duckmesh.embedded import EmbeddedPostgres
+from duckmesh.runtime import Runtime, build_runtime, migrate_and_bootstrap
+
+BOOTSTRAP_KEY = "dmk_test_" + "k" * 40
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> Iterator[str]:
+    given = os.environ.get("DUCKMESH_TEST_DSN")
+    if given:
+        yield given
+        return
+    # Short path: the Unix socket lives in the data directory (108-byte limit).
+    root = Path(tempfile.mkdtemp(prefix="dmpg"))
+    embedded = EmbeddedPostgres(root)
+    dsn = embedded.start()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        # Test speed only (this server is thrown away); never done by serve.
+        conn.execute("ALTER SYSTEM SET fsync = off")
+        conn.execute("ALTER SYSTEM SET synchronous_commit = off")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        yield dsn
+    finally:
+        embedded.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_dsn: str) -> str:
+    name = f"dm_tpl_{os.getpid()}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    with psycopg.connect(make_conninfo(pg_dsn, dbname=name), autocommit=True) as conn:
+        migrations.migrate_up(conn)
+    return name
+
+
+@pytest.fixture
+def dsn(pg_dsn: str, template_db: str) -> Iterator[str]:
+    name = f"dm_t_{secrets.token_hex(5)}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
+    try:
+        yield make_conninfo(pg_dsn, dbname=name)
+    finally:
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, dsn: str) -> Callable[..., Config]:
+    def make(**overrides: Any) -> Config:
+        base: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "catalog_dsn": dsn,
+            "http_port": free_port(),
+            "bootstrap_api_key": BOOTSTRAP_KEY,
+            "log_format": "json",
+            "log_level": "warning",
+            "flush_interval_ms": 100,
+            "commit_linger_ms": 5,
+        }
+        base.update(overrides)
+        return load_config(environ={}, overrides=base)
+
+    return make
+
+
+@pytest.fixture
+def runtime(make_config: Callable[..., Config], dsn: str) -> Iterator[Runtime]:
+    rt = build_runtime(make_config(), dsn=dsn)
+    migrate_and_bootstrap(rt)
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+@attrs.define
+class LiveServer:
+    rt: Runtime
+    base_url: str
+    client: httpx.AsyncClient
+    key: str = BOOTSTRAP_KEY
+
+    def headers(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.key}"}
+
+    async def create_table(self, body: dict[str, Any]) -> dict[str, Any]:
+        r = await self.client.post("/v1/tables", json=body)
+        assert r.status_code == 201, r.text
+        out: dict[str, Any] = r.json()
+        return out
+
+    async def ingest(self, table: str, records: list[dict[str, Any]], **kw: Any) -> httpx.Response:
+        return await self.client.post(f"/v1/ingest/{table}", json={"records": records, **kw})
+
+    async def query(self, sql: str, **kw: Any) -> httpx.Response:
+        return await self.client.post("/v1/query", json={"sql": sql, **kw})
+
+
+async def start_server(rt: Runtime, nursery: trio.Nursery) -> LiveServer:
+    from duckmesh.server import serve
+
+    nursery.start_soon(serve, rt)
+    base = f"http://127.0.0.1:{rt.config.http_port}"
+    client = httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}"},
+                               timeout=30)
+    with trio.fail_after(20):
+        while True:
+            try:
+                r = await client.get("/v1/ready")
+                if r.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            await trio.sleep(0.02)
+    return LiveServer(rt, base, client)
+
+
+@pytest.fixture
+async def server(runtime: Runtime, nursery: trio.Nursery) -> AsyncIterator[LiveServer]:
+    srv = await start_server(runtime, nursery)
+    try:
+        yield srv
+    finally:
+        await srv.client.aclose()
+        tree = runtime.extra.get("root")
+        if tree is not None:
+            await tree.stop()
+        nursery.cancel_scope.cancel()
+
+
+ORDERS = {
+    "name": "orders",
+    "columns": [
+        {"name": "order_id", "type": "BIGINT", "nullable": False},
+        {"name": "status", "type": "VARCHAR"},
+        {"name": "amount", "type": "DOUBLE"},
+        {"name": "created_at", "type": "TIMESTAMP"},
+    ],
+    "primary_key": ["order_id"],
+}
+
+EVENTS = {
+    "name": "events",
+    "columns": [
+        {"name": "id", "type": "BIGINT", "nullable": False},
+        {"name": "kind", "type": "VARCHAR"},
+        {"name": "value", "type": "DOUBLE"},
+    ],
+}
+
+
+@attrs.define
+class ServerProcess:
+    """``duckmesh serve`` in a subprocess (real signals, real SIGKILL)."""
+
+    env: dict[str, str]
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *, role: str = "all", extra_env: dict[str, str] | None = None,
+              wait: bool = True) -> None:
+        env = dict(self.env, **(extra_env or {}))
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "duckmesh.cli.main", "serve", "--role", role],
+            env=env, stdout=log, stderr=log, cwd=REPO,
+        )
+        if wait and role in ("all", "api"):
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.logs()}")
+            try:
+                r = httpx.get(self.base_url + "/v1/ready", timeout=2)
+                if r.status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"server not ready in {timeout}s:\n{self.logs()}")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 15) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def spawn_server(tmp_path: Path, dsn: str) -> Iterator[Callable[..., ServerProcess]]:
+    made: list[ServerProcess] = []
+
+    def make(**env: str) -> ServerProcess:
+        port = free_port()
+        base = {k: v for k, v in os.environ.items() if not k.startswith("DUCKMESH_")}
+        base.update(
+            DUCKMESH_DATA_DIR=str(tmp_path / "data"),
+            DUCKMESH_CATALOG_DSN=dsn,
+            DUCKMESH_HTTP_PORT=str(port),
+            DUCKMESH_BOOTSTRAP_API_KEY=BOOTSTRAP_KEY,
+            DUCKMESH_LOG_FORMAT="json",
+            DUCKMESH_FLUSH_INTERVAL_MS="100",
+            DUCKMESH_LEASE_MS="1500",
+        )
+        base.update(env)
+        sp = ServerProcess(base, port, tmp_path / f"server-{len(made)}.log")
+        made.append(sp)
+        return sp
+
+    yield make
+    for sp in made:
+        if sp.proc is not None and sp.proc.poll() is None:
+            sp.proc.kill()
+            sp.proc.wait(10)
