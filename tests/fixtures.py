@@ -215,11 +215,11 @@ class ServerProcess:
     def start(self, *, role: str = "all", extra_env: dict[str, str] | None = None,
               wait: bool = True) -> None:
         env = dict(self.env, **(extra_env or {}))
-        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "duckmesh.cli.main", "serve", "--role", role],
-            env=env, stdout=log, stderr=log, cwd=REPO,
-        )
+        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "duckmesh.cli.main", "serve", "--role", role],
+                env=env, stdout=log, stderr=log, cwd=REPO,
+            )
         if wait and role in ("all", "api"):
             self.wait_ready()
 

@@ -236,17 +236,22 @@ def analyze(conn: duckdb.DuckDBPyConnection, sql: str) -> SqlAnalysis:
         if verdict is not None:
             raise DuckMeshError(verdict.error_code, verdict.message, **verdict.context)
     try:
-        verdict = _analyze(conn, sql)
+        analysis = _analyze(conn, sql)
     except DuckMeshError as exc:
-        verdict = exc
-    if cacheable:
-        with _cache_lock:
-            _cache[sql] = verdict
-            while len(_cache) > _CACHE_ENTRIES:
-                _cache.popitem(last=False)
-    if isinstance(verdict, DuckMeshError):
-        raise verdict
-    return verdict
+        # Cache a copy: the raised instance carries its traceback.
+        _remember(sql, DuckMeshError(exc.error_code, exc.message, **exc.context), cacheable)
+        raise
+    _remember(sql, analysis, cacheable)
+    return analysis
+
+
+def _remember(sql: str, verdict: SqlAnalysis | DuckMeshError, cacheable: bool) -> None:
+    if not cacheable:
+        return
+    with _cache_lock:
+        _cache[sql] = verdict
+        while len(_cache) > _CACHE_ENTRIES:
+            _cache.popitem(last=False)
 
 
 def _analyze(conn: duckdb.DuckDBPyConnection, sql: str) -> SqlAnalysis:

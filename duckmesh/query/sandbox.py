@@ -93,6 +93,8 @@ class QueryLimits:
 
 @attrs.frozen
 class QueryResult:
+    """Rows are JSON-ready; ``truncated`` when rows were cut by row or size limit."""
+
     columns: tuple[tuple[str, str], ...]
     rows: list[list[object]]
     truncated: bool
@@ -377,19 +379,21 @@ class SnapshotDatabase:
                 self._conn.close()
 
     def interrupt(self) -> None:
-        """Interrupt every query currently running on this database."""
+        """Interrupt every query running on this database (they raise QUERY_TIMEOUT)."""
         with self._lock:
             for cursor in self._active:
                 cursor.interrupt()
 
     def close(self) -> None:
-        """Interrupt running queries and release the database once they have ended."""
+        """Refuse new queries; release the database when the running ones end.
+
+        Running queries are not interrupted (an evicted cache entry lets them
+        finish); call ``interrupt()`` first to stop them too.
+        """
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            for cursor in self._active:
-                cursor.interrupt()
             if not self._active:
                 self._conn.close()
 

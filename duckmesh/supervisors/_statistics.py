@@ -50,6 +50,12 @@ class ActorStatistics:
 
 
 def describe_error(exc: BaseException) -> str:
-    """Render an exception as ``"ExcType: message"`` (just ``"ExcType"`` if it has no message)."""
+    """Render an exception as ``"ExcType: message"`` (just ``"ExcType"`` if it has no message).
+
+    A Trio nursery wraps even a single error in an exception group; such a group is described
+    by the one error inside it, which is what a reader of the statistics wants to see.
+    """
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
     message = str(exc)
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -553,6 +553,30 @@ def test_concurrent_queries_on_one_database(db: SnapshotDatabase) -> None:
     assert results == {0: expected, 1: expected}
 
 
+def test_close_lets_running_queries_finish(bindings: list[TableBinding], tenant_dir: Path) -> None:
+    database = SnapshotDatabase(bindings, allowed_dir=str(tenant_dir), limits=LIMITS)
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            sql = "SELECT count(*) FROM range(3000) a, range(100000) b WHERE a.range + b.range > 0"
+            outcome.append(database.execute(sql, None, LIMITS).rows)
+        except DuckMeshError as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    for _ in range(500):
+        if database._active:
+            break
+        threading.Event().wait(0.001)
+    database.close()
+    worker.join(timeout=20)
+    assert outcome == [[[3000 * 100000 - 1]]]
+    with pytest.raises(DuckMeshError):
+        database.execute("SELECT 1", None, LIMITS)
+
+
 def test_closed_database_refuses_queries(bindings: list[TableBinding], tenant_dir: Path) -> None:
     database = SnapshotDatabase(bindings, allowed_dir=str(tenant_dir), limits=LIMITS)
     database.close()

@@ -233,3 +233,27 @@ async def test_normal_exit_is_done_unless_policy_restarts_it(
     assert runs[1] - runs[0] == pytest.approx(1.0)
     assert runs[2] - runs[1] == pytest.approx(2.0)
     assert permanent.children[0].statistics().last_error is None
+
+
+async def test_one_for_all_failure_during_group_startup_restarts_the_group(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    journal = Journal()
+    a = Steady("a", journal)
+    b = Crashing("b", journal, crashes=1, before_start=True)
+    c = Steady("c", journal)
+    sup = Supervisor("sup", [a, b, c], fast_policy(strategy="one_for_all"))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)  # returns only once a whole generation is up
+        assert journal.sequence() == [
+            ("a", "start"),
+            ("b", "start"),
+            ("b", "crash"),
+            ("a", "cancelled"),
+            ("a", "start"),
+            ("b", "start"),
+            ("c", "start"),
+        ]
+        assert sup.statistics().state is ActorState.RUNNING
+        await sup.stop()

@@ -14,6 +14,7 @@ from duckmesh.supervisors import (
     Actor,
     ActorState,
     ActorStatistics,
+    EscalationError,
     FunctionActor,
     Supervisor,
 )
@@ -182,3 +183,18 @@ def test_names_are_validated() -> None:
         Steady("a/b", journal)
     with pytest.raises(ValueError, match="non-empty"):
         Steady("", journal)
+
+
+async def test_last_error_looks_inside_a_single_error_group() -> None:
+    async def fails_in_a_helper() -> None:
+        async def helper() -> None:
+            raise OSError("disk full")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(helper)
+
+    child = FunctionActor("nested-error", fails_in_a_helper)
+    sup = Supervisor("sup", [child], fast_policy(max_restarts=0))
+    with pytest.raises(EscalationError, match="OSError: disk full"):
+        await sup.run()
+    assert child.statistics().last_error == "OSError: disk full"
