@@ -103,7 +103,7 @@ class Config:
     query_concurrency: int = 8
     consistency_timeout_ms: int = 5_000
     max_consistency_timeout_ms: int = 60_000
-    snapshot_cache_size: int = 32
+    snapshot_cache_size: int = 8
     # maintenance
     maintenance_interval_ms: int = 60_000
     compaction_min_files: int = 8

@@ -54,7 +54,7 @@ class EmbeddedPostgres:
         if self.adopted:
             self._server = None
             return
-        from pgserver._commands import pg_ctl
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
         info = self._server.get_postmaster_info()
         if info is not None and info.is_running():

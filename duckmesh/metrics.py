@@ -11,7 +11,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 _LATENCY_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 
 # ingest
@@ -143,6 +155,4 @@ INTEGRITY_SIZE_MISMATCH = Counter(
 ACTOR_RESTARTS = Counter(
     "duckmesh_actor_restarts_total", "Actor restarts.", ["actor"], registry=REGISTRY
 )
-ACTOR_UP = Gauge(
-    "duckmesh_actor_up", "1 while the actor is running.", ["actor"], registry=REGISTRY
-)
+ACTOR_UP = Gauge("duckmesh_actor_up", "1 while the actor is running.", ["actor"], registry=REGISTRY)

@@ -39,7 +39,7 @@ class Signal:
         self._event.set()
         self._event = trio.Event()
 
-    async def wait(self, since: int, timeout: float) -> None:
+    async def wait(self, since: int, timeout: float) -> None:  # noqa: ASYNC109
         if self.seq != since:
             return
         with trio.move_on_after(timeout):

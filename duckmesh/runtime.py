@@ -118,6 +118,7 @@ def coordinator_actors(rt: Runtime) -> list[CoordinatorActor]:
 def migrate_and_bootstrap(rt: Runtime) -> str | None:
     """Apply pending migrations; on an empty catalog create tenant ``default``
     and its all-roles key. Returns the generated key when one was generated."""
+
     def run(conn: Any) -> str | None:
         migrations.migrate_up(conn)
         with conn.transaction():
@@ -126,8 +127,7 @@ def migrate_and_bootstrap(rt: Runtime) -> str | None:
                 return None
             commands.create_tenant(conn, "default", "default", actor="bootstrap")
             given = rt.config.bootstrap_api_key or None
-            _, key = commands.issue_key(conn, "default", list(ROLES), key=given,
-                                        actor="bootstrap")
+            _, key = commands.issue_key(conn, "default", list(ROLES), key=given, actor="bootstrap")
             return None if given else key
 
     key = rt.db.call(run, transaction=False)

@@ -23,8 +23,9 @@ log = structlog.get_logger("duckmesh.server")
 
 # Restart policies, with the reason for each in docs/SUPERVISION.md.
 ROOT_POLICY = RestartPolicy(max_restarts=10, within_seconds=60, shutdown_grace=8.0)
-COMMIT_POLICY = RestartPolicy(max_restarts=20, within_seconds=60, backoff_initial=0.05,
-                              backoff_max=2.0, shutdown_grace=6.0)
+COMMIT_POLICY = RestartPolicy(
+    max_restarts=20, within_seconds=60, backoff_initial=0.05, backoff_max=2.0, shutdown_grace=6.0
+)
 MAINTENANCE_POLICY = RestartPolicy(max_restarts=5, within_seconds=300, backoff_max=30.0)
 
 
@@ -43,11 +44,13 @@ class HttpActor(Actor):
         cfg.errorlog = None
         cfg.keep_alive_timeout = 30
         cfg.graceful_timeout = 5
+        # Hypercorn reports the bound addresses through task_status; the
+        # supervisor's status accepts and ignores the value.
         await hypercorn.trio.serve(
-            self.app,  # type: ignore[arg-type]
+            self.app,
             cfg,
-            shutdown_trigger=self.stop_requested.wait,  # type: ignore[arg-type]
-            task_status=task_status,
+            shutdown_trigger=self.stop_requested.wait,
+            task_status=task_status,  # type: ignore[arg-type]
         )
 
 
@@ -56,8 +59,7 @@ def build_tree(rt: Runtime) -> Supervisor:
     children: list[Actor] = []
 
     async def listen(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await rt.notifications.listen(rt.dsn, stop=notifier.stop_requested,
-                                      task_status=task_status)
+        await rt.notifications.listen(rt.dsn, stop=notifier.stop_requested, task_status=task_status)
 
     notifier = FunctionActor("notifier", listen)
     children.append(notifier)
@@ -94,9 +96,13 @@ async def serve(rt: Runtime) -> int:
 
         def started() -> None:
             cfg = rt.config
-            log.info("duckmesh started", role=cfg.role,
-                     http=f"http://{cfg.http_host}:{cfg.http_port}" if cfg.role in ("all", "api")
-                     else None)
+            log.info(
+                "duckmesh started",
+                role=cfg.role,
+                http=f"http://{cfg.http_host}:{cfg.http_port}"
+                if cfg.role in ("all", "api")
+                else None,
+            )
 
         code = await run_root(root, on_started=started)
         nursery.cancel_scope.cancel()

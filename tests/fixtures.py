@@ -151,8 +151,9 @@ async def start_server(rt: Runtime, nursery: trio.Nursery) -> LiveServer:
 
     nursery.start_soon(serve, rt)
     base = f"http://127.0.0.1:{rt.config.http_port}"
-    client = httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}"},
-                               timeout=30)
+    client = httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}"}, timeout=30
+    )
     with trio.fail_after(20):
         while True:
             try:
@@ -212,13 +213,17 @@ class ServerProcess:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, *, role: str = "all", extra_env: dict[str, str] | None = None,
-              wait: bool = True) -> None:
+    def start(
+        self, *, role: str = "all", extra_env: dict[str, str] | None = None, wait: bool = True
+    ) -> None:
         env = dict(self.env, **(extra_env or {}))
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "duckmesh.cli.main", "serve", "--role", role],
-                env=env, stdout=log, stderr=log, cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=log,
+                cwd=REPO,
             )
         if wait and role in ("all", "api"):
             self.wait_ready()

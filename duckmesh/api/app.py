@@ -35,8 +35,15 @@ from duckmesh.query.barrier import wait_for_token
 from duckmesh.query.service import QueryRequest
 from duckmesh.runtime import Runtime
 
-_HTTP_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 403: "FORBIDDEN", 404: "NOT_FOUND",
-               405: "BAD_REQUEST", 413: "PAYLOAD_TOO_LARGE", 429: "RATE_LIMITED"}
+_HTTP_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHENTICATED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "BAD_REQUEST",
+    413: "PAYLOAD_TOO_LARGE",
+    429: "RATE_LIMITED",
+}
 
 
 def load_openapi() -> dict[str, Any]:
@@ -63,8 +70,9 @@ def _time_field(body: dict[str, Any], name: str) -> dt.datetime | None:
     except ValueError:
         parsed = None
     if parsed is None:
-        raise DuckMeshError("VALIDATION_FAILED", f"{name} must be an ISO 8601 timestamp",
-                            field=name)
+        raise DuckMeshError(
+            "VALIDATION_FAILED", f"{name} must be an ISO 8601 timestamp", field=name
+        )
     return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed
 
 
@@ -93,8 +101,9 @@ def create_app(rt: Runtime) -> QuartTrio:
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
         code = exc.code or 500
-        return error_response(DuckMeshError(_HTTP_CODES.get(code, "BAD_REQUEST"),
-                                            exc.description or exc.name))
+        return error_response(
+            DuckMeshError(_HTTP_CODES.get(code, "BAD_REQUEST"), exc.description or exc.name)
+        )
 
     # -- health ------------------------------------------------------------
 
@@ -120,8 +129,15 @@ def create_app(rt: Runtime) -> QuartTrio:
         tree = rt.extra.get("tree")
         actors = [dict(stats.as_dict(), path=path) for path, stats in tree()] if tree else []
         ok = all(v == "ok" for v in checks.values())
-        return json_response({"status": "ready" if ok else "not_ready", "checks": checks,
-                              "actors": actors, "role": rt.config.role}, 200 if ok else 503)
+        return json_response(
+            {
+                "status": "ready" if ok else "not_ready",
+                "checks": checks,
+                "actors": actors,
+                "role": rt.config.role,
+            },
+            200 if ok else 503,
+        )
 
     @app.get("/v1/metrics")
     async def prometheus() -> Response:
@@ -138,8 +154,9 @@ def create_app(rt: Runtime) -> QuartTrio:
     async def create_table(p: Principal) -> Response:
         body = await json_body()
         table = await rt.db.run(
-            lambda c: commands.create_table(c, p.tenant_id, body, actor=p.key_id,
-                                            trace_id=_trace_id())
+            lambda c: commands.create_table(
+                c, p.tenant_id, body, actor=p.key_id, trace_id=_trace_id()
+            )
         )
         return json_response(table.to_json(), 201)
 
@@ -165,16 +182,20 @@ def create_app(rt: Runtime) -> QuartTrio:
     async def evolve_table(p: Principal, name: str) -> Response:
         body = await json_body()
         table = await rt.db.run(
-            lambda c: commands.evolve_table(c, p.tenant_id, name, body, actor=p.key_id,
-                                            trace_id=_trace_id())
+            lambda c: commands.evolve_table(
+                c, p.tenant_id, name, body, actor=p.key_id, trace_id=_trace_id()
+            )
         )
         return json_response(table.to_json())
 
     @app.delete("/v1/tables/<name>")
     @require(auth, "table_admin")
     async def drop_table(p: Principal, name: str) -> Response:
-        await rt.db.run(lambda c: commands.drop_table(c, p.tenant_id, name, actor=p.key_id,
-                                                      trace_id=_trace_id()))
+        await rt.db.run(
+            lambda c: commands.drop_table(
+                c, p.tenant_id, name, actor=p.key_id, trace_id=_trace_id()
+            )
+        )
         return json_response({"dropped": name})
 
     # -- ingest ------------------------------------------------------------
@@ -224,8 +245,13 @@ def create_app(rt: Runtime) -> QuartTrio:
         }
         if options.wait_for_visibility:
             snap = await wait_for_token(
-                rt.db, rt.bus, rt.notifications, p.tenant_id, top,
-                rt.queries.consistency_timeout(options.visibility_timeout_ms), kind="ingest",
+                rt.db,
+                rt.bus,
+                rt.notifications,
+                p.tenant_id,
+                top,
+                rt.queries.consistency_timeout(options.visibility_timeout_ms),
+                kind="ingest",
             )
             result["visible_snapshot_id"] = snap.snapshot_id if snap else None
             result["status"] = "visible"
@@ -237,15 +263,21 @@ def create_app(rt: Runtime) -> QuartTrio:
     @require(auth, "query_reader")
     async def query(p: Principal) -> Response:
         body = await json_body()
-        allowed = {"sql", "params", "snapshot_id", "snapshot_time", "min_visibility_token",
-                   "consistency_timeout_ms", "row_limit"}
+        allowed = {
+            "sql",
+            "params",
+            "snapshot_id",
+            "snapshot_time",
+            "min_visibility_token",
+            "consistency_timeout_ms",
+            "row_limit",
+        }
         unknown = sorted(set(body) - allowed)
         if unknown:
             raise DuckMeshError("VALIDATION_FAILED", f"unknown keys {unknown}", field=unknown[0])
         sql = body.get("sql")
         if not isinstance(sql, str) or not sql.strip():
-            raise DuckMeshError("VALIDATION_FAILED", "sql must be a non-empty string",
-                                field="sql")
+            raise DuckMeshError("VALIDATION_FAILED", "sql must be a non-empty string", field="sql")
         params = body.get("params")
         if params is not None and not isinstance(params, list):
             raise DuckMeshError("VALIDATION_FAILED", "params must be an array", field="params")
@@ -253,11 +285,14 @@ def create_app(rt: Runtime) -> QuartTrio:
         snapshot_time = _time_field(body, "snapshot_time")
         token = _int_field(body, "min_visibility_token")
         if snapshot_id is not None and snapshot_time is not None:
-            raise DuckMeshError("VALIDATION_FAILED",
-                                "give at most one of snapshot_id and snapshot_time")
+            raise DuckMeshError(
+                "VALIDATION_FAILED", "give at most one of snapshot_id and snapshot_time"
+            )
         if snapshot_time is not None and token is not None:
-            raise DuckMeshError("TOKEN_SCOPE_MISMATCH",
-                                "min_visibility_token cannot apply to a snapshot chosen by time")
+            raise DuckMeshError(
+                "TOKEN_SCOPE_MISMATCH",
+                "min_visibility_token cannot apply to a snapshot chosen by time",
+            )
         timeout_ms = _int_field(body, "consistency_timeout_ms")
         req = QueryRequest(
             sql=sql,
@@ -265,7 +300,8 @@ def create_app(rt: Runtime) -> QuartTrio:
             snapshot_id=snapshot_id,
             snapshot_time=snapshot_time,
             min_visibility_token=token,
-            consistency_timeout_s=None if timeout_ms is None
+            consistency_timeout_s=None
+            if timeout_ms is None
             else rt.queries.consistency_timeout(timeout_ms),
             row_limit=_int_field(body, "row_limit", 1),
         )
@@ -288,8 +324,9 @@ def create_app(rt: Runtime) -> QuartTrio:
             lambda c: reads.list_snapshots(c, p.tenant_id, before_id, limit), transaction=False
         )
         next_before = snaps[-1].snapshot_id if len(snaps) == limit else None
-        return json_response({"snapshots": [s.to_json() for s in snaps],
-                              "next_before": next_before})
+        return json_response(
+            {"snapshots": [s.to_json() for s in snaps], "next_before": next_before}
+        )
 
     @app.get("/v1/snapshots/<int:snapshot_id>")
     @require(auth, "query_reader")
@@ -305,8 +342,9 @@ def create_app(rt: Runtime) -> QuartTrio:
 
         found = await rt.db.run(load, transaction=False)
         if found is None:
-            raise DuckMeshError("SNAPSHOT_NOT_FOUND", f"no snapshot {snapshot_id}",
-                                snapshot_id=snapshot_id)
+            raise DuckMeshError(
+                "SNAPSHOT_NOT_FOUND", f"no snapshot {snapshot_id}", snapshot_id=snapshot_id
+            )
         snap, files, marks, tables = found
         body = snap.to_json()
         body["tables"] = [
@@ -329,10 +367,14 @@ def create_app(rt: Runtime) -> QuartTrio:
         pinned = body.get("pinned", True)
         reason = body.get("reason", "")
         if snapshot_id is None or not isinstance(pinned, bool) or not isinstance(reason, str):
-            raise DuckMeshError("VALIDATION_FAILED",
-                                "snapshot_id (integer), pinned (boolean), reason (string)")
-        await rt.db.run(lambda c: commands.pin_snapshot(c, p.tenant_id, snapshot_id, pinned,
-                                                        reason, actor=p.key_id))
+            raise DuckMeshError(
+                "VALIDATION_FAILED", "snapshot_id (integer), pinned (boolean), reason (string)"
+            )
+        await rt.db.run(
+            lambda c: commands.pin_snapshot(
+                c, p.tenant_id, snapshot_id, pinned, reason, actor=p.key_id
+            )
+        )
         return json_response({"snapshot_id": snapshot_id, "pinned": pinned})
 
     # -- operations --------------------------------------------------------
@@ -341,18 +383,21 @@ def create_app(rt: Runtime) -> QuartTrio:
     @require(auth, "ops_admin")
     async def lag(p: Principal) -> Response:
         latest = await trio.to_thread.run_sync(rt.bus.latest_token, p.tenant_id)
-        snap = await rt.db.run(lambda c: reads.latest_snapshot(c, p.tenant_id),
-                               transaction=False)
+        snap = await rt.db.run(lambda c: reads.latest_snapshot(c, p.tenant_id), transaction=False)
         watermark = snap.max_visibility_token if snap else 0
-        return json_response({
-            "latest_token": latest,
-            "visible_watermark": watermark,
-            "pending_records": latest - watermark,
-            "latest_snapshot_id": snap.snapshot_id if snap else None,
-            "latest_snapshot_age_ms": round(
-                (dt.datetime.now(dt.UTC) - snap.created_at).total_seconds() * 1000
-            ) if snap else None,
-        })
+        return json_response(
+            {
+                "latest_token": latest,
+                "visible_watermark": watermark,
+                "pending_records": latest - watermark,
+                "latest_snapshot_id": snap.snapshot_id if snap else None,
+                "latest_snapshot_age_ms": round(
+                    (dt.datetime.now(dt.UTC) - snap.created_at).total_seconds() * 1000
+                )
+                if snap
+                else None,
+            }
+        )
 
     return app
 

@@ -39,8 +39,7 @@ class Principal:
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_encode(body), status=status, content_type="application/json",
-                    headers=headers)
+    return Response(_encode(body), status=status, content_type="application/json", headers=headers)
 
 
 def error_response(exc: DuckMeshError) -> Response:
@@ -93,8 +92,10 @@ class Authenticator:
         elif "X-API-Key" in request.headers:
             key = request.headers["X-API-Key"].strip()
         if not key:
-            raise DuckMeshError("UNAUTHENTICATED", "an API key is required"
-                                " (Authorization: Bearer <key> or X-API-Key)")
+            raise DuckMeshError(
+                "UNAUTHENTICATED",
+                "an API key is required (Authorization: Bearer <key> or X-API-Key)",
+            )
         digest = hash_key(key)
         now = time.monotonic()
         cached = self._cache.get(digest)

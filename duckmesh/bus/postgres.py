@@ -14,7 +14,6 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-
 from duckmesh.bus.protocol import Batch, BusRecord, IngestRecord, LeaseLost, Receipt
 from duckmesh.db import Conn, Database
 from duckmesh.errors import DuckMeshError
@@ -271,5 +270,3 @@ class PostgresBus:
             transaction=False,
         )
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
-
-

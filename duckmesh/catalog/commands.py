@@ -69,8 +69,14 @@ def create_tenant(conn: Conn, tenant_id: str, name: str | None = None, **meta: A
     stream = tenant_stream(tenant_id)
     if stream_version(conn, stream) != 0:
         raise DuckMeshError("TENANT_EXISTS", f"tenant {tenant_id!r} exists", tenant=tenant_id)
-    append(conn, stream, 0, [TenantCreated(tenant_id, name or tenant_id)], tenant_id=tenant_id,
-           metadata=meta)
+    append(
+        conn,
+        stream,
+        0,
+        [TenantCreated(tenant_id, name or tenant_id)],
+        tenant_id=tenant_id,
+        metadata=meta,
+    )
 
 
 def _require_tenant(conn: Conn, tenant_id: str) -> int:
@@ -82,8 +88,14 @@ def _require_tenant(conn: Conn, tenant_id: str) -> int:
 
 def disable_tenant(conn: Conn, tenant_id: str, **meta: Any) -> None:
     version = _require_tenant(conn, tenant_id)
-    append(conn, tenant_stream(tenant_id), version, [TenantDisabled(tenant_id)],
-           tenant_id=tenant_id, metadata=meta)
+    append(
+        conn,
+        tenant_stream(tenant_id),
+        version,
+        [TenantDisabled(tenant_id)],
+        tenant_id=tenant_id,
+        metadata=meta,
+    )
 
 
 def issue_key(
@@ -100,8 +112,14 @@ def issue_key(
     digest = hash_key(plaintext)
     key_id = key_id_for(digest)
     ordered = [r for r in ROLES if r in roles]
-    append(conn, tenant_stream(tenant_id), version,
-           [ApiKeyIssued(key_id, tenant_id, digest, ordered)], tenant_id=tenant_id, metadata=meta)
+    append(
+        conn,
+        tenant_stream(tenant_id),
+        version,
+        [ApiKeyIssued(key_id, tenant_id, digest, ordered)],
+        tenant_id=tenant_id,
+        metadata=meta,
+    )
     return key_id, plaintext
 
 
@@ -115,8 +133,14 @@ def revoke_key(conn: Conn, key_id: str, **meta: Any) -> None:
         return
     tenant_id = row[0]
     version = stream_version(conn, tenant_stream(tenant_id))
-    append(conn, tenant_stream(tenant_id), version, [ApiKeyRevoked(key_id, tenant_id)],
-           tenant_id=tenant_id, metadata=meta)
+    append(
+        conn,
+        tenant_stream(tenant_id),
+        version,
+        [ApiKeyRevoked(key_id, tenant_id)],
+        tenant_id=tenant_id,
+        metadata=meta,
+    )
 
 
 def create_table(conn: Conn, tenant_id: str, body: Any, **meta: Any) -> TableDef:
@@ -136,25 +160,31 @@ def create_table(conn: Conn, tenant_id: str, body: Any, **meta: Any) -> TableDef
     columns = parse_columns(body.get("columns"))
     pk_raw = body.get("primary_key") or []
     if not isinstance(pk_raw, list) or not all(isinstance(p, str) for p in pk_raw):
-        raise DuckMeshError("VALIDATION_FAILED", "primary_key must be an array of column names",
-                            field="primary_key")
+        raise DuckMeshError(
+            "VALIDATION_FAILED", "primary_key must be an array of column names", field="primary_key"
+        )
     by_name = {c.name: c for c in columns}
     missing = [p for p in pk_raw if p not in by_name]
     if missing or len(set(pk_raw)) != len(pk_raw):
-        raise DuckMeshError("VALIDATION_FAILED",
-                            f"primary_key names unknown or repeated columns: {missing or pk_raw}",
-                            field="primary_key")
+        raise DuckMeshError(
+            "VALIDATION_FAILED",
+            f"primary_key names unknown or repeated columns: {missing or pk_raw}",
+            field="primary_key",
+        )
     for p in pk_raw:
         if parse_type(by_name[p].type).kind in ("LIST", "STRUCT", "JSON"):
-            raise DuckMeshError("VALIDATION_FAILED", f"primary key column {p!r} must be scalar",
-                                field="primary_key")
+            raise DuckMeshError(
+                "VALIDATION_FAILED", f"primary key column {p!r} must be scalar", field="primary_key"
+            )
     # Key columns are never null.
     columns = [Column(c.name, c.type, False) if c.name in pk_raw else c for c in columns]
     compatibility = body.get("compatibility", "backward")
     if compatibility not in COMPATIBILITY_MODES:
-        raise DuckMeshError("VALIDATION_FAILED",
-                            f"compatibility must be one of {list(COMPATIBILITY_MODES)}",
-                            field="compatibility")
+        raise DuckMeshError(
+            "VALIDATION_FAILED",
+            f"compatibility must be one of {list(COMPATIBILITY_MODES)}",
+            field="compatibility",
+        )
     partition = parse_partition(body.get("partition_by"))
     retention = parse_retention(body.get("retention"))
     stream = tables_stream(tenant_id)
@@ -166,8 +196,18 @@ def create_table(conn: Conn, tenant_id: str, body: Any, **meta: Any) -> TableDef
         conn,
         stream,
         version,
-        [TableCreated(table_id, tenant_id, name, [c.to_json() for c in columns], list(pk_raw),
-                      partition, retention, compatibility)],
+        [
+            TableCreated(
+                table_id,
+                tenant_id,
+                name,
+                [c.to_json() for c in columns],
+                list(pk_raw),
+                partition,
+                retention,
+                compatibility,
+            )
+        ],
         tenant_id=tenant_id,
         metadata=meta,
     )
@@ -182,8 +222,9 @@ def evolve_table(conn: Conn, tenant_id: str, name: str, body: Any, **meta: Any) 
     if table is None:
         raise DuckMeshError("TABLE_NOT_FOUND", f"no table {name!r}", table=name)
     if not isinstance(body, dict) or not body or set(body) - {"add_columns", "widen_columns"}:
-        raise DuckMeshError("VALIDATION_FAILED",
-                            "the body must have add_columns and/or widen_columns")
+        raise DuckMeshError(
+            "VALIDATION_FAILED", "the body must have add_columns and/or widen_columns"
+        )
     columns = list(table.columns)
     changes: list[str] = []
     add = body.get("add_columns") or []
@@ -193,33 +234,51 @@ def evolve_table(conn: Conn, tenant_id: str, name: str, body: Any, **meta: Any) 
     for i, raw in enumerate(add):
         col = parse_column(raw, f"add_columns[{i}]")
         if table.column(col.name) is not None or any(c.name == col.name for c in columns):
-            raise DuckMeshError("SCHEMA_INCOMPATIBLE", f"column {col.name!r} already exists",
-                                column=col.name, change="add")
+            raise DuckMeshError(
+                "SCHEMA_INCOMPATIBLE",
+                f"column {col.name!r} already exists",
+                column=col.name,
+                change="add",
+            )
         if not col.nullable:
-            raise DuckMeshError("SCHEMA_INCOMPATIBLE",
-                                f"added column {col.name!r} must be nullable (old rows have none)",
-                                column=col.name, change="add")
+            raise DuckMeshError(
+                "SCHEMA_INCOMPATIBLE",
+                f"added column {col.name!r} must be nullable (old rows have none)",
+                column=col.name,
+                change="add",
+            )
         columns.append(col)
         changes.append(f"add {col.name} {col.type}")
     for i, raw in enumerate(widen):
         col = parse_column(raw, f"widen_columns[{i}]")
-        for j, existing in enumerate(columns):
-            if existing.name == col.name:
-                break
-        else:
-            raise DuckMeshError("SCHEMA_INCOMPATIBLE", f"no column {col.name!r} to widen",
-                                column=col.name, change="widen")
+        positions = {c.name: n for n, c in enumerate(columns)}
+        if col.name not in positions:
+            raise DuckMeshError(
+                "SCHEMA_INCOMPATIBLE",
+                f"no column {col.name!r} to widen",
+                column=col.name,
+                change="widen",
+            )
+        j = positions[col.name]
+        existing = columns[j]
         if not can_widen(parse_type(existing.type), parse_type(col.type)):
             raise DuckMeshError(
                 "SCHEMA_INCOMPATIBLE",
                 f"cannot change {col.name!r} from {existing.type} to {col.type}: only widening"
                 " (SMALLINT->INTEGER->BIGINT, FLOAT->DOUBLE, larger DECIMAL) is backward"
                 " compatible",
-                column=col.name, change="widen", old_type=existing.type, new_type=col.type,
+                column=col.name,
+                change="widen",
+                old_type=existing.type,
+                new_type=col.type,
             )
         if col.name in table.primary_key:
-            raise DuckMeshError("SCHEMA_INCOMPATIBLE", f"key column {col.name!r} cannot change",
-                                column=col.name, change="widen")
+            raise DuckMeshError(
+                "SCHEMA_INCOMPATIBLE",
+                f"key column {col.name!r} cannot change",
+                column=col.name,
+                change="widen",
+            )
         columns[j] = Column(col.name, col.type, existing.nullable)
         changes.append(f"widen {col.name} {existing.type} -> {col.type}")
     stream = tables_stream(tenant_id)
@@ -228,8 +287,15 @@ def evolve_table(conn: Conn, tenant_id: str, name: str, body: Any, **meta: Any) 
         conn,
         stream,
         version,
-        [TableSchemaEvolved(table.table_id, tenant_id, table.schema_version + 1,
-                            [c.to_json() for c in columns], changes)],
+        [
+            TableSchemaEvolved(
+                table.table_id,
+                tenant_id,
+                table.schema_version + 1,
+                [c.to_json() for c in columns],
+                changes,
+            )
+        ],
         tenant_id=tenant_id,
         metadata=meta,
     )
@@ -243,17 +309,27 @@ def drop_table(conn: Conn, tenant_id: str, name: str, **meta: Any) -> None:
     if table is None:
         raise DuckMeshError("TABLE_NOT_FOUND", f"no table {name!r}", table=name)
     stream = tables_stream(tenant_id)
-    append(conn, stream, stream_version(conn, stream), [TableDropped(table.table_id, tenant_id)],
-           tenant_id=tenant_id, metadata=meta)
+    append(
+        conn,
+        stream,
+        stream_version(conn, stream),
+        [TableDropped(table.table_id, tenant_id)],
+        tenant_id=tenant_id,
+        metadata=meta,
+    )
 
 
-def pin_snapshot(conn: Conn, tenant_id: str, snapshot_id: int, pinned: bool, reason: str,
-                 **meta: Any) -> None:
+def pin_snapshot(
+    conn: Conn, tenant_id: str, snapshot_id: int, pinned: bool, reason: str, **meta: Any
+) -> None:
     if reads.get_snapshot(conn, tenant_id, snapshot_id) is None:
-        raise DuckMeshError("SNAPSHOT_NOT_FOUND", f"no snapshot {snapshot_id}",
-                            snapshot_id=snapshot_id)
+        raise DuckMeshError(
+            "SNAPSHOT_NOT_FOUND", f"no snapshot {snapshot_id}", snapshot_id=snapshot_id
+        )
     stream = pins_stream(tenant_id)
-    event = (SnapshotPinned(tenant_id, snapshot_id, reason) if pinned
-             else SnapshotUnpinned(tenant_id, snapshot_id))
-    append(conn, stream, stream_version(conn, stream), [event], tenant_id=tenant_id,
-           metadata=meta)
+    event = (
+        SnapshotPinned(tenant_id, snapshot_id, reason)
+        if pinned
+        else SnapshotUnpinned(tenant_id, snapshot_id)
+    )
+    append(conn, stream, stream_version(conn, stream), [event], tenant_id=tenant_id, metadata=meta)

@@ -142,9 +142,7 @@ def can_widen(old: ColumnType, new: ColumnType) -> bool:
     if old == new:
         return True
     if old.kind == "DECIMAL" and new.kind == "DECIMAL":
-        return new.scale >= old.scale and (new.precision - new.scale) >= (
-            old.precision - old.scale
-        )
+        return new.scale >= old.scale and (new.precision - new.scale) >= (old.precision - old.scale)
     if old.kind in _WIDER:
         return new.kind in _WIDER[old.kind]
     return False

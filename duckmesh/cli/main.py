@@ -49,12 +49,16 @@ def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
         with rt.db.connection() as conn:
             if args.action == "up":
                 done = migrations.migrate_up(conn)
-                print(f"applied {len(done)} migration(s)" + "".join(
-                    f"\n  {m.version:04d} {m.name}" for m in done))
+                print(
+                    f"applied {len(done)} migration(s)"
+                    + "".join(f"\n  {m.version:04d} {m.name}" for m in done)
+                )
             elif args.action == "down":
                 done = migrations.migrate_down(conn, args.steps)
-                print(f"reverted {len(done)} migration(s)" + "".join(
-                    f"\n  {m.version:04d} {m.name}" for m in done))
+                print(
+                    f"reverted {len(done)} migration(s)"
+                    + "".join(f"\n  {m.version:04d} {m.name}" for m in done)
+                )
             else:
                 applied = set(migrations.applied(conn))
                 for m in migrations.available():
@@ -77,8 +81,12 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
             def progress(n: int) -> None:
                 width = 30
                 done = int(width * n / max(total, 1))
-                print(f"\r[{'#' * done}{'.' * (width - done)}] {n}/{total} events",
-                      end="", file=sys.stderr, flush=True)
+                print(
+                    f"\r[{'#' * done}{'.' * (width - done)}] {n}/{total} events",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
             if args.action == "verify":
                 diffs = replay.verify(conn, progress=progress)
@@ -91,9 +99,10 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
                         print(f"       only in live:   {row}")
                     for row in d.only_replay:
                         print(f"       only in replay: {row}")
-                print(f"replayed {total} events: "
-                      + ("projections equal the log" if not bad
-                         else f"{len(bad)} table(s) differ"))
+                print(
+                    f"replayed {total} events: "
+                    + ("projections equal the log" if not bad else f"{len(bad)} table(s) differ")
+                )
                 return 1 if bad else 0
             try:
                 applied = replay.rebuild(conn, progress=progress)
@@ -145,8 +154,11 @@ def cmd_keys(args: argparse.Namespace, config: Config) -> int:
                     commands.revoke_key(conn, args.key_id, actor="cli")
                 print(f"revoked {args.key_id}")
             else:
-                query = ("SELECT key_id, tenant_id, roles, created_at, revoked_at FROM api_key"
-                         + (" WHERE tenant_id = %s" if args.tenant else "") + " ORDER BY 2, 4")
+                query = (
+                    "SELECT key_id, tenant_id, roles, created_at, revoked_at FROM api_key"
+                    + (" WHERE tenant_id = %s" if args.tenant else "")
+                    + " ORDER BY 2, 4"
+                )
                 for row in conn.execute(query, (args.tenant,) if args.tenant else ()):
                     state = "revoked" if row[4] else "active"
                     print(f"{row[0]}  {row[1]:<20} {','.join(row[2]):<55} {state}")
@@ -158,7 +170,7 @@ def cmd_keys(args: argparse.Namespace, config: Config) -> int:
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
     url = f"http://{config.http_host}:{config.http_port}/v1/ready"
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 (local URL)
+        with urllib.request.urlopen(url, timeout=5) as resp:
             body = json.load(resp)
     except urllib.error.HTTPError as exc:
         body = json.load(exc)
@@ -225,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("keys create needs --tenant and at least one --role")
     if args.command == "keys" and args.action == "revoke" and not args.key_id:
         parser().error("keys revoke needs a key id")
-    overrides = {"role": args.role} if getattr(args, "role", None) and args.command == "serve" \
-        else {}
+    overrides = (
+        {"role": args.role} if getattr(args, "role", None) and args.command == "serve" else {}
+    )
     try:
         config = load_config(overrides=overrides)
     except ConfigError as exc:

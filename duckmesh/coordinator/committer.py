@@ -146,12 +146,19 @@ class Committer:
         self._observe_visibility(records)
         if rejected:
             metrics.QUARANTINED.inc(len(rejected))
-            log.warning("records quarantined", tenant_id=tenant, count=len(rejected),
-                        first_reason=rejected[0].reason)
-        return CommitOutcome(tenant, snapshot_id, len(records), len(files), len(rejected),
-                             new_watermark)
+            log.warning(
+                "records quarantined",
+                tenant_id=tenant,
+                count=len(rejected),
+                first_reason=rejected[0].reason,
+            )
+        return CommitOutcome(
+            tenant, snapshot_id, len(records), len(files), len(rejected), new_watermark
+        )
 
-    def _write(self, tenant: str, rows: PartitionRows, snapshot_id: int, seq: int) -> dict[str, Any]:
+    def _write(
+        self, tenant: str, rows: PartitionRows, snapshot_id: int, seq: int
+    ) -> dict[str, Any]:
         scratch = self.store.scratch_path(".parquet")
         try:
             size, checksum = write_parquet(rows.arrow, scratch)
@@ -203,8 +210,14 @@ class Committer:
             def publish(conn: Conn, event: SnapshotPublished = event, parent: int = parent) -> None:
                 # The ack takes the scope row lock first: a stale holder fails here.
                 self.bus.ack(batch, tx=conn)
-                append(conn, stream, parent, [event], tenant_id=tenant,
-                       metadata={"actor": self.consumer_id})
+                append(
+                    conn,
+                    stream,
+                    parent,
+                    [event],
+                    tenant_id=tenant,
+                    metadata={"actor": self.consumer_id},
+                )
                 if rejected:
                     with conn.cursor() as cur:
                         cur.executemany(

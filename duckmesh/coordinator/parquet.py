@@ -25,7 +25,7 @@ from duckmesh.bus import BusRecord
 from duckmesh.catalog.model import TableDef
 from duckmesh.catalog.types import arrow_type, converter, parse_type
 
-TOKEN_COLUMN = "_dm_token"
+TOKEN_COLUMN = "_dm_token"  # noqa: S105 (a column name, not a secret)
 OP_COLUMN = "_dm_op"
 
 

@@ -126,9 +126,7 @@ def _decode_row(row: tuple[Any, ...]) -> RecordedEvent:
     )
 
 
-_COLUMNS = (
-    "position, stream, version, event_type, schema_version, payload, metadata, recorded_at"
-)
+_COLUMNS = "position, stream, version, event_type, schema_version, payload, metadata, recorded_at"
 
 
 def read_stream(conn: psycopg.Connection[Any], stream: str) -> list[RecordedEvent]:

@@ -34,9 +34,7 @@ class _Pending:
 class GroupCommitter(Actor):
     """Owns the per-tenant flush tasks; ``submit`` is called by API handlers."""
 
-    def __init__(
-        self, bus: IngestBus, *, window_s: float, max_group_records: int = 50_000
-    ) -> None:
+    def __init__(self, bus: IngestBus, *, window_s: float, max_group_records: int = 50_000) -> None:
         super().__init__("ingest")
         self.bus = bus
         self.window_s = window_s
@@ -85,8 +83,9 @@ class GroupCommitter(Actor):
                 queue = self._queues[tenant]
                 group: list[_Pending] = []
                 size = 0
-                while queue and (not group or size + len(queue[0].records)
-                                 <= self.max_group_records):
+                while queue and (
+                    not group or size + len(queue[0].records) <= self.max_group_records
+                ):
                     size += len(queue[0].records)
                     group.append(queue.pop(0))
                 await self._flush(tenant, group)
@@ -102,8 +101,11 @@ class GroupCommitter(Actor):
         except Exception as exc:  # the transaction rolled back: nothing was written
             log.exception("group commit failed", tenant_id=tenant, requests=len(group))
             for p in group:
-                p.error = DuckMeshError("INTERNAL", "the write failed and was not applied; retry",
-                                        cause=type(exc).__name__)
+                p.error = DuckMeshError(
+                    "INTERNAL",
+                    "the write failed and was not applied; retry",
+                    cause=type(exc).__name__,
+                )
                 p.done.set()
             return
         for p, result in zip(group, results, strict=True):

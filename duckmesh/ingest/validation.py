@@ -54,8 +54,11 @@ class TableValidator:
 def parse_options(body: dict[str, Any], max_timeout_ms: int) -> IngestOptions:
     wait = body.get("wait_for_visibility", False)
     if not isinstance(wait, bool):
-        raise DuckMeshError("VALIDATION_FAILED", "wait_for_visibility must be true or false",
-                            field="wait_for_visibility")
+        raise DuckMeshError(
+            "VALIDATION_FAILED",
+            "wait_for_visibility must be true or false",
+            field="wait_for_visibility",
+        )
     timeout = body.get("visibility_timeout_ms")
     if timeout is not None and (type(timeout) is not int or not 0 <= timeout <= max_timeout_ms):
         raise DuckMeshError(
@@ -78,11 +81,13 @@ def validate_records(
 ) -> list[IngestRecord]:
     """Validate every record; raise one error listing all problems, or return them all."""
     if not isinstance(raw_records, list) or not raw_records:
-        raise DuckMeshError("VALIDATION_FAILED", "records must be a non-empty array",
-                            field="records")
+        raise DuckMeshError(
+            "VALIDATION_FAILED", "records must be a non-empty array", field="records"
+        )
     if len(raw_records) > max_records:
-        raise DuckMeshError("PAYLOAD_TOO_LARGE",
-                            f"at most {max_records} records per request", limit=max_records)
+        raise DuckMeshError(
+            "PAYLOAD_TOO_LARGE", f"at most {max_records} records per request", limit=max_records
+        )
     table = tv.table
     keyed = bool(tv.key)
     errors: list[dict[str, Any]] = []

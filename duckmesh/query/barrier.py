@@ -38,8 +38,9 @@ async def wait_for_token(
 ) -> Snapshot | None:
     """The newest snapshot whose watermark is at least ``token``."""
     if token < 0:
-        raise DuckMeshError("VISIBILITY_TOKEN_INVALID", "tokens are non-negative integers",
-                            token=token)
+        raise DuckMeshError(
+            "VISIBILITY_TOKEN_INVALID", "tokens are non-negative integers", token=token
+        )
     deadline = trio.current_time() + timeout_s
     signal = notifications.snapshots(tenant)
     checked_issued = False
@@ -55,7 +56,8 @@ async def wait_for_token(
                 raise DuckMeshError(
                     "VISIBILITY_TOKEN_INVALID",
                     f"token {token} was never issued to this tenant (latest issued: {issued})",
-                    token=token, latest_issued_token=issued,
+                    token=token,
+                    latest_issued_token=issued,
                 )
             checked_issued = True
         remaining = deadline - trio.current_time()

@@ -38,7 +38,7 @@ class QuerySettings:
     concurrency: int = 8
     consistency_timeout_s: float = 5.0
     max_consistency_timeout_s: float = 60.0
-    cache_size: int = 32
+    cache_size: int = 8
 
 
 @attrs.frozen
@@ -63,7 +63,9 @@ def _bindings(
         mine = by_table.get(table.table_id, [])
         newest = max((f.schema_version for f in mine), default=0)
         present = (
-            {c.name for c in reads.schema_columns(conn, table.table_id, newest)} if newest else set()
+            {c.name for c in reads.schema_columns(conn, table.table_id, newest)}
+            if newest
+            else set()
         )
         out.append(
             TableBinding(
@@ -127,11 +129,15 @@ class QueryService:
             return snap
         if req.snapshot_time is not None:
             when = req.snapshot_time
-            snap = await self.db.run(lambda c: reads.snapshot_at(c, tenant, when),
-                                     transaction=False)
+            snap = await self.db.run(
+                lambda c: reads.snapshot_at(c, tenant, when), transaction=False
+            )
             if snap is None:
-                raise DuckMeshError("SNAPSHOT_NOT_FOUND", f"no snapshot at or before {when}",
-                                    snapshot_time=when.isoformat())
+                raise DuckMeshError(
+                    "SNAPSHOT_NOT_FOUND",
+                    f"no snapshot at or before {when}",
+                    snapshot_time=when.isoformat(),
+                )
             return snap
         timeout = (
             self.settings.consistency_timeout_s
@@ -185,19 +191,26 @@ class QueryService:
         s = self.settings
         rows = s.row_limit if row_limit is None else row_limit
         if not 1 <= rows <= s.max_row_limit:
-            raise DuckMeshError("VALIDATION_FAILED",
-                                f"row_limit must be between 1 and {s.max_row_limit}",
-                                field="row_limit")
-        return QueryLimits(memory_limit_mb=s.memory_limit_mb, threads=s.threads,
-                           timeout_s=s.timeout_s, row_limit=rows)
+            raise DuckMeshError(
+                "VALIDATION_FAILED",
+                f"row_limit must be between 1 and {s.max_row_limit}",
+                field="row_limit",
+            )
+        return QueryLimits(
+            memory_limit_mb=s.memory_limit_mb,
+            threads=s.threads,
+            timeout_s=s.timeout_s,
+            row_limit=rows,
+        )
 
     async def execute(self, tenant: str, req: QueryRequest) -> dict[str, Any]:
         started = time.perf_counter()
         limits = self._limits(req.row_limit)
         if self._limiter.statistics().tasks_waiting >= self.settings.concurrency * 4:
             metrics.QUERY_REQUESTS.labels(status="rejected").inc()
-            raise DuckMeshError("RATE_LIMITED", "too many queries waiting; retry shortly",
-                                retry_after_s=1)
+            raise DuckMeshError(
+                "RATE_LIMITED", "too many queries waiting; retry shortly", retry_after_s=1
+            )
         try:
             snap = await self.resolve(tenant, req)
             database = await self._database(tenant, snap)

@@ -36,8 +36,9 @@ class Writer(threading.Thread):
 
     def __init__(self, base_url: str, seed: int) -> None:
         super().__init__(daemon=True)
-        self.client = httpx.Client(base_url=base_url, timeout=30,
-                                   headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}"})
+        self.client = httpx.Client(
+            base_url=base_url, timeout=30, headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}"}
+        )
         self.rng = random.Random(seed)
         self.seed = seed
         self.stop = threading.Event()
@@ -52,8 +53,9 @@ class Writer(threading.Thread):
             n += 1
             if n % 2:
                 ids = [self.seed * 10_000_000 + n * 10 + i for i in range(10)]
-                body = {"records": [{"idempotency_key": f"e{i}", "payload": {"id": i}}
-                                    for i in ids]}
+                body = {
+                    "records": [{"idempotency_key": f"e{i}", "payload": {"id": i}} for i in ids]
+                }
                 r = self.client.post("/v1/ingest/events", json=body)
                 if r.status_code == 200:
                     self.acked_events.extend(ids)
@@ -64,8 +66,11 @@ class Writer(threading.Thread):
                 payload: dict[str, Any] = {"order_id": key}
                 if status:
                     payload["status"] = status
-                body = {"records": [{"idempotency_key": f"o{self.seed}-{n}", "op": op,
-                                     "payload": payload}]}
+                body = {
+                    "records": [
+                        {"idempotency_key": f"o{self.seed}-{n}", "op": op, "payload": payload}
+                    ]
+                }
                 r = self.client.post("/v1/ingest/orders", json=body)
                 if r.status_code == 200:
                     token = r.json()["max_visibility_token"]
@@ -83,8 +88,9 @@ def test_coordinator_kills_lose_nothing(
 ) -> None:
     api = spawn_server()
     api.start(role="api")
-    client = httpx.Client(base_url=api.base_url, timeout=60,
-                          headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}"})
+    client = httpx.Client(
+        base_url=api.base_url, timeout=60, headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}"}
+    )
     for body in (ORDERS, EVENTS):
         assert client.post("/v1/tables", json=body).status_code == 201
     coordinator = spawn_server()
@@ -102,8 +108,11 @@ def test_coordinator_kills_lose_nothing(
             coordinator.kill()
             kills += 1
         for point in FAULT_POINTS:
-            coordinator.start(role="coordinator", wait=False, extra_env={
-                "DUCKMESH_ENABLE_FAULTS": "1", "DUCKMESH_FAULTS": f"{point}=kill"})
+            coordinator.start(
+                role="coordinator",
+                wait=False,
+                extra_env={"DUCKMESH_ENABLE_FAULTS": "1", "DUCKMESH_FAULTS": f"{point}=kill"},
+            )
             assert coordinator.proc is not None
             code = coordinator.proc.wait(60)  # it kills itself at the fault point
             assert code == -9, f"{point}: exit {code}\n{coordinator.logs()[-3000:]}"
@@ -121,9 +130,15 @@ def test_coordinator_kills_lose_nothing(
     acked_orders = sorted(o for w in writers for o in w.acked_orders)
 
     def query(sql: str) -> list[list[Any]]:
-        r = client.post("/v1/query", json={"sql": sql, "min_visibility_token": top,
-                                            "consistency_timeout_ms": 60_000,
-                                            "row_limit": 1_000_000})
+        r = client.post(
+            "/v1/query",
+            json={
+                "sql": sql,
+                "min_visibility_token": top,
+                "consistency_timeout_ms": 60_000,
+                "row_limit": 1_000_000,
+            },
+        )
         assert r.status_code == 200, r.text
         rows: list[list[Any]] = r.json()["rows"]
         return rows
@@ -139,18 +154,31 @@ def test_coordinator_kills_lose_nothing(
         else:
             model[key] = status
     assert query("select order_id, status from orders order by 1") == [
-        [k, v] for k, v in sorted(model.items())]
+        [k, v] for k, v in sorted(model.items())
+    ]
     with psycopg.connect(dsn) as conn:
-        marks = [r[0] for r in conn.execute(
-            "SELECT max_visibility_token FROM snapshot WHERE tenant_id = 'default'"
-            " ORDER BY snapshot_id")]
+        marks = [
+            r[0]
+            for r in conn.execute(
+                "SELECT max_visibility_token FROM snapshot WHERE tenant_id = 'default'"
+                " ORDER BY snapshot_id"
+            )
+        ]
     assert marks == sorted(marks), "a watermark went back"
     env = dict(os.environ, DUCKMESH_CATALOG_DSN=dsn)
-    verify = subprocess.run([sys.executable, "-m", "duckmesh.cli.main", "replay", "verify"],
-                            env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    verify = subprocess.run(
+        [sys.executable, "-m", "duckmesh.cli.main", "replay", "verify"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     coordinator.terminate()
     client.close()
-    print(f"\ncrash test: {len(acked_events) + len(acked_orders)} acked records, "
-          f"{kills} kills ({RANDOM_KILLS} random, fault points: {', '.join(faults_hit)}), "
-          f"{len(marks)} snapshots, max token {top}")
+    print(
+        f"\ncrash test: {len(acked_events) + len(acked_orders)} acked records, "
+        f"{kills} kills ({RANDOM_KILLS} random, fault points: {', '.join(faults_hit)}), "
+        f"{len(marks)} snapshots, max token {top}"
+    )

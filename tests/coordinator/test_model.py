@@ -49,20 +49,29 @@ def _publish(rt: Runtime, table: Any, batch: list[tuple[str, int, int | None]], 
     assert not isinstance(results[0], Exception)
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(batches=ops, commit_every=st.integers(min_value=1, max_value=3))
 async def test_keyed_table_matches_model(
     runtime: Runtime, batches: list[list[tuple[str, int, int | None]]], commit_every: int
 ) -> None:
     rt = runtime
     name = f"kv{next(_names)}"
-    table = rt.db.call(lambda c: commands.create_table(c, "default", {
-        "name": name,
-        "columns": [{"name": "k", "type": "INTEGER", "nullable": False},
-                    {"name": "v", "type": "INTEGER"}],
-        "primary_key": ["k"],
-    }))
+    table = rt.db.call(
+        lambda c: commands.create_table(
+            c,
+            "default",
+            {
+                "name": name,
+                "columns": [
+                    {"name": "k", "type": "INTEGER", "nullable": False},
+                    {"name": "v", "type": "INTEGER"},
+                ],
+                "primary_key": ["k"],
+            },
+        )
+    )
     # One consumer for all examples: a new one would wait out the old lease.
     committer = rt.extra.setdefault("committer", coordinator_actors(rt)[0].committer)
     model: dict[int, int | None] = {}
@@ -86,19 +95,25 @@ async def test_keyed_table_matches_model(
 
 async def test_append_only_keeps_every_record(runtime: Runtime) -> None:
     rt = runtime
-    table = rt.db.call(lambda c: commands.create_table(c, "default", {
-        "name": "log", "columns": [{"name": "id", "type": "BIGINT"}]}))
+    table = rt.db.call(
+        lambda c: commands.create_table(
+            c, "default", {"name": "log", "columns": [{"name": "id", "type": "BIGINT"}]}
+        )
+    )
     tv = TableValidator.for_table(table)
     for b in range(3):
         recs = validate_records(
             tv,
             [{"idempotency_key": f"{b}-{i}", "payload": {"id": i}} for i in range(5)],
-            max_records=100, max_record_bytes=1000,
+            max_records=100,
+            max_record_bytes=1000,
         )
         rt.bus.publish("default", [recs])
     committer = coordinator_actors(rt)[0].committer
     outcome = await trio.to_thread.run_sync(committer.commit_once)
-    assert outcome is not None and outcome.records == 15 and outcome.watermark == 15
+    assert outcome is not None
+    assert outcome.records == 15
+    assert outcome.watermark == 15
     result = await rt.queries.execute("default", QueryRequest(sql="select count(*) from log"))
     assert result["rows"] == [[15]]
     assert result["max_visibility_token"] == 15
