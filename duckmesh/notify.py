@@ -18,7 +18,7 @@ import structlog
 import trio
 
 from duckmesh.bus.postgres import RECORDS_CHANNEL
-from duckmesh.coordinator.committer import SNAPSHOTS_CHANNEL
+from duckmesh.catalog.commands import SNAPSHOTS_CHANNEL
 from duckmesh.events import EVENTS_CHANNEL
 
 log = structlog.get_logger("duckmesh.notify")

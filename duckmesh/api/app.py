@@ -30,6 +30,7 @@ from duckmesh.api.http import (
 )
 from duckmesh.catalog import commands, reads
 from duckmesh.errors import DuckMeshError
+from duckmesh.events import ConcurrencyConflict
 from duckmesh.ingest.validation import TableValidator, parse_options, validate_records
 from duckmesh.query.barrier import wait_for_token
 from duckmesh.query.service import QueryRequest
@@ -153,10 +154,11 @@ def create_app(rt: Runtime) -> QuartTrio:
     @require(auth, "table_admin")
     async def create_table(p: Principal) -> Response:
         body = await json_body()
-        table = await rt.db.run(
+        table = await _with_retries(
+            rt,
             lambda c: commands.create_table(
                 c, p.tenant_id, body, actor=p.key_id, trace_id=_trace_id()
-            )
+            ),
         )
         return json_response(table.to_json(), 201)
 
@@ -181,20 +183,22 @@ def create_app(rt: Runtime) -> QuartTrio:
     @require(auth, "table_admin")
     async def evolve_table(p: Principal, name: str) -> Response:
         body = await json_body()
-        table = await rt.db.run(
+        table = await _with_retries(
+            rt,
             lambda c: commands.evolve_table(
                 c, p.tenant_id, name, body, actor=p.key_id, trace_id=_trace_id()
-            )
+            ),
         )
         return json_response(table.to_json())
 
     @app.delete("/v1/tables/<name>")
     @require(auth, "table_admin")
     async def drop_table(p: Principal, name: str) -> Response:
-        await rt.db.run(
+        await _with_retries(
+            rt,
             lambda c: commands.drop_table(
                 c, p.tenant_id, name, actor=p.key_id, trace_id=_trace_id()
-            )
+            ),
         )
         return json_response({"dropped": name})
 
@@ -400,6 +404,18 @@ def create_app(rt: Runtime) -> QuartTrio:
         )
 
     return app
+
+
+async def _with_retries(rt: Runtime, fn: Any) -> Any:
+    """Run a catalog command, retrying when a commit published first."""
+    for attempt in range(8):
+        try:
+            return await rt.db.run(fn)
+        except ConcurrencyConflict:
+            if attempt == 7:
+                raise
+            await trio.sleep(0.005 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _trace_id() -> str | None:

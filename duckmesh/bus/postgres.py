@@ -165,14 +165,17 @@ class PostgresBus:
         scope, fence, acked, last = row
         records: list[BusRecord] = []
         size = 0
+        # max_bytes counts bytes (octet_length), not characters: multi-byte
+        # UTF-8 payloads would otherwise overrun the budget.
         cur = conn.execute(
-            "SELECT token, table_id, op, payload, event_time, ingested_at, schema_version"
+            "SELECT token, table_id, op, payload, event_time, ingested_at, schema_version,"
+            " octet_length(payload)"
             " FROM bus_record WHERE tenant_id = %s AND token > %s AND token <= %s"
             " ORDER BY token LIMIT %s",
             (scope, acked, last, limit),
         )
-        for rec in cur:
-            size += len(rec[3])
+        for *rec, nbytes in cur:
+            size += nbytes
             if records and size > max_bytes:
                 break
             records.append(BusRecord(*rec))

@@ -32,6 +32,7 @@ from duckmesh.events.types import (
     ApiKeyIssued,
     ApiKeyRevoked,
     SnapshotPinned,
+    SnapshotPublished,
     SnapshotUnpinned,
     TableCreated,
     TableDropped,
@@ -41,7 +42,30 @@ from duckmesh.events.types import (
 )
 
 Conn = psycopg.Connection[Any]
-_TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+SNAPSHOTS_CHANNEL = "duckmesh_snapshots"
+_TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # fullmatch: "$" allows a final "\n"
+_MAX_TEXT = 200
+
+
+def _check_text(value: Any, field: str, *, allow_empty: bool) -> str:
+    """Free text stored in the log (names, reasons): no control characters.
+
+    Postgres rejects NUL in text and jsonb, so without this check a name with
+    one fails the append with a database error instead of a validation error.
+    """
+    if (
+        not isinstance(value, str)
+        or len(value) > _MAX_TEXT
+        or (not value and not allow_empty)
+        or any(ch < " " or "\x7f" <= ch <= "\x9f" or "\ud800" <= ch <= "\udfff" for ch in value)
+    ):
+        raise DuckMeshError(
+            "VALIDATION_FAILED",
+            f"{field} must be a string of at most {_MAX_TEXT} characters without control"
+            " characters",
+            field=field,
+        )
+    return value
 
 
 def tenant_stream(tenant_id: str) -> str:
@@ -60,12 +84,56 @@ def pins_stream(tenant_id: str) -> str:
     return f"pins:{tenant_id}"
 
 
+def publish_schema_snapshot(
+    conn: Conn, tenant_id: str, actor: str, files_removed: list[str] | None = None
+) -> int:
+    """Publish a snapshot with unchanged data after a table change.
+
+    Each snapshot then binds exactly one set of table schemas, so the same
+    snapshot id and SQL always give the same answer, and the change is
+    visible to the next query of "latest". Raises ConcurrencyConflict when a
+    commit published first (the caller retries the whole command).
+    """
+    head = reads.latest_snapshot(conn, tenant_id)
+    parent = head.snapshot_id if head else 0
+    append(
+        conn,
+        snapshots_stream(tenant_id),
+        parent,
+        [
+            SnapshotPublished(
+                tenant_id=tenant_id,
+                snapshot_id=parent + 1,
+                kind="schema",
+                created_by=actor,
+                max_visibility_token=head.max_visibility_token if head else 0,
+                parent_id=parent or None,
+                table_watermarks={},
+                files_added=[],
+                files_removed=files_removed or [],
+            )
+        ],
+        tenant_id=tenant_id,
+    )
+    notify_snapshot(conn, tenant_id, parent + 1, head.max_visibility_token if head else 0)
+    return parent + 1
+
+
+def notify_snapshot(conn: Conn, tenant_id: str, snapshot_id: int, watermark: int) -> None:
+    """Announce a publication; delivered when the transaction commits."""
+    conn.execute(
+        "SELECT pg_notify(%s, %s)", (SNAPSHOTS_CHANNEL, f"{tenant_id}:{snapshot_id}:{watermark}")
+    )
+
+
 def create_tenant(conn: Conn, tenant_id: str, name: str | None = None, **meta: Any) -> None:
-    if not _TENANT_ID.match(tenant_id):
+    if not isinstance(tenant_id, str) or not _TENANT_ID.fullmatch(tenant_id):
         raise DuckMeshError(
             "VALIDATION_FAILED",
             "tenant id must be 1-63 of a-z, 0-9, _ and -, starting with a letter or digit",
         )
+    if name is not None:
+        _check_text(name, "name", allow_empty=False)
     stream = tenant_stream(tenant_id)
     if stream_version(conn, stream) != 0:
         raise DuckMeshError("TENANT_EXISTS", f"tenant {tenant_id!r} exists", tenant=tenant_id)
@@ -189,8 +257,15 @@ def create_table(conn: Conn, tenant_id: str, body: Any, **meta: Any) -> TableDef
     retention = parse_retention(body.get("retention"))
     stream = tables_stream(tenant_id)
     version = stream_version(conn, stream)
-    if reads.get_table(conn, tenant_id, name) is not None:
-        raise DuckMeshError("TABLE_EXISTS", f"table {name!r} exists", table=name)
+    # DuckDB names are case-insensitive: "Orders" next to "orders" would make
+    # the tenant's query views collide, so a live name is taken in any case.
+    taken = conn.execute(
+        "SELECT name FROM table_def WHERE tenant_id = %s AND lower(name) = lower(%s)"
+        " AND dropped_at IS NULL",
+        (tenant_id, name),
+    ).fetchone()
+    if taken is not None:
+        raise DuckMeshError("TABLE_EXISTS", f"table {taken[0]!r} exists", table=taken[0])
     table_id = f"{name}-{secrets.token_hex(4)}"
     append(
         conn,
@@ -211,6 +286,7 @@ def create_table(conn: Conn, tenant_id: str, body: Any, **meta: Any) -> TableDef
         tenant_id=tenant_id,
         metadata=meta,
     )
+    publish_schema_snapshot(conn, tenant_id, str(meta.get("actor", "catalog")))
     table = reads.get_table(conn, tenant_id, name)
     assert table is not None
     return table
@@ -233,7 +309,7 @@ def evolve_table(conn: Conn, tenant_id: str, name: str, body: Any, **meta: Any) 
         raise DuckMeshError("VALIDATION_FAILED", "add_columns and widen_columns must be arrays")
     for i, raw in enumerate(add):
         col = parse_column(raw, f"add_columns[{i}]")
-        if table.column(col.name) is not None or any(c.name == col.name for c in columns):
+        if any(c.name.lower() == col.name.lower() for c in columns):
             raise DuckMeshError(
                 "SCHEMA_INCOMPATIBLE",
                 f"column {col.name!r} already exists",
@@ -299,6 +375,7 @@ def evolve_table(conn: Conn, tenant_id: str, name: str, body: Any, **meta: Any) 
         tenant_id=tenant_id,
         metadata=meta,
     )
+    publish_schema_snapshot(conn, tenant_id, str(meta.get("actor", "catalog")))
     evolved = reads.get_table(conn, tenant_id, name)
     assert evolved is not None
     return evolved
@@ -317,11 +394,20 @@ def drop_table(conn: Conn, tenant_id: str, name: str, **meta: Any) -> None:
         tenant_id=tenant_id,
         metadata=meta,
     )
+    live = conn.execute(
+        "SELECT file_id FROM data_file WHERE tenant_id = %s AND table_id = %s"
+        " AND removed_in IS NULL",
+        (tenant_id, table.table_id),
+    ).fetchall()
+    publish_schema_snapshot(
+        conn, tenant_id, str(meta.get("actor", "catalog")), [r[0] for r in live]
+    )
 
 
 def pin_snapshot(
     conn: Conn, tenant_id: str, snapshot_id: int, pinned: bool, reason: str, **meta: Any
 ) -> None:
+    _check_text(reason, "reason", allow_empty=True)
     if reads.get_snapshot(conn, tenant_id, snapshot_id) is None:
         raise DuckMeshError(
             "SNAPSHOT_NOT_FOUND", f"no snapshot {snapshot_id}", snapshot_id=snapshot_id

@@ -97,8 +97,9 @@ def parse_columns(raw: Any, where: str = "columns") -> list[Column]:
     if not isinstance(raw, list) or not raw:
         raise _bad(f"{where} must be a non-empty array", field=where)
     columns = [parse_column(c, f"{where}[{i}]") for i, c in enumerate(raw)]
-    names = [c.name for c in columns]
-    dupes = sorted({n for n in names if names.count(n) > 1})
+    # Case-insensitive, as DuckDB resolves column names ("id" and "ID" collide).
+    names = [c.name.lower() for c in columns]
+    dupes = sorted({c.name for c in columns if names.count(c.name.lower()) > 1})
     if dupes:
         raise _bad(f"duplicate column names {dupes}", field=where)
     return columns

@@ -12,7 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import json
+import math
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -51,7 +53,7 @@ _SCALARS = {
     "TIMESTAMPTZ",
     "JSON",
 }
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # use with fullmatch
 
 
 class TypeError_(ValueError):
@@ -73,13 +75,16 @@ class ColumnType:
             assert self.element is not None
             return f"{self.element.render()}[]"
         if self.kind == "STRUCT":
-            inner = ", ".join(f"{name} {t.render()}" for name, t in self.fields)
+            # Field names are always quoted: ``order`` or ``from`` are common field
+            # names and reserved words in DuckDB, where an unquoted one breaks a CAST.
+            inner = ", ".join(f'"{name}" {t.render()}' for name, t in self.fields)
             return f"STRUCT({inner})"
         return self.kind
 
 
 def is_identifier(name: str) -> bool:
-    return bool(_IDENT.match(name)) and not name.lower().startswith("_dm_")
+    # fullmatch: ``$`` in a plain match also accepts a trailing newline ("orders\n").
+    return bool(_IDENT.fullmatch(name)) and not name.lower().startswith("_dm_")
 
 
 def _split_top(text: str) -> list[str]:
@@ -110,11 +115,13 @@ def parse_type(text: str) -> ColumnType:
         fields = []
         for part in _split_top(raw[7:-1]):
             name, _, type_text = part.partition(" ")
-            name = name.strip('"')
-            if not _IDENT.match(name) or not type_text:
+            if len(name) > 2 and name[0] == name[-1] == '"':
+                name = name[1:-1]
+            if not _IDENT.fullmatch(name) or not type_text:
                 raise TypeError_(f"bad STRUCT field {part!r}")
             fields.append((name, parse_type(type_text)))
-        if not fields or len({n for n, _ in fields}) != len(fields):
+        # DuckDB compares field names case-insensitively ("a" and "A" collide).
+        if not fields or len({n.lower() for n, _ in fields}) != len(fields):
             raise TypeError_(f"STRUCT needs distinct fields: {raw!r}")
         return ColumnType("STRUCT", fields=tuple(fields))
     match = re.fullmatch(r"(DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*,\s*(\d+)\s*\)", upper)
@@ -152,6 +159,30 @@ def can_widen(old: ColumnType, new: ColumnType) -> bool:
 
 Validator = Callable[[Any], str | None]  # returns a reason, or None when valid
 
+_FLOAT32_MAX = 3.4028234663852886e38
+_FLOAT64_MAX = sys.float_info.max
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else f"{text[:37]}..."
+
+
+def _decimal_converter(t: ColumnType) -> Callable[[Any], decimal.Decimal]:
+    """JSON number or numeric string -> Decimal rounded to the scale of ``t``.
+
+    The context carries enough digits for any DECIMAL(38, s): the default
+    context (28 digits) raises on larger values that do fit the column.
+    """
+    q = decimal.Decimal(1).scaleb(-t.scale)
+    context = decimal.Context(
+        prec=t.precision + 2,
+        rounding=decimal.ROUND_HALF_EVEN,
+        Emax=decimal.MAX_EMAX,
+        Emin=decimal.MIN_EMIN,
+    )
+    return lambda v: decimal.Decimal(str(v)).quantize(q, context=context)
+
 
 def _parse_datetime(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value)
@@ -167,15 +198,23 @@ def validator(t: ColumnType) -> Validator:
             if type(v) is not int:
                 return f"expected {kind} (an integer)"
             if not lo <= v <= hi:
-                return f"{v} is outside the {kind} range"
+                return f"{_short(v)} is outside the {kind} range"
             return None
 
         return check_int
     if kind in ("FLOAT", "DOUBLE"):
+        top = _FLOAT32_MAX if kind == "FLOAT" else _FLOAT64_MAX
 
         def check_float(v: Any) -> str | None:
             if type(v) not in (int, float):
                 return f"expected {kind} (a number)"
+            # A finite number too large for the type would become infinity (or,
+            # for a huge JSON integer, fail at commit after the write was accepted).
+            if type(v) is int:
+                if abs(v) > top:
+                    return f"{_short(v)} is outside the {kind} range"
+            elif math.isfinite(v) and abs(v) > top:
+                return f"{v!r} is outside the {kind} range"
             return None
 
         return check_float
@@ -187,6 +226,7 @@ def validator(t: ColumnType) -> Validator:
         return lambda v: None
     if kind == "DECIMAL":
         limit = decimal.Decimal(10) ** (t.precision - t.scale)
+        to_decimal = _decimal_converter(t)
 
         def check_decimal(v: Any) -> str | None:
             if type(v) not in (int, float, str):
@@ -194,9 +234,12 @@ def validator(t: ColumnType) -> Validator:
             try:
                 d = decimal.Decimal(str(v))
             except decimal.InvalidOperation:
-                return f"{v!r} is not a decimal number"
-            if not d.is_finite() or abs(d) >= limit:
-                return f"{v!r} does not fit {t.render()}"
+                return f"{_short(v)} is not a decimal number"
+            # Checked after rounding to the scale, as it will be stored: 99.999
+            # does not fit DECIMAL(4,2) because it rounds to 100.00.
+            # copy_abs, not abs(): abs() rounds to the context's 28 digits.
+            if not d.is_finite() or d.copy_abs() >= limit or to_decimal(v).copy_abs() >= limit:
+                return f"{_short(v)} does not fit {t.render()}"
             return None
 
         return check_decimal
@@ -213,6 +256,7 @@ def validator(t: ColumnType) -> Validator:
 
         return check_date
     if kind in ("TIMESTAMP", "TIMESTAMPTZ"):
+        to_utc = _to_timestamp if kind == "TIMESTAMP" else _to_timestamptz
 
         def check_ts(v: Any) -> str | None:
             if type(v) is not str:
@@ -221,6 +265,10 @@ def validator(t: ColumnType) -> Validator:
                 _parse_datetime(v)
             except ValueError:
                 return f"{v!r} is not an ISO 8601 timestamp"
+            try:
+                to_utc(v)  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            except OverflowError:
+                return f"{v!r} is outside the {kind} range"
             return None
 
         return check_ts
@@ -311,8 +359,7 @@ def converter(t: ColumnType) -> Converter | None:
     if kind == "TIMESTAMPTZ":
         return _to_timestamptz
     if kind == "DECIMAL":
-        q = decimal.Decimal(1).scaleb(-t.scale)
-        return lambda v: decimal.Decimal(str(v)).quantize(q)
+        return _decimal_converter(t)
     if kind in ("FLOAT", "DOUBLE"):
         return float
     if kind == "JSON":

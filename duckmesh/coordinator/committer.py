@@ -23,7 +23,7 @@ import structlog
 from duckmesh import metrics
 from duckmesh.bus import Batch, BusRecord, IngestBus, LeaseLost
 from duckmesh.catalog import reads
-from duckmesh.catalog.commands import snapshots_stream
+from duckmesh.catalog.commands import notify_snapshot, snapshots_stream
 from duckmesh.coordinator.parquet import PartitionRows, Rejected, build_tables, write_parquet
 from duckmesh.db import Conn, Database
 from duckmesh.events import ConcurrencyConflict, append
@@ -33,7 +33,6 @@ from duckmesh.supervisors.faults import FaultPoints
 
 log = structlog.get_logger("duckmesh.coordinator")
 
-SNAPSHOTS_CHANNEL = "duckmesh_snapshots"
 _PUBLISH_ATTEMPTS = 5
 
 
@@ -225,10 +224,7 @@ class Committer:
                             " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
                             [(tenant, r.token, r.table_id, r.reason) for r in rejected],
                         )
-                conn.execute(
-                    "SELECT pg_notify(%s, %s)",
-                    (SNAPSHOTS_CHANNEL, f"{tenant}:{event.snapshot_id}:{new_watermark}"),
-                )
+                notify_snapshot(conn, tenant, event.snapshot_id, new_watermark)
                 self.faults.hit("coordinator.inside_publish_commit")
 
             try:
