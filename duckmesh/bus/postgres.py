@@ -43,6 +43,40 @@ def _lock_counter(conn: Conn, tenant_id: str) -> tuple[int, dt.datetime]:
     return int(row[0]), row[1]
 
 
+def _existing_keys(
+    conn: Conn, tenant_id: str, requests: Sequence[Sequence[IngestRecord]]
+) -> dict[tuple[str, str], tuple[int, bytes]]:
+    tables = [r.table_id for req in requests for r in req]
+    keys = [r.idempotency_key for req in requests for r in req]
+    rows = conn.execute(
+        "SELECT r.table_id, r.idempotency_key, r.token, r.payload_hash"
+        " FROM unnest(%s::text[], %s::text[]) AS k(table_id, key)"
+        " JOIN bus_record r ON r.tenant_id = %s AND r.table_id = k.table_id"
+        " AND r.idempotency_key = k.key",
+        (tables, keys, tenant_id),
+    )
+    return {(t, k): (tok, bytes(h)) for t, k, tok, h in rows}
+
+
+_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _text(value: str) -> str:
+    """Escape a value for COPY's text format."""
+    return value.translate(_ESCAPES)
+
+
+def _copy_line(tenant_id: str, token: int, rec: IngestRecord, stamp: str) -> str:
+    """One COPY text-format line; built by hand because it is the hot path
+    (several times faster than write_row for 1000-record requests)."""
+    event_time = rec.event_time.isoformat() if rec.event_time is not None else "\\N"
+    return (
+        f"{_text(tenant_id)}\t{token}\t{_text(rec.table_id)}\t{_text(rec.idempotency_key)}"
+        f"\t\\\\x{rec.payload_hash.hex()}\t{rec.op}\t{_text(rec.payload)}\t{event_time}"
+        f"\t{stamp}\t{rec.schema_version}\n"
+    )
+
+
 class PostgresBus:
     """``IngestBus`` on the catalog's Postgres (tables ``bus_*``)."""
 
@@ -62,24 +96,14 @@ class PostgresBus:
         last, now = _lock_counter(conn, tenant_id)
         # With the counter locked no other ingest of this tenant can commit,
         # so this read of existing keys cannot miss a concurrent duplicate.
-        tables = [r.table_id for req in requests for r in req]
-        keys = [r.idempotency_key for req in requests for r in req]
-        existing: dict[tuple[str, str], tuple[int, bytes]] = {
-            (t, k): (tok, bytes(h))
-            for t, k, tok, h in conn.execute(
-                "SELECT r.table_id, r.idempotency_key, r.token, r.payload_hash"
-                " FROM unnest(%s::text[], %s::text[]) AS k(table_id, key)"
-                " JOIN bus_record r ON r.tenant_id = %s AND r.table_id = k.table_id"
-                " AND r.idempotency_key = k.key",
-                (tables, keys, tenant_id),
-            )
-        }
+        existing = _existing_keys(conn, tenant_id, requests)
         results: list[list[Receipt] | DuckMeshError] = []
-        rows: list[tuple[Any, ...]] = []
+        rows: list[str] = []
         token = last
+        stamp = now.isoformat()
         for req in requests:
             receipts: list[Receipt] = []
-            staged: list[tuple[Any, ...]] = []
+            staged: list[str] = []
             seen: dict[tuple[str, str], tuple[int, bytes]] = {}
             conflict: DuckMeshError | None = None
             for index, rec in enumerate(req):
@@ -101,20 +125,7 @@ class PostgresBus:
                 token += 1
                 seen[key] = (token, rec.payload_hash)
                 receipts.append(Receipt(token, False))
-                staged.append(
-                    (
-                        tenant_id,
-                        token,
-                        rec.table_id,
-                        rec.idempotency_key,
-                        rec.payload_hash,
-                        rec.op,
-                        rec.payload,
-                        rec.event_time,
-                        now,
-                        rec.schema_version,
-                    )
-                )
+                staged.append(_copy_line(tenant_id, token, rec, stamp))
             if conflict is not None:
                 # The request fails whole: give its tokens back.
                 token -= len(staged)
@@ -125,13 +136,13 @@ class PostgresBus:
             results.append(receipts)
         if rows:
             with conn.cursor().copy(_COPY) as copy:
-                for row in rows:
-                    copy.write_row(row)
+                copy.write("".join(rows).encode())
             conn.execute(
-                "UPDATE bus_token_counter SET last_token = %s WHERE tenant_id = %s",
-                (token, tenant_id),
+                "WITH bumped AS (UPDATE bus_token_counter SET last_token = %s"
+                " WHERE tenant_id = %s RETURNING last_token)"
+                " SELECT pg_notify(%s, %s) FROM bumped",
+                (token, tenant_id, RECORDS_CHANNEL, f"{tenant_id}:{token}"),
             )
-            conn.execute("SELECT pg_notify(%s, %s)", (RECORDS_CHANNEL, f"{tenant_id}:{token}"))
         return results
 
     # -- consumers ---------------------------------------------------------

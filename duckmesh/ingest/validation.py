@@ -106,8 +106,12 @@ def validate_records(
                 bad(index, k, "unknown record field")
             continue
         key = rec.get("idempotency_key")
-        if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH:
-            bad(index, "idempotency_key", f"required: a string of 1..{MAX_KEY_LENGTH} characters")
+        if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH or "\x00" in key:
+            bad(
+                index,
+                "idempotency_key",
+                f"required: a string of 1..{MAX_KEY_LENGTH} characters without NUL",
+            )
             continue
         op = rec.get("op", "insert")
         if op not in OPS:

@@ -96,8 +96,15 @@ class IngestBusContract:
     def bus(self, make_bus: Callable[[], IngestBus]) -> IngestBus:
         return make_bus()
 
-    def claim(self, bus: IngestBus, consumer: str, *, limit: int = 1000,
-              max_bytes: int = NO_BYTE_LIMIT, lease_s: float = LONG_LEASE_S) -> Batch | None:
+    def claim(
+        self,
+        bus: IngestBus,
+        consumer: str,
+        *,
+        limit: int = 1000,
+        max_bytes: int = NO_BYTE_LIMIT,
+        lease_s: float = LONG_LEASE_S,
+    ) -> Batch | None:
         return bus.claim(consumer, limit=limit, max_bytes=max_bytes, lease_s=lease_s)
 
     # -- publish: tokens -----------------------------------------------------

@@ -43,13 +43,14 @@ def test_ack_joins_the_callers_transaction(pg_bus: PostgresBus, dsn: str) -> Non
     batch = pg_bus.claim("A", limit=10, max_bytes=1 << 20, lease_s=60)
     assert batch is not None
 
-    class Rollback(Exception):
-        pass
-
     with psycopg.connect(dsn, autocommit=True) as conn:
-        with pytest.raises(Rollback), conn.transaction():
-            pg_bus.ack(batch, tx=conn)
-            raise Rollback
+
+        def publication_fails_after_ack() -> None:
+            with conn.transaction():
+                pg_bus.ack(batch, tx=conn)
+                raise psycopg.Rollback  # the ack is rolled back with the publication
+
+        publication_fails_after_ack()
         assert pg_bus.committed_token("acme") == 0
         with conn.transaction():
             pg_bus.ack(batch, tx=conn)
