@@ -51,8 +51,8 @@ INGEST_GROUP_SIZE = Histogram(
 
 # visibility
 VISIBILITY_LAG = Gauge(
-    "duckmesh_visibility_lag_tokens",
-    "Tokens issued but not yet visible, per tenant.",
+    "duckmesh_visibility_lag_seconds",
+    "Age of the oldest durable record not yet visible, per tenant.",
     ["tenant"],
     registry=REGISTRY,
 )

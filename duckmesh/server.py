@@ -16,6 +16,7 @@ import structlog
 import trio
 
 from duckmesh.api.app import create_app
+from duckmesh.coordinator.lag import LagMonitor
 from duckmesh.runtime import Runtime, coordinator_actors
 from duckmesh.supervisors import Actor, FunctionActor, RestartPolicy, Supervisor, run_root
 
@@ -66,7 +67,8 @@ def build_tree(rt: Runtime) -> Supervisor:
     if role in ("all", "api"):
         children.append(rt.ingest)
     if role in ("all", "coordinator"):
-        children.append(Supervisor("commit", coordinator_actors(rt), COMMIT_POLICY))
+        commit: list[Actor] = [*coordinator_actors(rt), LagMonitor(rt.bus)]
+        children.append(Supervisor("commit", commit, COMMIT_POLICY))
     if role in ("all", "maintenance"):
         from duckmesh.maintenance.actors import maintenance_actors
 

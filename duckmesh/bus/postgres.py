@@ -27,7 +27,7 @@ _COPY = (
 
 
 def _lock_counter(conn: Conn, tenant_id: str) -> tuple[int, dt.datetime]:
-    sql = "SELECT last_token, now() FROM bus_token_counter WHERE tenant_id = %s FOR UPDATE"
+    sql = "SELECT last_token, now() FROM bus_token_counter WHERE tenant_id = %s"
     row = conn.execute(sql, (tenant_id,)).fetchone()
     if row is None:
         conn.execute(
@@ -284,3 +284,15 @@ class PostgresBus:
             transaction=False,
         )
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+    def ingested_at(self, tokens: dict[str, int]) -> dict[str, dt.datetime]:
+        """When each tenant's record ``tokens[tenant]`` was made durable."""
+        rows = self.db.call(
+            lambda conn: conn.execute(
+                "SELECT r.tenant_id, r.ingested_at FROM unnest(%s::text[], %s::bigint[])"
+                " AS k(tenant_id, token) JOIN bus_record r USING (tenant_id, token)",
+                (list(tokens), list(tokens.values())),
+            ).fetchall(),
+            transaction=False,
+        )
+        return {r[0]: r[1] for r in rows}
