@@ -33,8 +33,12 @@ TABLE = {
 
 
 def payload(i: int) -> dict[str, Any]:
-    return {"id": i, "kind": "click" if i % 3 else "view", "value": i * 0.5,
-            "at": "2026-11-26T10:00:00"}
+    return {
+        "id": i,
+        "kind": "click" if i % 3 else "view",
+        "value": i * 0.5,
+        "at": "2026-11-26T10:00:00",
+    }
 
 
 def run_http(server: Server, batch: int, clients: int, seconds: float) -> dict[str, Any]:
@@ -48,11 +52,17 @@ def run_http(server: Server, batch: int, clients: int, seconds: float) -> dict[s
         with server.client() as client:
             while time.monotonic() < stop:
                 ids = [next(counter) for _ in range(batch)]
-                body = json.dumps({"records": [
-                    {"idempotency_key": f"b{batch}-{i}", "payload": payload(i)} for i in ids]})
+                body = json.dumps(
+                    {
+                        "records": [
+                            {"idempotency_key": f"b{batch}-{i}", "payload": payload(i)} for i in ids
+                        ]
+                    }
+                )
                 t0 = time.perf_counter()
-                r = client.post("/v1/ingest/events", content=body,
-                                headers={"Content-Type": "application/json"})
+                r = client.post(
+                    "/v1/ingest/events", content=body, headers={"Content-Type": "application/json"}
+                )
                 latencies[n].append(time.perf_counter() - t0)
                 if r.status_code == 200:
                     records[n] += batch
@@ -67,9 +77,13 @@ def run_http(server: Server, batch: int, clients: int, seconds: float) -> dict[s
         t.join()
     elapsed = time.monotonic() - began
     flat = [x for lat in latencies for x in lat]
-    return {"batch": batch, "records_per_s": round(sum(records) / elapsed, 1),
-            "requests_per_s": round(len(flat) / elapsed, 1), "errors": sum(errors),
-            "ack": summary_ms(flat)}
+    return {
+        "batch": batch,
+        "records_per_s": round(sum(records) / elapsed, 1),
+        "requests_per_s": round(len(flat) / elapsed, 1),
+        "errors": sum(errors),
+        "ack": summary_ms(flat),
+    }
 
 
 def run_copy(server: Server, batch: int, clients: int, seconds: float) -> dict[str, Any]:
@@ -77,8 +91,10 @@ def run_copy(server: Server, batch: int, clients: int, seconds: float) -> dict[s
     transaction per batch, same number of concurrent connections."""
     with psycopg.connect(server.dsn(), autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS bench_copy")
-        conn.execute("CREATE TABLE bench_copy (tenant_id text, token bigserial, key text,"
-                     " payload text, PRIMARY KEY (tenant_id, token))")
+        conn.execute(
+            "CREATE TABLE bench_copy (tenant_id text, token bigserial, key text,"
+            " payload text, PRIMARY KEY (tenant_id, token))"
+        )
         conn.execute("CREATE UNIQUE INDEX ON bench_copy (tenant_id, key)")
     counter = itertools.count()
     done = [0] * clients
@@ -90,8 +106,12 @@ def run_copy(server: Server, batch: int, clients: int, seconds: float) -> dict[s
             while time.monotonic() < stop:
                 ids = [next(counter) for _ in range(batch)]
                 t0 = time.perf_counter()
-                with conn.transaction(), conn.cursor().copy(
-                        "COPY bench_copy (tenant_id, key, payload) FROM STDIN") as copy:
+                with (
+                    conn.transaction(),
+                    conn.cursor().copy(
+                        "COPY bench_copy (tenant_id, key, payload) FROM STDIN"
+                    ) as copy,
+                ):
                     for i in ids:
                         copy.write_row(("t", f"k{i}", json.dumps(payload(i))))
                 latencies[n].append(time.perf_counter() - t0)
@@ -128,30 +148,59 @@ def main() -> None:
             rows.append(http)
         rss = server.rss_mib()
     print(f"\ningest over HTTP, {args.clients} clients, {args.seconds:.0f} s per batch size")
-    print(f"{'batch':>6} {'records/s':>11} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
-          f"{'p99 ms':>8} {'COPY rec/s':>11} {'ratio':>6} {'errors':>6}")
+    print(
+        f"{'batch':>6} {'records/s':>11} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'p99 ms':>8} {'COPY rec/s':>11} {'ratio':>6} {'errors':>6}"
+    )
     for r in rows:
         a = r["ack"]
-        print(f"{r['batch']:>6} {r['records_per_s']:>11,.0f} {r['requests_per_s']:>8,.0f} "
-              f"{a['p50_ms']:>8.2f} {a['p95_ms']:>8.2f} {a['p99_ms']:>8.2f} "
-              f"{r['copy_records_per_s']:>11,.0f} {r['ratio_to_copy']:>6.2f} {r['errors']:>6}")
+        print(
+            f"{r['batch']:>6} {r['records_per_s']:>11,.0f} {r['requests_per_s']:>8,.0f} "
+            f"{a['p50_ms']:>8.2f} {a['p95_ms']:>8.2f} {a['p99_ms']:>8.2f} "
+            f"{r['copy_records_per_s']:>11,.0f} {r['ratio_to_copy']:>6.2f} {r['errors']:>6}"
+        )
     print(f"server RSS after the run: {rss:.0f} MiB")
     print("targets:")
     by_batch = {r["batch"]: r for r in rows}
     if 10 in by_batch:
-        print(target_line("records/s at batch 10", by_batch[10]["records_per_s"], 13_000,
-                          lower_is_better=False))
+        print(
+            target_line(
+                "records/s at batch 10",
+                by_batch[10]["records_per_s"],
+                13_000,
+                lower_is_better=False,
+            )
+        )
     if 1000 in by_batch:
-        print(target_line("records/s at batch 1000", by_batch[1000]["records_per_s"], 100_000,
-                          lower_is_better=False))
+        print(
+            target_line(
+                "records/s at batch 1000",
+                by_batch[1000]["records_per_s"],
+                100_000,
+                lower_is_better=False,
+            )
+        )
     if 1 in by_batch:
-        print(target_line("ack p95 ms at batch 1", by_batch[1]["ack"]["p95_ms"], 10,
-                          lower_is_better=True))
-        print(target_line("ack p99 ms at batch 1", by_batch[1]["ack"]["p99_ms"], 50,
-                          lower_is_better=True))
+        print(
+            target_line(
+                "ack p95 ms at batch 1", by_batch[1]["ack"]["p95_ms"], 10, lower_is_better=True
+            )
+        )
+        print(
+            target_line(
+                "ack p99 ms at batch 1", by_batch[1]["ack"]["p99_ms"], 50, lower_is_better=True
+            )
+        )
     print(target_line("server RSS MiB", rss, 1024, lower_is_better=True))
-    write_report("ingest", {"clients": args.clients, "seconds": args.seconds, "results": rows,
-                            "server_rss_mib": round(rss, 1)})
+    write_report(
+        "ingest",
+        {
+            "clients": args.clients,
+            "seconds": args.seconds,
+            "results": rows,
+            "server_rss_mib": round(rss, 1),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -68,10 +68,13 @@ class Server:
         self.headers = {"Authorization": f"Bearer {KEY}"}
 
     def __enter__(self) -> Server:
-        log = open(self.dir / "server.log", "wb")  # noqa: SIM115
+        log = open(self.dir / "server.log", "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "duckmesh.cli.main", "serve"],
-            env=self.env, stdout=log, stderr=log, cwd=ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            cwd=ROOT,
         )
         log.close()
         deadline = time.monotonic() + 60
@@ -121,8 +124,12 @@ def write_report(name: str, report: dict[str, Any]) -> Path:
     out = ROOT / "reports"
     out.mkdir(exist_ok=True)
     path = out / f"{name}.json"
-    report = {"benchmark": name, "machine": machine(),
-              "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **report}
+    report = {
+        "benchmark": name,
+        "machine": machine(),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **report,
+    }
     path.write_text(json.dumps(report, indent=2))
     print(f"\nreport: {path.relative_to(ROOT)}")
     return path
@@ -131,6 +138,6 @@ def write_report(name: str, report: dict[str, Any]) -> Path:
 def target_line(label: str, value: float, target: float, *, lower_is_better: bool) -> str:
     ok = value <= target if lower_is_better else value >= target
     if ok:
-        return f"  {label}: {value:,.1f} (target {target:,.1f}) MET"
+        return f"  {label}: {value:,.2f} (target {target:,.2f}) MET"
     miss = (value / target) if lower_is_better else (target / value if value else float("inf"))
-    return f"  {label}: {value:,.1f} (target {target:,.1f}) MISSED by {miss:.2f}x"
+    return f"  {label}: {value:,.2f} (target {target:,.2f}) MISSED by {miss:.2f}x"

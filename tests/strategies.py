@@ -17,9 +17,10 @@ Used by the unit tests (types, commands, replay) and by the scenario runner:
   raise (if any); :func:`apply_commands` runs them on a real catalog, and
   :func:`assert_catalog_matches` compares the projections with the model.
 
-Snapshots are normally published by the coordinator; for catalog-only
-sequences :class:`PublishSnapshot` appends a made-up ``SnapshotPublished``
-on ``snapshots:{tenant}`` (the stream's version stays equal to the latest
+Snapshots are normally published by the coordinator (and, with unchanged
+data, by every table change); for catalog-only sequences
+:class:`PublishSnapshot` appends a made-up ``SnapshotPublished`` on
+``snapshots:{tenant}`` (the stream's version stays equal to the latest
 snapshot id, as the coordinator expects). :class:`Maintenance` events go to a
 separate ``maintenance:{tenant}`` stream so they never move that version.
 """
@@ -673,6 +674,14 @@ class TenantModel:
     collected: set[str] = attrs.field(factory=set)
     maintenance_runs: int = 0
 
+    def schema_snapshot(self, removed: Sequence[str] = ()) -> None:
+        """Table changes publish a snapshot of unchanged data (minus a dropped
+        table's files) so every snapshot binds one set of schemas."""
+        self.snapshots += 1
+        for file_id in removed:
+            del self.live_files[file_id]
+            self.removed_files.add(file_id)
+
     def table(self, name: str) -> TableModel | None:
         for t in self.tables.values():
             if t.name.lower() == name.lower():
@@ -713,6 +722,7 @@ class CatalogModel:
                     for c in body["columns"]
                 ]
                 self.tenants[tid].tables[body["name"]] = TableModel(body["name"], columns, key)
+                self.tenants[tid].schema_snapshot()
             case EvolveTable(tenant_id=tid, name=name, body=body):
                 table = self.tenants[tid].tables[name]
                 for c in body.get("add_columns", []):
@@ -724,9 +734,14 @@ class CatalogModel:
                         old.name, parse_type(c["type"]).render(), old.nullable
                     )
                 table.version += 1
+                self.tenants[tid].schema_snapshot()
             case DropTable(tenant_id=tid, name=name):
-                del self.tenants[tid].tables[name]
-                self.tenants[tid].dropped += 1
+                tenant = self.tenants[tid]
+                del tenant.tables[name]
+                tenant.dropped += 1
+                tenant.schema_snapshot(
+                    removed=[f for f, table in tenant.live_files.items() if table == name]
+                )
             case PublishSnapshot(tenant_id=tid) as snap:
                 tenant = self.tenants[tid]
                 tenant.snapshots = snap.snapshot_id
@@ -769,6 +784,7 @@ _KINDS = (
     "pin",
     "maintenance",
 )
+_WEIGHTS = {"create_tenant": 1, "create_table": 4, "evolve_table": 3, "publish": 3}
 _TENANT_POOL = ("acme", "globex", "t-1", "x_9")
 _TABLE_POOL = ("orders", "events", "Orders", "order", "clicks")
 
@@ -784,7 +800,8 @@ def _next_command(draw: st.DrawFn, model: CatalogModel, kinds: Sequence[str]) ->
         or (k in ("evolve_table", "drop_table") and any(model.tenants[t].tables for t in tenants))
         or (k == "pin" and any(model.tenants[t].snapshots for t in tenants))
     ]
-    kind = draw(st.sampled_from(possible))
+    weighted = [k for k in possible for _ in range(_WEIGHTS.get(k, 2))]
+    kind = draw(st.sampled_from(weighted))
     if kind == "create_tenant":
         tid = draw(st.one_of(st.sampled_from(_TENANT_POOL), tenant_ids()))
         name = draw(st.one_of(st.none(), _TEXT.filter(lambda s: s.isprintable() and s)))
@@ -801,7 +818,12 @@ def _next_command(draw: st.DrawFn, model: CatalogModel, kinds: Sequence[str]) ->
         return RevokeKey(draw(st.integers(0, len(model.keys) - 1)))
     if kind == "create_table":
         tid = draw(st.sampled_from(tenants))
-        names = st.one_of(st.sampled_from(_TABLE_POOL), simple_names())
+        live = [t.name for t in model.tenants[tid].tables.values()]
+        names = st.one_of(
+            st.sampled_from(_TABLE_POOL),
+            simple_names(),
+            *([st.sampled_from(live).map(str.swapcase)] if live else []),
+        )
         body = draw(table_definitions(names=names, max_columns=4))
         clash = model.tenants[tid].table(body["name"]) is not None
         return CreateTable(tid, body, expect="TABLE_EXISTS" if clash else None)

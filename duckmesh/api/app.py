@@ -44,7 +44,17 @@ _HTTP_CODES = {
     405: "BAD_REQUEST",
     413: "PAYLOAD_TOO_LARGE",
     429: "RATE_LIMITED",
+    503: "NOT_READY",
 }
+# Compiled ingest validators are dropped on every table event and, in case a
+# notification is lost, after this long at most.
+VALIDATOR_CACHE_S = 10.0
+
+
+def _code_for_status(status: int) -> str:
+    """The error code of a Werkzeug/Quart HTTP error (unexpected exceptions
+    arrive as a 500: never reported as the client's fault)."""
+    return _HTTP_CODES.get(status, "INTERNAL" if status >= 500 else "BAD_REQUEST")
 
 
 def load_openapi() -> dict[str, Any]:
@@ -83,7 +93,7 @@ def create_app(rt: Runtime) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     auth = Authenticator(rt.db)
     rt.notifications.on_event(auth.invalidate)
-    validators: dict[tuple[str, str], TableValidator] = {}
+    validators: dict[tuple[str, str], tuple[TableValidator, float]] = {}
 
     def forget_tables(stream: str) -> None:
         if stream.startswith("tables:"):
@@ -101,10 +111,10 @@ def create_app(rt: Runtime) -> QuartTrio:
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
-        code = exc.code or 500
-        return error_response(
-            DuckMeshError(_HTTP_CODES.get(code, "BAD_REQUEST"), exc.description or exc.name)
-        )
+        code = _code_for_status(exc.code or 500)
+        # A 500 wraps an unexpected exception: its text stays in the server log.
+        message = "internal error" if code == "INTERNAL" else exc.description or exc.name
+        return error_response(DuckMeshError(code, message))
 
     # -- health ------------------------------------------------------------
 
@@ -160,6 +170,7 @@ def create_app(rt: Runtime) -> QuartTrio:
                 c, p.tenant_id, body, actor=p.key_id, trace_id=_trace_id()
             ),
         )
+        validators.pop((p.tenant_id, table.name), None)
         return json_response(table.to_json(), 201)
 
     @app.get("/v1/tables")
@@ -189,6 +200,9 @@ def create_app(rt: Runtime) -> QuartTrio:
                 c, p.tenant_id, name, body, actor=p.key_id, trace_id=_trace_id()
             ),
         )
+        # Our own change applies to our next ingest at once, not when the
+        # notification comes back.
+        validators.pop((p.tenant_id, name), None)
         return json_response(table.to_json())
 
     @app.delete("/v1/tables/<name>")
@@ -200,15 +214,20 @@ def create_app(rt: Runtime) -> QuartTrio:
                 c, p.tenant_id, name, actor=p.key_id, trace_id=_trace_id()
             ),
         )
+        validators.pop((p.tenant_id, name), None)
         return json_response({"dropped": name})
 
     # -- ingest ------------------------------------------------------------
 
     async def _validator(tenant: str, name: str) -> TableValidator:
-        tv = validators.get((tenant, name))
-        if tv is None:
-            tv = TableValidator.for_table(await _table(tenant, name))
-            validators[(tenant, name)] = tv
+        cached = validators.get((tenant, name))
+        now = time.monotonic()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        tv = TableValidator.for_table(await _table(tenant, name))
+        if len(validators) > 10_000:
+            validators.clear()
+        validators[(tenant, name)] = (tv, now + VALIDATOR_CACHE_S)
         return tv
 
     @app.post("/v1/ingest/<table>")
@@ -374,10 +393,11 @@ def create_app(rt: Runtime) -> QuartTrio:
             raise DuckMeshError(
                 "VALIDATION_FAILED", "snapshot_id (integer), pinned (boolean), reason (string)"
             )
-        await rt.db.run(
+        await _with_retries(
+            rt,
             lambda c: commands.pin_snapshot(
                 c, p.tenant_id, snapshot_id, pinned, reason, actor=p.key_id
-            )
+            ),
         )
         return json_response({"snapshot_id": snapshot_id, "pinned": pinned})
 

@@ -27,7 +27,12 @@ from duckmesh.db import Database
 from duckmesh.errors import DuckMeshError
 
 KEY_CACHE_S = 30.0
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+# W3C trace context: version-trace_id-parent_id-flags; version ff and all-zero
+# ids are invalid (a future version may append fields after the flags).
+_TRACEPARENT = re.compile(
+    r"^(?!ff)([0-9a-f]{2})-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$"
+)
+log = structlog.get_logger("duckmesh.api")
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -43,10 +48,20 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error_response(exc: DuckMeshError) -> Response:
+    """The spec's error body; also one log line with the code (trace and
+    tenant ids come from the context). Never logs the request itself."""
     headers = {}
     if exc.error_code == "RATE_LIMITED":
         headers["Retry-After"] = str(exc.context.get("retry_after_s", 1))
-    return json_response(exc.body(current_trace_id()), exc.http_status, headers)
+    status = exc.http_status
+    (log.error if status >= 500 else log.info)(
+        "request failed",
+        method=request.method,
+        path=request.path,
+        status=status,
+        error_code=exc.error_code,
+    )
+    return json_response(exc.body(current_trace_id()), status, headers)
 
 
 def current_trace_id() -> str | None:
@@ -58,7 +73,9 @@ def current_trace_id() -> str | None:
 def start_trace() -> str:
     header = request.headers.get("traceparent", "")
     match = _TRACEPARENT.match(header.strip().lower())
-    trace_id = match.group(1) if match else secrets.token_hex(16)
+    # Version 00 has exactly four fields; only later versions may add more.
+    valid = match is not None and not (match.group(1) == "00" and match.group(3))
+    trace_id = match.group(2) if match and valid else secrets.token_hex(16)
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(trace_id=trace_id)
     return trace_id

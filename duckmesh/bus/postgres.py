@@ -27,7 +27,7 @@ _COPY = (
 
 
 def _lock_counter(conn: Conn, tenant_id: str) -> tuple[int, dt.datetime]:
-    sql = "SELECT last_token, now() FROM bus_token_counter WHERE tenant_id = %s"
+    sql = "SELECT last_token, now() FROM bus_token_counter WHERE tenant_id = %s FOR UPDATE"
     row = conn.execute(sql, (tenant_id,)).fetchone()
     if row is None:
         conn.execute(

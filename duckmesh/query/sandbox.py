@@ -78,6 +78,10 @@ class TableBinding:
     files: tuple[str, ...]
     file_columns: tuple[str, ...]
     total_bytes: int = 0
+    # True when every file was written with exactly ``columns`` (same names,
+    # types and order): the view then reads the files as they are, without
+    # union_by_name or casts, which is as fast as a raw read_parquet.
+    uniform: bool = False
 
 
 @attrs.frozen
@@ -154,7 +158,11 @@ def view_query(binding: TableBinding) -> str:
         )
         return f"SELECT {null_projection} WHERE false"
     files = ", ".join(quote_literal(os.path.abspath(path)) for path in binding.files)
-    source = f"read_parquet([{files}], union_by_name = true)"
+    if binding.uniform:
+        projection = ", ".join(quote_ident(column.name) for column in binding.columns)
+        source = f"read_parquet([{files}])"
+    else:
+        source = f"read_parquet([{files}], union_by_name = true)"
     if not binding.primary_key:
         return f"SELECT {projection} FROM {source}"
     keys = ", ".join(quote_ident(key) for key in binding.primary_key)

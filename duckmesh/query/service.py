@@ -75,6 +75,7 @@ def _bindings(
                 files=tuple(str(store.local_path(f.path)) for f in mine),
                 file_columns=tuple(c.name for c in table.columns if c.name in present),
                 total_bytes=sum(f.size_bytes for f in mine),
+                uniform=all(f.schema_version == table.schema_version for f in mine),
             )
         )
     return out
@@ -97,6 +98,8 @@ class QueryService:
         self._limiter = trio.CapacityLimiter(settings.concurrency)
         self._cache: OrderedDict[tuple[str, int], SnapshotDatabase] = OrderedDict()
         self._building: dict[tuple[str, int], trio.Event] = {}
+        # Snapshots are immutable (but for expiry): explicit-id lookups are cached.
+        self._snapshots: OrderedDict[tuple[str, int], Snapshot] = OrderedDict()
 
     def consistency_timeout(self, requested_ms: int | None) -> float:
         if requested_ms is None:
@@ -106,9 +109,16 @@ class QueryService:
     async def resolve(self, tenant: str, req: QueryRequest) -> Snapshot | None:
         """The snapshot a request reads; None when the tenant has none yet."""
         if req.snapshot_id is not None:
-            snap = await self.db.run(
-                lambda c: reads.get_snapshot(c, tenant, req.snapshot_id or 0), transaction=False
-            )
+            snap = self._snapshots.get((tenant, req.snapshot_id))
+            if snap is None:
+                snap = await self.db.run(
+                    lambda c: reads.get_snapshot(c, tenant, req.snapshot_id or 0),
+                    transaction=False,
+                )
+                if snap is not None and not snap.expired:
+                    self._snapshots[(tenant, snap.snapshot_id)] = snap
+                    if len(self._snapshots) > 1024:
+                        self._snapshots.popitem(last=False)
             if snap is None or snap.expired:
                 raise DuckMeshError(
                     "SNAPSHOT_NOT_FOUND",

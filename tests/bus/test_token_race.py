@@ -155,7 +155,9 @@ def _publish_in_thread(bus: PostgresBus, name: str) -> tuple[threading.Thread, l
     return thread, out
 
 
-def _single_token(result: list[list[Receipt] | DuckMeshError]) -> int:
+def _single_token(result: list[list[Receipt] | DuckMeshError] | BaseException) -> int:
+    if isinstance(result, BaseException):
+        raise AssertionError(f"publish raised {result!r}") from result
     (receipt,) = ok(result[0])
     assert not receipt.duplicate
     return receipt.token
