@@ -187,6 +187,30 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     return 0 if body["status"] == "ready" else 1
 
 
+def cmd_bench(args: argparse.Namespace, config: Config) -> int:
+    from duckmesh.bench.harness import write_report
+    from duckmesh.bench.load import SCENARIOS, print_table, run
+
+    names = args.scenario or ["steady"]
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        print(f"unknown scenario(s) {unknown}; choose from {sorted(SCENARIOS)}", file=sys.stderr)
+        return 2
+    rows = []
+    for name in names:
+        scenario = SCENARIOS[name]
+        if args.seconds:
+            import attrs
+
+            scenario = attrs.evolve(scenario, seconds=args.seconds)
+        print(f"running {name}: {scenario.description}, {scenario.seconds:.0f} s", flush=True)
+        rows.append(run(scenario))
+    print()
+    print_table(rows)
+    write_report("bench", {"results": rows})
+    return 1 if any(r["errors"] for r in rows) else 0
+
+
 def cmd_config(args: argparse.Namespace, config: Config) -> int:
     for key, value in config.redacted().items():
         print(f"{key} = {value!r}")
@@ -213,6 +237,9 @@ def parser() -> argparse.ArgumentParser:
     keys.add_argument("--tenant")
     keys.add_argument("--role", action="append", default=[])
     sub.add_parser("status", help="show a running server's readiness and actors")
+    bench = sub.add_parser("bench", help="run named load scenarios and print one table")
+    bench.add_argument("scenario", nargs="*", help="steady, burst, many-tenants, big-batches")
+    bench.add_argument("--seconds", type=float, help="override each scenario's duration")
     config = sub.add_parser("config", help="configuration")
     config.add_argument("action", choices=["show"])
     return p
@@ -226,6 +253,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "keys": cmd_keys,
     "status": cmd_status,
     "config": cmd_config,
+    "bench": cmd_bench,
 }
 
 

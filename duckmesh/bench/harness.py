@@ -1,0 +1,144 @@
+"""Benchmark plumbing shared by `duckmesh bench` and scenarios/: a server process, percentiles, reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+KEY = "dmk_bench_" + "b" * 40
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * p / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def summary_ms(samples_s: Sequence[float]) -> dict[str, float]:
+    return {
+        "n": len(samples_s),
+        "p50_ms": round(percentile(samples_s, 50) * 1000, 3),
+        "p95_ms": round(percentile(samples_s, 95) * 1000, 3),
+        "p99_ms": round(percentile(samples_s, 99) * 1000, 3),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Server:
+    """``duckmesh serve`` on a fresh data directory (embedded Postgres)."""
+
+    def __init__(self, **env: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="dmb"))
+        self.port = free_port()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DUCKMESH_")}
+        self.env.update(
+            DUCKMESH_DATA_DIR=str(self.dir / "data"),
+            DUCKMESH_HTTP_PORT=str(self.port),
+            DUCKMESH_BOOTSTRAP_API_KEY=KEY,
+            DUCKMESH_LOG_LEVEL="warning",
+            DUCKMESH_LOG_FORMAT="json",
+        )
+        self.env.update(env)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.headers = {"Authorization": f"Bearer {KEY}"}
+
+    def __enter__(self) -> Server:
+        log = open(self.dir / "server.log", "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "duckmesh.cli.main", "serve"],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.base_url + "/v1/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not become ready:\n" + self.log())
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def log(self) -> str:
+        return (self.dir / "server.log").read_text(errors="replace")
+
+    def rss_mib(self) -> float:
+        """Resident memory of the server process (Postgres not included)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def dsn(self) -> str:
+        return f"postgresql://postgres:@/postgres?host={self.dir / 'data' / 'pg'}"
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers=self.headers, timeout=120)
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def write_report(name: str, report: dict[str, Any], out: Path | None = None) -> Path:
+    out = out or Path.cwd() / "reports"
+    out.mkdir(exist_ok=True)
+    path = out / f"{name}.json"
+    report = {
+        "benchmark": name,
+        "machine": machine(),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **report,
+    }
+    path.write_text(json.dumps(report, indent=2))
+    print(f"\nreport: {path}")
+    return path
+
+
+def target_line(label: str, value: float, target: float, *, lower_is_better: bool) -> str:
+    ok = value <= target if lower_is_better else value >= target
+    if ok:
+        return f"  {label}: {value:,.2f} (target {target:,.2f}) MET"
+    miss = (value / target) if lower_is_better else (target / value if value else float("inf"))
+    return f"  {label}: {value:,.2f} (target {target:,.2f}) MISSED by {miss:.2f}x"
