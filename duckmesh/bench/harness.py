@@ -1,4 +1,7 @@
-"""Benchmark plumbing shared by `duckmesh bench` and scenarios/: a server process, percentiles, reports."""
+"""Benchmark plumbing shared by ``duckmesh bench`` and scenarios/.
+
+A server process on a fresh data directory, percentiles, JSON reports.
+"""
 
 from __future__ import annotations
 
