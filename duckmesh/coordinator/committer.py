@@ -108,10 +108,11 @@ class Committer:
     def _commit(self, batch: Batch) -> CommitOutcome:
         tenant = batch.scope
         table_ids = sorted({r.table_id for r in batch.records})
-        head, tables = self.db.call(
+        head, tables, dropped = self.db.call(
             lambda conn: (
                 reads.latest_snapshot(conn, tenant),
                 reads.tables_by_id(conn, tenant, table_ids),
+                reads.dropped_table_ids(conn, tenant),
             ),
             transaction=False,
         )
@@ -127,6 +128,8 @@ class Committer:
         watermarks: dict[str, int] = {}
         seq = 0
         for table_id, recs in by_table.items():
+            if table_id in dropped:
+                continue  # the table is gone: its records are acknowledged, not written
             table = tables.get(table_id)
             if table is None:
                 rejected.extend(Rejected(r.token, table_id, "table not found") for r in recs)
