@@ -174,22 +174,19 @@ class PostgresBus:
         if row is None:
             return None
         scope, fence, acked, last = row
-        records: list[BusRecord] = []
-        size = 0
-        # max_bytes counts bytes (octet_length), not characters: multi-byte
-        # UTF-8 payloads would otherwise overrun the budget.
-        cur = conn.execute(
-            "SELECT token, table_id, op, payload, event_time, ingested_at, schema_version,"
-            " octet_length(payload)"
+        rows = conn.execute(
+            "SELECT token, table_id, op, payload, event_time, ingested_at, schema_version"
             " FROM bus_record WHERE tenant_id = %s AND token > %s AND token <= %s"
             " ORDER BY token LIMIT %s",
             (scope, acked, last, limit),
-        )
-        for *rec, nbytes in cur:
-            size += nbytes
-            if records and size > max_bytes:
+        ).fetchall()
+        size = 0
+        for n, rec in enumerate(rows):
+            size += len(rec[3])
+            if n and size > max_bytes:
+                del rows[n:]
                 break
-            records.append(BusRecord(*rec))
+        records = list(map(BusRecord._make, rows))
         return Batch(scope, consumer_id, fence, acked, tuple(records))
 
     def ack(self, batch: Batch, *, up_to: int | None = None, tx: Any = None) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import attrs
 
@@ -49,8 +49,9 @@ class Receipt:
     duplicate: bool
 
 
-@attrs.frozen
-class BusRecord:
+class BusRecord(NamedTuple):
+    """One durable record (a named tuple: batches hold up to 100k of them)."""
+
     token: int
     table_id: str
     op: str

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,11 +20,12 @@ from typing import Any
 
 import attrs
 import pyarrow as pa
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from duckmesh.bus import BusRecord
 from duckmesh.catalog.model import TableDef
-from duckmesh.catalog.types import arrow_type, converter, parse_type
+from duckmesh.catalog.types import ColumnType, arrow_type, converter, parse_type
 
 TOKEN_COLUMN = "_dm_token"  # noqa: S105 (a column name, not a secret)
 OP_COLUMN = "_dm_op"
@@ -49,19 +51,45 @@ class PartitionRows:
     max_event_time: dt.datetime | None
 
 
-def _partition_of(table: TableDef, when: dt.datetime) -> str:
-    granularity = (table.partition_by or {}).get("event_time", "hour")
-    when = when.astimezone(dt.UTC)
-    if granularity == "day":
+_FAST_KINDS = frozenset(
+    {
+        "BOOLEAN",
+        "SMALLINT",
+        "INTEGER",
+        "BIGINT",
+        "FLOAT",
+        "DOUBLE",
+        "VARCHAR",
+        "TIMESTAMP",
+        "TIMESTAMPTZ",
+        "LIST",
+        "STRUCT",
+    }
+)
+
+
+def _fast_path_ok(t: ColumnType) -> bool:
+    """Types Arrow's JSON reader parses exactly as our converters would."""
+    if t.kind not in _FAST_KINDS:
+        return False
+    if t.element is not None and not _fast_path_ok(t.element):
+        return False
+    return all(_fast_path_ok(ft) for _, ft in t.fields)
+
+
+def _partition_seconds(table: TableDef) -> int:
+    return 86400 if (table.partition_by or {}).get("event_time") == "day" else 3600
+
+
+def _partition_name(bucket: int, seconds: int) -> str:
+    when = dt.datetime.fromtimestamp(bucket * seconds, dt.UTC)
+    if seconds == 86400:
         return f"date={when:%Y-%m-%d}"
     return f"date={when:%Y-%m-%d}/hour={when:%H}"
 
 
-def _schema(table: TableDef) -> pa.Schema:
-    fields = [pa.field(c.name, arrow_type(parse_type(c.type))) for c in table.columns]
-    fields.append(pa.field(TOKEN_COLUMN, pa.int64(), nullable=False))
-    fields.append(pa.field(OP_COLUMN, pa.string(), nullable=False))
-    return pa.schema(fields)
+def _user_schema(table: TableDef) -> pa.Schema:
+    return pa.schema([pa.field(c.name, arrow_type(parse_type(c.type))) for c in table.columns])
 
 
 def _row_converter(table: TableDef) -> Any:
@@ -80,80 +108,112 @@ def _row_converter(table: TableDef) -> Any:
     return convert
 
 
+def _read_fast(table: TableDef, records: Sequence[BusRecord]) -> pa.Table | None:
+    """All payloads at once through Arrow's JSON reader (C++, no GIL), or None
+    when the table has a type it does not handle or any payload fails."""
+    schema = _user_schema(table)
+    if not all(_fast_path_ok(parse_type(c.type)) for c in table.columns):
+        return None
+    data = "\n".join(r.payload for r in records).encode()
+    try:
+        result = pa_json.read_json(
+            io.BytesIO(data),
+            parse_options=pa_json.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="error"
+            ),
+        )
+    except (pa.ArrowException, ValueError):
+        return None
+    if result.num_rows != len(records):
+        return None
+    return result.select(schema.names).cast(schema)
+
+
+def _read_slow(
+    table: TableDef, records: Sequence[BusRecord]
+) -> tuple[pa.Table | None, list[BusRecord], list[Rejected]]:
+    """Record by record in Python; finds and sets aside what cannot convert."""
+    schema = _user_schema(table)
+    convert = _row_converter(table)
+    kept: list[BusRecord] = []
+    rows: list[list[Any]] = []
+    rejected: list[Rejected] = []
+    for rec in records:
+        try:
+            values = convert(json.loads(rec.payload))
+        except (ValueError, TypeError, ArithmeticError, pa.ArrowException) as exc:
+            rejected.append(Rejected(rec.token, rec.table_id, f"{type(exc).__name__}: {exc}"))
+            continue
+        kept.append(rec)
+        rows.append(values)
+
+    def arrays(batch: list[list[Any]]) -> list[pa.Array]:
+        return [pa.array([v[i] for v in batch], f.type) for i, f in enumerate(schema)]
+
+    try:
+        return (pa.Table.from_arrays(arrays(rows), schema=schema) if rows else None), kept, rejected
+    except (pa.ArrowException, ValueError, TypeError, OverflowError):
+        pass
+    good_rows, good = [], []
+    for rec, values in zip(kept, rows, strict=True):
+        try:
+            arrays([values])
+        except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
+            rejected.append(Rejected(rec.token, rec.table_id, f"{type(exc).__name__}: {exc}"))
+            continue
+        good.append(rec)
+        good_rows.append(values)
+    if not good:
+        return None, [], rejected
+    return pa.Table.from_arrays(arrays(good_rows), schema=schema), good, rejected
+
+
 def build_tables(
     table: TableDef, records: Sequence[BusRecord]
 ) -> tuple[list[PartitionRows], list[Rejected]]:
     """Apply op semantics and types to one table's records (in token order)."""
+    user = _read_fast(table, records)
+    kept: Sequence[BusRecord] = records
     rejected: list[Rejected] = []
-    rows: dict[Any, tuple[BusRecord, list[Any]]] = {}
-    key_index = [i for i, c in enumerate(table.columns) if c.name in table.primary_key]
-    convert = _row_converter(table)
-    for n, rec in enumerate(records):
-        try:
-            values = convert(json.loads(rec.payload))
-        except (ValueError, TypeError, ArithmeticError) as exc:
-            rejected.append(Rejected(rec.token, rec.table_id, f"{type(exc).__name__}: {exc}"))
-            continue
-        key: Any = tuple(values[i] for i in key_index) if key_index else n
-        rows[key] = (rec, values)  # later tokens overwrite earlier ones per key
-    by_partition: dict[str, list[tuple[BusRecord, list[Any]]]] = {}
-    for rec, values in rows.values():
+    if user is None:
+        user, kept, rejected = _read_slow(table, records)
+        if user is None:
+            return [], rejected
+    full = user.append_column(
+        pa.field(TOKEN_COLUMN, pa.int64(), nullable=False),
+        pa.array([r.token for r in kept], pa.int64()),
+    ).append_column(
+        pa.field(OP_COLUMN, pa.string(), nullable=False),
+        pa.array([r.op for r in kept], pa.string()),
+    )
+    indices = list(range(len(kept)))
+    if table.primary_key:
+        # Newest record per key within the batch (records are in token order).
+        keys = zip(*(full.column(k).to_pylist() for k in table.primary_key), strict=True)
+        latest = {key: i for i, key in enumerate(keys)}
+        indices = sorted(latest.values())
+    seconds = _partition_seconds(table)
+    buckets: dict[int, list[int]] = {}
+    for i in indices:
+        rec = kept[i]
         when = rec.event_time or rec.ingested_at
-        by_partition.setdefault(_partition_of(table, when), []).append((rec, values))
-    schema = _schema(table)
+        buckets.setdefault(int(when.timestamp()) // seconds, []).append(i)
     out: list[PartitionRows] = []
-    for partition, items in sorted(by_partition.items()):
-        items.sort(key=lambda item: item[0].token)
-        arrow, bad = _to_arrow(schema, table, items)
-        rejected.extend(bad)
-        if arrow is None:
-            continue
-        kept = [rec for rec, _ in items if rec.token not in {b.token for b in bad}]
-        times = [r.event_time for r in kept if r.event_time is not None]
+    for bucket, rows in sorted(buckets.items()):
+        part = full.take(pa.array(rows, pa.int64()))
+        times = [t for t in (kept[i].event_time for i in rows) if t is not None]
         out.append(
             PartitionRows(
                 table=table,
-                partition=partition,
-                arrow=arrow,
-                min_token=kept[0].token,
-                max_token=kept[-1].token,
+                partition=_partition_name(bucket, seconds),
+                arrow=part,
+                min_token=kept[rows[0]].token,
+                max_token=kept[rows[-1]].token,
                 min_event_time=min(times) if times else None,
                 max_event_time=max(times) if times else None,
             )
         )
     return out, rejected
-
-
-def _to_arrow(
-    schema: pa.Schema, table: TableDef, items: list[tuple[BusRecord, list[Any]]]
-) -> tuple[pa.Table | None, list[Rejected]]:
-    def arrays(batch: list[tuple[BusRecord, list[Any]]]) -> list[pa.Array]:
-        cols: list[pa.Array] = []
-        for i, field in enumerate(schema):
-            if field.name == TOKEN_COLUMN:
-                cols.append(pa.array([r.token for r, _ in batch], pa.int64()))
-            elif field.name == OP_COLUMN:
-                cols.append(pa.array([r.op for r, _ in batch], pa.string()))
-            else:
-                cols.append(pa.array([v[i] for _, v in batch], field.type))
-        return cols
-
-    try:
-        return pa.Table.from_arrays(arrays(items), schema=schema), []
-    except (pa.ArrowException, ValueError, TypeError, OverflowError):
-        pass
-    # Find the records that cannot be converted, keep the rest.
-    good: list[tuple[BusRecord, list[Any]]] = []
-    bad: list[Rejected] = []
-    for item in items:
-        try:
-            arrays([item])
-            good.append(item)
-        except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
-            bad.append(Rejected(item[0].token, table.table_id, f"{type(exc).__name__}: {exc}"))
-    if not good:
-        return None, bad
-    return pa.Table.from_arrays(arrays(good), schema=schema), bad
 
 
 def write_parquet(arrow: pa.Table, path: Path) -> tuple[int, str]:
