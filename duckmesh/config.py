@@ -66,6 +66,15 @@ def _bootstrap_key(name: str, raw: str) -> str:
     return raw
 
 
+UNSAFE_BREAKS = ("skip_barrier",)
+
+
+def _unsafe_break(name: str, raw: str) -> str:
+    if raw and raw not in UNSAFE_BREAKS:
+        raise ConfigError(f"{name}={raw!r} must be empty or one of {', '.join(UNSAFE_BREAKS)}")
+    return raw
+
+
 @attrs.frozen
 class Config:
     """Effective configuration. Field docs live in docs/CONFIGURATION.md."""
@@ -81,7 +90,7 @@ class Config:
     # database
     db_pool_size: int = 8
     # ingest
-    group_commit_window_ms: int = 2
+    group_commit_window_ms: int = 0
     max_request_bytes: int = 16 * 1024 * 1024
     max_records_per_request: int = 10_000
     max_record_bytes: int = 1024 * 1024
@@ -90,7 +99,7 @@ class Config:
     # commit
     coordinators: int = 1
     flush_interval_ms: int = 200
-    commit_linger_ms: int = 10
+    commit_linger_ms: int = 50
     batch_max_records: int = 100_000
     batch_max_bytes: int = 64 * 1024 * 1024
     lease_ms: int = 10_000
@@ -114,6 +123,9 @@ class Config:
     # testing / chaos
     enable_faults: bool = False
     faults: str = ""
+    # TEST ONLY: deliberately break one guarantee ("skip_barrier") so the scenario
+    # runner can prove it notices; refused unless enable_faults is on.
+    unsafe_break: str = ""
 
     def redacted(self) -> dict[str, Any]:
         """Every field, secrets replaced, for ``duckmesh config show``."""
@@ -167,6 +179,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "gc_safety_window_ms": _int(0, 1 << 50),
     "enable_faults": _bool,
     "faults": _str,
+    "unsafe_break": _unsafe_break,
 }
 
 
@@ -221,5 +234,10 @@ def load_config(
     if config.consistency_timeout_ms > config.max_consistency_timeout_ms:
         raise ConfigError(
             "DUCKMESH_CONSISTENCY_TIMEOUT_MS exceeds DUCKMESH_MAX_CONSISTENCY_TIMEOUT_MS"
+        )
+    if config.unsafe_break and not config.enable_faults:
+        raise ConfigError(
+            f"DUCKMESH_UNSAFE_BREAK={config.unsafe_break!r} breaks a consistency guarantee"
+            " on purpose (tests only); it is refused unless DUCKMESH_ENABLE_FAULTS=1"
         )
     return config

@@ -11,8 +11,8 @@ and within ``KEY_CACHE_S`` elsewhere.
 from __future__ import annotations
 
 import json
+import random
 import re
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -75,7 +75,7 @@ def start_trace() -> str:
     match = _TRACEPARENT.match(header.strip().lower())
     # Version 00 has exactly four fields; only later versions may add more.
     valid = match is not None and not (match.group(1) == "00" and match.group(3))
-    trace_id = match.group(2) if match and valid else secrets.token_hex(16)
+    trace_id = match.group(2) if match and valid else f"{random.getrandbits(128):032x}"
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(trace_id=trace_id)
     return trace_id
