@@ -21,7 +21,7 @@ from typing import Any
 
 import duckdb
 
-from scenarios.harness import Server, target_line, write_report
+from scenarios.harness import Server, summary_ms, target_line, write_report
 
 TABLE = {
     "name": "events",
@@ -150,6 +150,40 @@ def main() -> None:
                 "ratio": round(am / dm, 3),
                 "added_ms": round((am - dm) * 1000, 3),
             }
+        # Strict write -> query (mode A) on the loaded table.
+        strict = []
+        for i in range(args.repeat * 4):
+            ident = args.rows + i
+            t = time.perf_counter()
+            conn.request(
+                "POST",
+                "/v1/ingest/events",
+                json.dumps(
+                    {
+                        "records": [
+                            {"idempotency_key": f"a{ident}", "payload": {"id": ident, "kind": "a"}}
+                        ]
+                    }
+                ),
+                {**server.headers, "Content-Type": "application/json"},
+            )
+            resp = conn.getresponse()
+            token = json.loads(resp.read())["max_visibility_token"]
+            conn.request(
+                "POST",
+                "/v1/query",
+                json.dumps(
+                    {
+                        "sql": f"select count(*) from events where id = {ident}",
+                        "min_visibility_token": token,
+                    }
+                ),
+                {**server.headers, "Content-Type": "application/json"},
+            )
+            resp = conn.getresponse()
+            assert json.loads(resp.read())["rows"] == [[1]]
+            strict.append(time.perf_counter() - t)
+        mode_a = summary_ms(strict)
         rss = server.rss_mib()
     print(
         f"\n{args.rows:,} rows in {len(files)} files (loaded in {load_s:.1f} s);"
@@ -161,6 +195,10 @@ def main() -> None:
             f"{name:<12} {r['api_ms']:>9.2f} {r['raw_ms']:>9.2f} {r['ratio']:>7.3f}"
             f" {r['added_ms']:>9.2f}"
         )
+    print(
+        f"strict write->query (mode A): p50 {mode_a['p50_ms']:.1f} ms,"
+        f" p95 {mode_a['p95_ms']:.1f} ms (n={mode_a['n']})"
+    )
     print(f"server RSS {rss:.0f} MiB")
     print("targets:")
     for name, r in results.items():
