@@ -182,26 +182,27 @@ class PostgresBus:
         ).fetchall()
         size = 0
         for n, rec in enumerate(rows):
-            size += len(rec[3])
+            payload: str = rec[3]  # max_bytes counts UTF-8 bytes, not characters
+            size += len(payload) if payload.isascii() else len(payload.encode())
             if n and size > max_bytes:
                 del rows[n:]
                 break
         records = list(map(BusRecord._make, rows))
         return Batch(scope, consumer_id, fence, acked, tuple(records))
 
-    def ack(self, batch: Batch, *, up_to: int | None = None, tx: Any = None) -> None:
+    def ack(self, batch: Batch, *, tx: Any = None) -> None:
         """Advance the committed position; ``tx`` is a psycopg connection in a transaction."""
         if tx is None:
-            self.db.call(lambda conn: self._ack(conn, batch, up_to))
+            self.db.call(lambda conn: self._ack(conn, batch))
         else:
-            self._ack(tx, batch, up_to)
+            self._ack(tx, batch)
 
-    def _ack(self, conn: Conn, batch: Batch, up_to: int | None) -> None:
+    def _ack(self, conn: Conn, batch: Batch) -> None:
         cur = conn.execute(
             "UPDATE bus_scope SET acked_token = %s"
             " WHERE scope = %s AND owner = %s AND fence = %s AND acked_token = %s",
             (
-                batch.last_token if up_to is None else up_to,
+                batch.last_token,
                 batch.scope,
                 batch.consumer_id,
                 batch.fence,

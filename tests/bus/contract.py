@@ -13,6 +13,7 @@ for a guessed duration.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import time
@@ -40,22 +41,24 @@ def rec(
     *,
     table: str = TABLE,
     op: str = "insert",
+    event_time: dt.datetime | None = None,
 ) -> IngestRecord:
-    """A record as the API would build it: canonical JSON and a hash of (op, payload)."""
+    """A record as the API would build it: canonical JSON and a hash of (op, time, payload)."""
     text = json.dumps(
         {"key": key} if payload is None else payload,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    digest = hashlib.sha256(f"{op}\x00\x00{text}".encode()).digest()
+    stamp = event_time.isoformat() if event_time is not None else ""
+    digest = hashlib.sha256(f"{op}\x00{stamp}\x00{text}".encode()).digest()
     return IngestRecord(
         table_id=table,
         idempotency_key=key,
         op=op,
         payload=text,
         payload_hash=digest,
-        event_time=None,
+        event_time=event_time,
         schema_version=1,
     )
 
@@ -229,6 +232,32 @@ class IngestBusContract:
         assert nxt.after_token == 3
         assert batch_tokens(nxt) == [4, 5]
 
+    def test_records_round_trip_exactly(self, bus: IngestBus) -> None:
+        """Awkward text survives storage byte for byte (keys, tables, payloads, times)."""
+        awkward = "tab\there\nnew\rcr back\\slash \\N \\. \\x00 'q' \"dq\" é 漢字 🦆 \x0b\x0c"
+        when = dt.datetime(
+            2024, 2, 29, 23, 59, 58, 123456, tzinfo=dt.timezone(dt.timedelta(hours=-5))
+        )
+        records = [
+            rec(awkward, {"text": awkward, "n": 1}, table="t\tab\\le", event_time=when),
+            rec("\\N", {"text": "\\N"}, op="upsert"),
+            rec("plain", {"nested": {"a": [1, 2.5, None, True]}, "text": "\n"}),
+        ]
+        assert tokens(ok(bus.publish("ten\tant é", [records])[0])) == [1, 2, 3]
+        # A retry finds the very same keys, tables and hashes again.
+        assert ok(bus.publish("ten\tant é", [records])[0]) == [
+            Receipt(1, True),
+            Receipt(2, True),
+            Receipt(3, True),
+        ]
+        batch = self.claim(bus, "A")
+        assert batch is not None
+        got = [(r.table_id, r.op, r.payload, r.event_time) for r in batch.records]
+        assert got == [(r.table_id, r.op, r.payload, r.event_time) for r in records]
+        assert all(r.schema_version == 1 for r in batch.records)
+        bus.ack(batch)
+        assert bus.committed_token("ten\tant é") == 3
+
     def test_claim_respects_limit(self, bus: IngestBus) -> None:
         ok(bus.publish("acme", [[rec(f"k{i}") for i in range(10)]])[0])
         seen: list[list[int]] = []
@@ -259,10 +288,10 @@ class IngestBusContract:
     def test_ack_advances_committed_token(self, bus: IngestBus) -> None:
         ok(bus.publish("acme", [[rec(f"k{i}") for i in range(5)]])[0])
         assert bus.committed_token("acme") == 0
-        batch = self.claim(bus, "A")
+        batch = self.claim(bus, "A", limit=3)
         assert batch is not None
         assert bus.committed_token("acme") == 0  # claiming commits nothing
-        bus.ack(batch, up_to=3)
+        bus.ack(batch)
         assert bus.committed_token("acme") == 3
         rest = self.claim(bus, "A")
         assert rest is not None

@@ -109,7 +109,6 @@ async def test_group_commit_serves_many_requests_with_few_transactions(
     # Fewer transactions than requests, and the metric agrees with the proxy.
     assert len(proxy.calls) <= 2 < n_requests, proxy.calls
     assert sum(proxy.calls) == n_requests
-    assert max(proxy.calls) >= n_requests - 1
     assert _metric("_count") - count_before == len(proxy.calls)
     assert _metric("_sum") - sum_before == n_requests
 
