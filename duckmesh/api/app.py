@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
@@ -49,6 +50,39 @@ _HTTP_CODES = {
 # Compiled ingest validators are dropped on every table event and, in case a
 # notification is lost, after this long at most.
 VALIDATOR_CACHE_S = 10.0
+
+
+class _Validators:
+    """Per-(tenant, table) ingest validators.
+
+    ``forget`` bumps a generation, and a validator built from a read that
+    started before the bump is not kept: a schema change that lands while a
+    request is loading the table cannot leave the old schema cached.
+    """
+
+    def __init__(self, load: Callable[[str, str], Awaitable[Any]]) -> None:
+        self._load = load
+        self._cache: dict[tuple[str, str], tuple[TableValidator, float]] = {}
+        self._generation = 0
+
+    def forget(self, key: tuple[str, str] | None = None) -> None:
+        self._generation += 1
+        if key is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(key, None)
+
+    async def get(self, tenant: str, name: str) -> TableValidator:
+        cached = self._cache.get((tenant, name))
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        generation = self._generation
+        tv = TableValidator.for_table(await self._load(tenant, name))
+        if generation == self._generation:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[(tenant, name)] = (tv, time.monotonic() + VALIDATOR_CACHE_S)
+        return tv
 
 
 def _code_for_status(status: int) -> str:
@@ -93,11 +127,18 @@ def create_app(rt: Runtime) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     auth = Authenticator(rt.db)
     rt.notifications.on_event(auth.invalidate)
-    validators: dict[tuple[str, str], tuple[TableValidator, float]] = {}
+
+    async def _table(tenant: str, name: str) -> Any:
+        table = await rt.db.run(lambda c: reads.get_table(c, tenant, name), transaction=False)
+        if table is None:
+            raise DuckMeshError("TABLE_NOT_FOUND", f"no table {name!r}", table=name)
+        return table
+
+    validators = _Validators(_table)
 
     def forget_tables(stream: str) -> None:
         if stream.startswith("tables:"):
-            validators.clear()
+            validators.forget()
 
     rt.notifications.on_event(forget_tables)
 
@@ -170,7 +211,7 @@ def create_app(rt: Runtime) -> QuartTrio:
                 c, p.tenant_id, body, actor=p.key_id, trace_id=_trace_id()
             ),
         )
-        validators.pop((p.tenant_id, table.name), None)
+        validators.forget((p.tenant_id, table.name))
         return json_response(table.to_json(), 201)
 
     @app.get("/v1/tables")
@@ -178,12 +219,6 @@ def create_app(rt: Runtime) -> QuartTrio:
     async def list_tables(p: Principal) -> Response:
         tables = await rt.db.run(lambda c: reads.list_tables(c, p.tenant_id), transaction=False)
         return json_response({"tables": [t.to_json() for t in tables]})
-
-    async def _table(tenant: str, name: str) -> Any:
-        table = await rt.db.run(lambda c: reads.get_table(c, tenant, name), transaction=False)
-        if table is None:
-            raise DuckMeshError("TABLE_NOT_FOUND", f"no table {name!r}", table=name)
-        return table
 
     @app.get("/v1/tables/<name>")
     @require(auth, "query_reader", "table_admin")
@@ -202,7 +237,7 @@ def create_app(rt: Runtime) -> QuartTrio:
         )
         # Our own change applies to our next ingest at once, not when the
         # notification comes back.
-        validators.pop((p.tenant_id, name), None)
+        validators.forget((p.tenant_id, name))
         return json_response(table.to_json())
 
     @app.delete("/v1/tables/<name>")
@@ -214,21 +249,10 @@ def create_app(rt: Runtime) -> QuartTrio:
                 c, p.tenant_id, name, actor=p.key_id, trace_id=_trace_id()
             ),
         )
-        validators.pop((p.tenant_id, name), None)
+        validators.forget((p.tenant_id, name))
         return json_response({"dropped": name})
 
     # -- ingest ------------------------------------------------------------
-
-    async def _validator(tenant: str, name: str) -> TableValidator:
-        cached = validators.get((tenant, name))
-        now = time.monotonic()
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        tv = TableValidator.for_table(await _table(tenant, name))
-        if len(validators) > 10_000:
-            validators.clear()
-        validators[(tenant, name)] = (tv, now + VALIDATOR_CACHE_S)
-        return tv
 
     @app.post("/v1/ingest/<table>")
     @require(auth, "ingest_writer")
@@ -239,7 +263,7 @@ def create_app(rt: Runtime) -> QuartTrio:
         if unknown:
             raise DuckMeshError("VALIDATION_FAILED", f"unknown keys {unknown}", field=unknown[0])
         options = parse_options(body, rt.config.max_consistency_timeout_ms)
-        tv = await _validator(p.tenant_id, table)
+        tv = await validators.get(p.tenant_id, table)
         records = validate_records(
             tv,
             body.get("records"),

@@ -2,7 +2,7 @@
 
 Each command runs inside the caller's transaction on a sync connection and
 retries nothing itself: a ``ConcurrencyConflict`` propagates so the caller
-(``duckmesh.catalog.service``) can re-read and retry.
+(the API's ``_with_retries``) can re-read and retry.
 """
 
 from __future__ import annotations
@@ -357,6 +357,10 @@ def evolve_table(conn: Conn, tenant_id: str, name: str, body: Any, **meta: Any) 
             )
         columns[j] = Column(col.name, col.type, existing.nullable)
         changes.append(f"widen {col.name} {existing.type} -> {col.type}")
+    if not changes:
+        raise DuckMeshError(
+            "VALIDATION_FAILED", "add_columns and widen_columns name no change to make"
+        )
     stream = tables_stream(tenant_id)
     version = stream_version(conn, stream)
     append(

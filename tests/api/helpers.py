@@ -38,9 +38,11 @@ def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     assert set(body) == ERROR_KEYS, body
     assert body["error_code"] == code, body
     assert ERROR_CODES[code] == (status, body["retryable"]), body
-    assert isinstance(body["message"], str) and body["message"]
+    assert isinstance(body["message"], str)
+    assert body["message"]
     assert isinstance(body["context"], dict)
-    assert isinstance(body["trace_id"], str) and TRACE_ID.match(body["trace_id"]), body
+    assert isinstance(body["trace_id"], str), body
+    assert TRACE_ID.match(body["trace_id"]), body
     return body
 
 

@@ -58,9 +58,26 @@ def _doc_operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, A
 # -- a minimal JSON Schema (2020-12 subset) validator ----------------------------
 
 VALIDATION_KEYWORDS = {
-    "$ref", "type", "enum", "const", "required", "properties", "additionalProperties",
-    "minProperties", "items", "minItems", "maxItems", "minLength", "maxLength", "pattern",
-    "minimum", "maximum", "anyOf", "oneOf", "allOf", "not",
+    "$ref",
+    "type",
+    "enum",
+    "const",
+    "required",
+    "properties",
+    "additionalProperties",
+    "minProperties",
+    "items",
+    "minItems",
+    "maxItems",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minimum",
+    "maximum",
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "not",
 }
 ANNOTATIONS = {"description", "default", "format", "title", "examples"}
 _TYPES: dict[str, Any] = {
@@ -212,11 +229,15 @@ def test_document_is_openapi_31(doc: dict[str, Any]) -> None:
     path = REPO / "duckmesh" / "api" / "openapi.json"
     assert json.loads(path.read_text()) == doc
     assert doc["openapi"].startswith("3.1.")
-    assert doc["info"]["title"] and doc["info"]["version"]
+    assert doc["info"]["title"]
+    assert doc["info"]["version"]
     schemes = doc["components"]["securitySchemes"]
     assert schemes["bearerAuth"] == {**schemes["bearerAuth"], "type": "http", "scheme": "bearer"}
     assert schemes["apiKeyHeader"] == {
-        **schemes["apiKeyHeader"], "type": "apiKey", "in": "header", "name": "X-API-Key",
+        **schemes["apiKeyHeader"],
+        "type": "apiKey",
+        "in": "header",
+        "name": "X-API-Key",
     }
     assert doc["security"] == [{"bearerAuth": []}, {"apiKeyHeader": []}]
     ids = [op["operationId"] for _, _, op in _doc_operations(doc)]
@@ -225,8 +246,7 @@ def test_document_is_openapi_31(doc: dict[str, Any]) -> None:
 
 def test_error_schema_lists_every_error_code(doc: dict[str, Any]) -> None:
     error = doc["components"]["schemas"]["Error"]
-    assert set(error["required"]) == {"error_code", "message", "retryable", "context",
-                                      "trace_id"}
+    assert set(error["required"]) == {"error_code", "message", "retryable", "context", "trace_id"}
     assert sorted(error["properties"]["error_code"]["enum"]) == sorted(ERROR_CODES)
 
 
@@ -251,7 +271,8 @@ def test_every_operation_documents_its_errors(doc: dict[str, Any]) -> None:
             assert "x-required-roles" not in op, (path, method)
         else:
             roles = op["x-required-roles"]
-            assert roles and set(roles) <= set(ROLES), (path, method, roles)
+            assert roles, (path, method)
+            assert set(roles) <= set(ROLES), (path, method, roles)
             assert {"401", "403"} <= set(responses), (path, method)
             assert all(role in op["description"] for role in roles), (path, method)
         if "requestBody" in op:
@@ -271,7 +292,8 @@ def test_routes_match_the_app(doc: dict[str, Any], runtime: Runtime) -> None:
     app_routes = _app_routes(runtime)
     doc_routes = {(path, method) for path, method, _ in _doc_operations(doc)}
     assert app_routes, "no routes found in the app"
-    assert not app_routes - doc_routes, f"routes missing from openapi.json: {app_routes - doc_routes}"
+    missing = app_routes - doc_routes
+    assert not missing, f"routes missing from openapi.json: {missing}"
     assert not doc_routes - app_routes, f"documented but not served: {doc_routes - app_routes}"
 
 
@@ -287,8 +309,9 @@ def test_route_diff_catches_a_missing_route(doc: dict[str, Any], runtime: Runtim
 
 
 def _example_url(path: str) -> str:
-    return (path.replace("{name}", "nope").replace("{table}", "nope")
-            .replace("{snapshot_id}", "999999"))
+    return (
+        path.replace("{name}", "nope").replace("{table}", "nope").replace("{snapshot_id}", "999999")
+    )
 
 
 async def test_required_roles_and_security_are_enforced(
@@ -325,49 +348,68 @@ async def test_required_roles_and_security_are_enforced(
 async def test_real_responses_match_the_schemas(doc: dict[str, Any], server: LiveServer) -> None:
     c = server.client
 
-    r = await c.post("/v1/tables", json={
-        "name": "orders",
-        "columns": [
-            {"name": "order_id", "type": "BIGINT", "nullable": False},
-            {"name": "status", "type": "VARCHAR"},
-            {"name": "amount", "type": "decimal(10, 2)"},
-            {"name": "tags", "type": "VARCHAR[]"},
-        ],
-        "primary_key": ["order_id"],
-        "partition_by": {"event_time": "day"},
-        "retention": {"max_age_days": 30},
-    })
+    r = await c.post(
+        "/v1/tables",
+        json={
+            "name": "orders",
+            "columns": [
+                {"name": "order_id", "type": "BIGINT", "nullable": False},
+                {"name": "status", "type": "VARCHAR"},
+                {"name": "amount", "type": "decimal(10, 2)"},
+                {"name": "tags", "type": "VARCHAR[]"},
+            ],
+            "primary_key": ["order_id"],
+            "partition_by": {"event_time": "day"},
+            "retention": {"max_age_days": 30},
+        },
+    )
     assert r.status_code == 201, r.text
     check_response(doc, "/v1/tables", "post", r)
-    r = await c.post("/v1/tables", json={"name": "orders", "columns": [{"name": "a",
-                                                                         "type": "INTEGER"}]})
+    r = await c.post(
+        "/v1/tables", json={"name": "orders", "columns": [{"name": "a", "type": "INTEGER"}]}
+    )
     assert_error(r, 409, "TABLE_EXISTS")
     check_response(doc, "/v1/tables", "post", r)
 
     for method, path, kwargs in [
         ("get", "/v1/tables", {}),
         ("get", "/v1/tables/orders", {}),
-        ("patch", "/v1/tables/orders", {"json": {"add_columns": [{"name": "note",
-                                                                     "type": "VARCHAR"}]}}),
+        (
+            "patch",
+            "/v1/tables/orders",
+            {"json": {"add_columns": [{"name": "note", "type": "VARCHAR"}]}},
+        ),
         ("get", "/v1/tables/nope", {}),
-        ("patch", "/v1/tables/orders", {"json": {"widen_columns": [{"name": "status",
-                                                                       "type": "BIGINT"}]}}),
+        (
+            "patch",
+            "/v1/tables/orders",
+            {"json": {"widen_columns": [{"name": "status", "type": "BIGINT"}]}},
+        ),
     ]:
         r = await c.request(method.upper(), path, **kwargs)
         check_response(doc, path.replace("orders", "{name}").replace("nope", "{name}"), method, r)
 
     r = await server.ingest(
         "orders",
-        [{"idempotency_key": "k1", "op": "upsert", "event_time": "2026-01-01T00:00:00Z",
-          "payload": {"order_id": 1, "status": "new", "amount": "9.50", "tags": ["a"]}}],
-        wait_for_visibility=True, visibility_timeout_ms=10_000,
+        [
+            {
+                "idempotency_key": "k1",
+                "op": "upsert",
+                "event_time": "2026-01-01T00:00:00Z",
+                "payload": {"order_id": 1, "status": "new", "amount": "9.50", "tags": ["a"]},
+            }
+        ],
+        wait_for_visibility=True,
+        visibility_timeout_ms=10_000,
     )
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "visible"
     check_response(doc, "/v1/ingest/{table}", "post", r)
     token = r.json()["max_visibility_token"]
-    r = await server.ingest("orders", [{"idempotency_key": "k1", "op": "upsert",
-                                        "payload": {"order_id": 1, "status": "new"}}])
+    r = await server.ingest(
+        "orders",
+        [{"idempotency_key": "k1", "op": "upsert", "payload": {"order_id": 1, "status": "new"}}],
+    )
     assert_error(r, 409, "IDEMPOTENCY_CONFLICT")
     check_response(doc, "/v1/ingest/{table}", "post", r)
     r = await server.ingest("orders", [{"idempotency_key": "bad", "payload": {"nope": 1}}])
@@ -378,8 +420,9 @@ async def test_real_responses_match_the_schemas(doc: dict[str, Any], server: Liv
     assert_error(r, 404, "TABLE_NOT_FOUND")
     check_response(doc, "/v1/ingest/{table}", "post", r)
 
-    r = await server.query("select order_id, status, amount, tags from orders",
-                           min_visibility_token=token)
+    r = await server.query(
+        "select order_id, status, amount, tags from orders", min_visibility_token=token
+    )
     assert r.status_code == 200, r.text
     assert [row[:2] for row in r.json()["rows"]] == [[1, "new"]], r.text
     check_response(doc, "/v1/query", "post", r)
@@ -408,8 +451,9 @@ async def test_real_responses_match_the_schemas(doc: dict[str, Any], server: Liv
     check_response(doc, "/v1/snapshots/{snapshot_id}", "get", r)
 
     for pinned in (True, False):
-        r = await c.post("/v1/snapshots/pin", json={"snapshot_id": snap_id, "pinned": pinned,
-                                                    "reason": "test"})
+        r = await c.post(
+            "/v1/snapshots/pin", json={"snapshot_id": snap_id, "pinned": pinned, "reason": "test"}
+        )
         assert r.json() == {"snapshot_id": snap_id, "pinned": pinned}, r.text
         check_response(doc, "/v1/snapshots/pin", "post", r)
     r = await c.post("/v1/snapshots/pin", json={"snapshot_id": 999_999})
@@ -440,10 +484,17 @@ async def test_real_responses_match_the_schemas(doc: dict[str, Any], server: Liv
 def test_fallback_validator_rejects_what_it_should(doc: dict[str, Any]) -> None:
     """The hand-written validator is used when jsonschema is absent: prove it bites."""
     schema = {"$ref": "#/components/schemas/Table"}
-    good = {"name": "t", "table_id": "t-1", "columns": [{"name": "a", "type": "INTEGER",
-                                                         "nullable": True}],
-            "primary_key": [], "partition_by": None, "retention": {"max_age_days": 3},
-            "compatibility": "backward", "schema_version": 1, "created_at": "2026-01-01"}
+    good = {
+        "name": "t",
+        "table_id": "t-1",
+        "columns": [{"name": "a", "type": "INTEGER", "nullable": True}],
+        "primary_key": [],
+        "partition_by": None,
+        "retention": {"max_age_days": 3},
+        "compatibility": "backward",
+        "schema_version": 1,
+        "created_at": "2026-01-01",
+    }
     assert _errors(schema, good, doc, "$") == []
     bad_cases = [
         {**good, "extra": 1},
@@ -457,8 +508,13 @@ def test_fallback_validator_rejects_what_it_should(doc: dict[str, Any]) -> None:
     for bad in bad_cases:
         assert _errors(schema, bad, doc, "$"), bad
     err = {"$ref": "#/components/schemas/Error"}
-    unknown_code = {"error_code": "NOPE", "message": "m", "retryable": False, "context": {},
-                    "trace_id": None}
+    unknown_code = {
+        "error_code": "NOPE",
+        "message": "m",
+        "retryable": False,
+        "context": {},
+        "trace_id": None,
+    }
     assert _errors(err, unknown_code, doc, "$")
     # and whichever validator ``validate`` uses:
     validate(doc, schema, good)
