@@ -32,6 +32,7 @@ from duckmesh.api.http import (
 from duckmesh.catalog import commands, reads
 from duckmesh.errors import DuckMeshError
 from duckmesh.events import ConcurrencyConflict
+from duckmesh.ingest.limits import RateLimiter
 from duckmesh.ingest.validation import TableValidator, parse_options, validate_records
 from duckmesh.query.barrier import wait_for_token
 from duckmesh.query.service import QueryRequest
@@ -126,6 +127,7 @@ def create_app(rt: Runtime) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = rt.config.max_request_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     auth = Authenticator(rt.db)
+    limiter = RateLimiter(rt.config.ingest_rate_limit)
     rt.notifications.on_event(auth.invalidate)
 
     async def _table(tenant: str, name: str) -> Any:
@@ -271,6 +273,7 @@ def create_app(rt: Runtime) -> QuartTrio:
             max_record_bytes=rt.config.max_record_bytes,
         )
         _check_backpressure(rt, p.tenant_id)
+        limiter.take(p.tenant_id, len(records))
         try:
             receipts = await rt.ingest.submit(p.tenant_id, records)
         except DuckMeshError as exc:
@@ -432,6 +435,7 @@ def create_app(rt: Runtime) -> QuartTrio:
     async def lag(p: Principal) -> Response:
         latest = await trio.to_thread.run_sync(rt.bus.latest_token, p.tenant_id)
         snap = await rt.db.run(lambda c: reads.latest_snapshot(c, p.tenant_id), transaction=False)
+        quarantined = await trio.to_thread.run_sync(rt.bus.quarantined, p.tenant_id)
         watermark = snap.max_visibility_token if snap else 0
         return json_response(
             {
@@ -439,6 +443,8 @@ def create_app(rt: Runtime) -> QuartTrio:
                 "visible_watermark": watermark,
                 "pending_records": latest - watermark,
                 "latest_snapshot_id": snap.snapshot_id if snap else None,
+                "quarantined_records": quarantined[0],
+                "recent_quarantine": quarantined[1],
                 "latest_snapshot_age_ms": round(
                     (dt.datetime.now(dt.UTC) - snap.created_at).total_seconds() * 1000
                 )

@@ -294,3 +294,29 @@ class PostgresBus:
             transaction=False,
         )
         return {r[0]: r[1] for r in rows}
+
+    def quarantined(self, tenant_id: str, recent: int = 10) -> tuple[int, list[dict[str, Any]]]:
+        """How many records of a tenant were set aside, and the latest reasons."""
+
+        def run(conn: Conn) -> tuple[int, list[dict[str, Any]]]:
+            row = conn.execute(
+                "SELECT count(*) FROM bus_quarantine WHERE tenant_id = %s", (tenant_id,)
+            ).fetchone()
+            latest = conn.execute(
+                "SELECT q.token, q.table_id, q.reason, q.quarantined_at, r.idempotency_key"
+                " FROM bus_quarantine q LEFT JOIN bus_record r USING (tenant_id, token)"
+                " WHERE q.tenant_id = %s ORDER BY q.token DESC LIMIT %s",
+                (tenant_id, recent),
+            ).fetchall()
+            return int(row[0]) if row else 0, [
+                {
+                    "token": t,
+                    "table_id": table,
+                    "reason": reason,
+                    "at": at.isoformat(),
+                    "idempotency_key": key,
+                }
+                for t, table, reason, at, key in latest
+            ]
+
+        return self.db.call(run, transaction=False)

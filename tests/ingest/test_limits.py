@@ -1,0 +1,80 @@
+"""Per-tenant ingest rate limits: whole requests refused with 429, nothing written."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import trio
+
+from duckmesh.config import Config
+from duckmesh.errors import DuckMeshError
+from duckmesh.ingest.limits import RateLimiter
+from duckmesh.runtime import build_runtime, migrate_and_bootstrap
+from tests.fixtures import EVENTS, start_server
+
+
+def test_bucket_refills_at_the_rate() -> None:
+    limiter = RateLimiter(100)
+    limiter.take("t", 100, now=0.0)
+    with pytest.raises(DuckMeshError) as refused:
+        limiter.take("t", 1, now=0.0)
+    assert refused.value.error_code == "RATE_LIMITED"
+    assert refused.value.context["retry_after_s"] == 1
+    limiter.take("t", 50, now=0.5)  # half a second refills half the bucket
+    limiter.take("other", 100, now=0.5)  # tenants have their own buckets
+    with pytest.raises(DuckMeshError):
+        limiter.take("t", 1, now=0.5)
+
+
+def test_zero_rate_means_unlimited() -> None:
+    limiter = RateLimiter(0)
+    for _ in range(100):
+        limiter.take("t", 1_000_000)
+
+
+async def test_over_the_limit_is_429_and_writes_nothing(
+    make_config: Callable[..., Config], dsn: str, nursery: trio.Nursery
+) -> None:
+    rt = build_runtime(make_config(ingest_rate_limit=20), dsn=dsn)
+    migrate_and_bootstrap(rt)
+    server = await start_server(rt, nursery)
+    try:
+        await server.create_table(EVENTS)
+        ok = await server.ingest(
+            "events", [{"idempotency_key": f"a{i}", "payload": {"id": i}} for i in range(15)]
+        )
+        assert ok.status_code == 200
+        refused = await server.ingest(
+            "events", [{"idempotency_key": f"b{i}", "payload": {"id": 100 + i}} for i in range(15)]
+        )
+        assert refused.status_code == 429
+        assert refused.json()["error_code"] == "RATE_LIMITED"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert rt.bus.latest_token("default") == 15  # nothing of the refused request
+    finally:
+        await server.client.aclose()
+        await rt.extra["root"].stop()
+        rt.close()
+
+
+async def test_lag_reports_quarantined_records(server: Any) -> None:
+    import hashlib
+    import json
+
+    from duckmesh.bus import IngestRecord
+
+    await server.create_table(EVENTS)
+    text = json.dumps({"id": 1})
+    bogus = IngestRecord(
+        "no-such-table", "k", "insert", text, hashlib.sha256(text.encode()).digest(), None, 1
+    )
+    server.rt.bus.publish("default", [[bogus]])
+    r = await server.query("select 1", min_visibility_token=1)
+    assert r.status_code == 200
+    lag = (await server.client.get("/v1/lag")).json()
+    assert lag["quarantined_records"] == 1
+    assert lag["recent_quarantine"][0]["reason"] == "table not found"
+    assert lag["recent_quarantine"][0]["idempotency_key"] == "k"
+    assert lag["pending_records"] == 0
