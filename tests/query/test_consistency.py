@@ -28,12 +28,14 @@ async def test_strict_write_read_under_load(server: LiveServer) -> None:
         nonlocal checked
         for i in range(15):
             ident = w * 1000 + i
-            r = await server.ingest("events", [
-                {"idempotency_key": f"k{ident}", "payload": {"id": ident, "kind": "w"}}])
+            r = await server.ingest(
+                "events", [{"idempotency_key": f"k{ident}", "payload": {"id": ident, "kind": "w"}}]
+            )
             assert r.status_code == 200, r.text
             token = r.json()["max_visibility_token"]
-            q = await server.query(f"select count(*) from events where id = {ident}",
-                                   min_visibility_token=token)
+            q = await server.query(
+                f"select count(*) from events where id = {ident}", min_visibility_token=token
+            )
             assert q.status_code == 200, q.text
             assert q.json()["max_visibility_token"] >= token
             if q.json()["rows"] != [[1]]:
@@ -50,8 +52,9 @@ async def test_strict_write_read_under_load(server: LiveServer) -> None:
 async def test_concurrent_tenants_are_isolated(server: LiveServer) -> None:
     rt = server.rt
     rt.db.call(lambda c: commands.create_tenant(c, "t2"))
-    _, key2 = rt.db.call(lambda c: commands.issue_key(
-        c, "t2", ["ingest_writer", "query_reader", "table_admin"]))
+    _, key2 = rt.db.call(
+        lambda c: commands.issue_key(c, "t2", ["ingest_writer", "query_reader", "table_admin"])
+    )
     other = httpx.AsyncClient(base_url=server.base_url, headers=server.headers(key2))
     try:
         assert (await other.post("/v1/tables", json=EVENTS)).status_code == 201
@@ -59,8 +62,10 @@ async def test_concurrent_tenants_are_isolated(server: LiveServer) -> None:
 
         async def write(client: httpx.AsyncClient, base: int, out: list[int]) -> None:
             for i in range(20):
-                r = await client.post("/v1/ingest/events", json={"records": [
-                    {"idempotency_key": f"k{i}", "payload": {"id": base + i}}]})
+                r = await client.post(
+                    "/v1/ingest/events",
+                    json={"records": [{"idempotency_key": f"k{i}", "payload": {"id": base + i}}]},
+                )
                 assert r.status_code == 200, r.text
                 out.append(r.json()["max_visibility_token"])
 
@@ -72,11 +77,20 @@ async def test_concurrent_tenants_are_isolated(server: LiveServer) -> None:
         # Each tenant has its own gapless token sequence.
         assert sorted(tokens1) == list(range(1, 21))
         assert sorted(tokens2) == list(range(1, 21))
-        q1 = (await server.query("select min(id), max(id), count(*) from events",
-                                 min_visibility_token=20)).json()
-        q2 = (await other.post("/v1/query", json={
-            "sql": "select min(id), max(id), count(*) from events",
-            "min_visibility_token": 20})).json()
+        q1 = (
+            await server.query(
+                "select min(id), max(id), count(*) from events", min_visibility_token=20
+            )
+        ).json()
+        q2 = (
+            await other.post(
+                "/v1/query",
+                json={
+                    "sql": "select min(id), max(id), count(*) from events",
+                    "min_visibility_token": 20,
+                },
+            )
+        ).json()
         assert q1["rows"] == [[0, 19, 20]]
         assert q2["rows"] == [[1000, 1019, 20]]
     finally:
@@ -85,19 +99,20 @@ async def test_concurrent_tenants_are_isolated(server: LiveServer) -> None:
 
 async def test_duplicates_and_retries_return_the_original_token(server: LiveServer) -> None:
     await server.create_table(ORDERS)
-    rec = {"idempotency_key": "o-1", "op": "upsert",
-           "payload": {"order_id": 1, "status": "new"}}
+    rec = {"idempotency_key": "o-1", "op": "upsert", "payload": {"order_id": 1, "status": "new"}}
     first = (await server.ingest("orders", [rec])).json()
     retry = (await server.ingest("orders", [rec])).json()
     assert retry["max_visibility_token"] == first["max_visibility_token"]
     assert retry["duplicate_count"] == 1
     assert retry["accepted_count"] == 0
     assert retry["status"] == "partial_duplicate"
-    q = await server.query("select count(*) from orders",
-                           min_visibility_token=retry["max_visibility_token"])
+    q = await server.query(
+        "select count(*) from orders", min_visibility_token=retry["max_visibility_token"]
+    )
     assert q.json()["rows"] == [[1]]
-    conflict = await server.ingest("orders", [dict(rec, payload={"order_id": 1,
-                                                                  "status": "other"})])
+    conflict = await server.ingest(
+        "orders", [dict(rec, payload={"order_id": 1, "status": "other"})]
+    )
     assert conflict.status_code == 409
     assert conflict.json()["error_code"] == "IDEMPOTENCY_CONFLICT"
 
@@ -113,21 +128,34 @@ async def test_token_above_issued_is_invalid(server: LiveServer) -> None:
 
 async def test_time_travel_is_reproducible(server: LiveServer) -> None:
     await server.create_table(ORDERS)
-    r = await server.ingest("orders", [
-        {"idempotency_key": f"a{i}", "op": "upsert",
-         "payload": {"order_id": i, "status": "v1", "amount": i * 1.5}} for i in range(10)],
-        wait_for_visibility=True)
+    r = await server.ingest(
+        "orders",
+        [
+            {
+                "idempotency_key": f"a{i}",
+                "op": "upsert",
+                "payload": {"order_id": i, "status": "v1", "amount": i * 1.5},
+            }
+            for i in range(10)
+        ],
+        wait_for_visibility=True,
+    )
     snapshot = r.json()["visible_snapshot_id"]
     sql = "select * from orders order by order_id"
     before = (await server.query(sql, snapshot_id=snapshot)).json()
     # Later writes, deletes and a schema change must not alter the old snapshot's answer.
-    await server.ingest("orders", [
-        {"idempotency_key": f"b{i}", "op": "upsert", "payload": {"order_id": i, "status": "v2"}}
-        for i in range(5)] + [
-        {"idempotency_key": "del", "op": "delete", "payload": {"order_id": 9}}],
-        wait_for_visibility=True)
-    evolved = await server.client.patch("/v1/tables/orders", json={
-        "add_columns": [{"name": "note", "type": "VARCHAR"}]})
+    await server.ingest(
+        "orders",
+        [
+            {"idempotency_key": f"b{i}", "op": "upsert", "payload": {"order_id": i, "status": "v2"}}
+            for i in range(5)
+        ]
+        + [{"idempotency_key": "del", "op": "delete", "payload": {"order_id": 9}}],
+        wait_for_visibility=True,
+    )
+    evolved = await server.client.patch(
+        "/v1/tables/orders", json={"add_columns": [{"name": "note", "type": "VARCHAR"}]}
+    )
     assert evolved.status_code == 200, evolved.text
     latest = (await server.query(sql)).json()
     assert latest["snapshot_id"] > snapshot
@@ -146,14 +174,17 @@ async def test_time_travel_is_reproducible(server: LiveServer) -> None:
 
 async def test_mode_b_answers_once_visible(server: LiveServer) -> None:
     await server.create_table(EVENTS)
-    r = await server.ingest("events", [{"idempotency_key": "x", "payload": {"id": 1}}],
-                            wait_for_visibility=True, visibility_timeout_ms=10_000)
+    r = await server.ingest(
+        "events",
+        [{"idempotency_key": "x", "payload": {"id": 1}}],
+        wait_for_visibility=True,
+        visibility_timeout_ms=10_000,
+    )
     body = r.json()
     assert body["status"] == "visible"
     assert body["visible_snapshot_id"] is not None
     # Mode C right after: no token, but the snapshot named in the receipt has it.
-    q = await server.query("select count(*) from events",
-                           snapshot_id=body["visible_snapshot_id"])
+    q = await server.query("select count(*) from events", snapshot_id=body["visible_snapshot_id"])
     assert q.json()["rows"] == [[1]]
 
 
@@ -170,35 +201,57 @@ def test_timeouts_and_restart_of_the_coordinator(
     headers = {"Authorization": f"Bearer {BOOTSTRAP_KEY}"}
     with httpx.Client(base_url=api.base_url, headers=headers, timeout=60) as client:
         assert client.post("/v1/tables", json=EVENTS).status_code == 201
-        r = client.post("/v1/ingest/events", json={
-            "records": [{"idempotency_key": "a", "payload": {"id": 1}}],
-            "wait_for_visibility": True, "visibility_timeout_ms": 300})
+        r = client.post(
+            "/v1/ingest/events",
+            json={
+                "records": [{"idempotency_key": "a", "payload": {"id": 1}}],
+                "wait_for_visibility": True,
+                "visibility_timeout_ms": 300,
+            },
+        )
         assert r.status_code == 504
         assert r.json()["error_code"] == "CONSISTENCY_TIMEOUT"
         assert r.json()["context"]["current_watermark"] == 0
-        q = client.post("/v1/query", json={"sql": "select count(*) from events",
-                                           "min_visibility_token": 1,
-                                           "consistency_timeout_ms": 300})
+        q = client.post(
+            "/v1/query",
+            json={
+                "sql": "select count(*) from events",
+                "min_visibility_token": 1,
+                "consistency_timeout_ms": 300,
+            },
+        )
         assert q.status_code == 504
         assert q.json()["retryable"] is True
         # The write stayed accepted: it becomes visible when a coordinator runs.
         coordinator.start(role="coordinator", wait=False)
-        q = client.post("/v1/query", json={"sql": "select count(*) from events",
-                                           "min_visibility_token": 1,
-                                           "consistency_timeout_ms": 30_000})
+        q = client.post(
+            "/v1/query",
+            json={
+                "sql": "select count(*) from events",
+                "min_visibility_token": 1,
+                "consistency_timeout_ms": 30_000,
+            },
+        )
         assert q.json()["rows"] == [[1]]
         # Strict write-read across a coordinator crash and restart.
         seen: list[Any] = []
         for i in range(2, 12):
-            r = client.post("/v1/ingest/events", json={
-                "records": [{"idempotency_key": f"k{i}", "payload": {"id": i}}]})
+            r = client.post(
+                "/v1/ingest/events",
+                json={"records": [{"idempotency_key": f"k{i}", "payload": {"id": i}}]},
+            )
             token = r.json()["max_visibility_token"]
             if i == 5:
                 coordinator.kill()
                 coordinator.start(role="coordinator", wait=False)
-            q = client.post("/v1/query", json={
-                "sql": f"select count(*) from events where id = {i}",
-                "min_visibility_token": token, "consistency_timeout_ms": 30_000})
+            q = client.post(
+                "/v1/query",
+                json={
+                    "sql": f"select count(*) from events where id = {i}",
+                    "min_visibility_token": token,
+                    "consistency_timeout_ms": 30_000,
+                },
+            )
             assert q.status_code == 200, q.text
             seen.append(q.json()["rows"][0][0])
         assert seen == [1] * 10
