@@ -5,10 +5,16 @@ Woken by snapshot notices, re-checking the catalog at least every
 issued to the tenant fails at once (``VISIBILITY_TOKEN_INVALID``); a token
 not visible by the deadline fails with ``CONSISTENCY_TIMEOUT`` and the
 current watermark, so the caller can retry or report.
+
+``UNSAFE_SKIP_BARRIER`` is a test-only switch (``DUCKMESH_UNSAFE_BREAK=skip_barrier``,
+accepted only with ``DUCKMESH_ENABLE_FAULTS=1``): the barrier stops waiting and
+answers from the latest snapshot whatever its watermark. It exists so the
+scenario runner can prove it detects a broken read-after-write guarantee.
 """
 
 from __future__ import annotations
 
+import structlog
 import trio
 
 from duckmesh import metrics
@@ -20,6 +26,20 @@ from duckmesh.errors import DuckMeshError
 from duckmesh.notify import Notifications
 
 POLL_S = 0.25
+# Test only; set from the configuration by ``build_runtime`` (see the module docstring).
+UNSAFE_SKIP_BARRIER = False
+
+
+def configure_unsafe_break(value: str) -> None:
+    """Arm (``"skip_barrier"``) or disarm (``""``) the test-only broken barrier."""
+    global UNSAFE_SKIP_BARRIER
+    UNSAFE_SKIP_BARRIER = value == "skip_barrier"
+    if UNSAFE_SKIP_BARRIER:
+        structlog.get_logger("duckmesh.query.barrier").warning(
+            "unsafe_break_armed",
+            unsafe_break=value,
+            message="read-after-write is deliberately broken (DUCKMESH_UNSAFE_BREAK)",
+        )
 
 
 async def latest(db: Database, tenant: str) -> Snapshot | None:
@@ -41,6 +61,8 @@ async def wait_for_token(
         raise DuckMeshError(
             "VISIBILITY_TOKEN_INVALID", "tokens are non-negative integers", token=token
         )
+    if UNSAFE_SKIP_BARRIER:
+        return await latest(db, tenant)  # deliberately broken: no wait, any watermark
     deadline = trio.current_time() + timeout_s
     signal = notifications.snapshots(tenant)
     checked_issued = False

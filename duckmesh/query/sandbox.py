@@ -175,23 +175,29 @@ def view_query(binding: TableBinding) -> str:
     )
 
 
+class SnapshotNotLoaded(KeyError):
+    """The snapshot was dropped from the database (evicted); load it again."""
+
+
 class SnapshotDatabase:
     """A private in-memory DuckDB database exposing exactly one snapshot of one tenant."""
 
     def __init__(
-        self, bindings: Sequence[TableBinding], *, allowed_dir: str, limits: QueryLimits
+        self,
+        bindings: Sequence[TableBinding] | None = None,
+        *,
+        allowed_dir: str,
+        limits: QueryLimits,
+        snapshot_id: int = 0,
     ) -> None:
         self._allowed_dir = os.path.abspath(allowed_dir)
         self._scrub = sorted(
             {self._allowed_dir, os.path.realpath(self._allowed_dir)}, key=len, reverse=True
         )
-        self._bindings: dict[str, TableBinding] = {}
-        for binding in bindings:
-            _validate_binding(binding, self._allowed_dir)
-            key = binding.name.lower()
-            if key in self._bindings:
-                raise ValueError(f"table {binding.name!r} is bound twice")
-            self._bindings[key] = binding
+        # snapshot id -> lower-case table name -> binding; each snapshot's views
+        # live in their own schema, so one warm DuckDB instance (and its Parquet
+        # metadata cache) serves every snapshot of the tenant.
+        self._snapshots: dict[int, dict[str, TableBinding]] = {}
         self._memory_limit_mb = limits.memory_limit_mb
         self._lock = threading.Lock()
         self._active: set[duckdb.DuckDBPyConnection] = set()
@@ -199,11 +205,49 @@ class SnapshotDatabase:
         self._conn = duckdb.connect(":memory:")
         try:
             self._configure(limits)
-            for binding in self._bindings.values():
-                self._create_view(binding)
+            if bindings is not None:
+                self.add_snapshot(snapshot_id, bindings)
         except BaseException:
             self._conn.close()
             raise
+
+    @staticmethod
+    def _schema(snapshot_id: int) -> str:
+        return f"snap_{int(snapshot_id)}"
+
+    def add_snapshot(self, snapshot_id: int, bindings: Sequence[TableBinding]) -> None:
+        """Expose one snapshot: a schema holding one view per table binding."""
+        tables: dict[str, TableBinding] = {}
+        for binding in bindings:
+            _validate_binding(binding, self._allowed_dir)
+            key = binding.name.lower()
+            if key in tables:
+                raise ValueError(f"table {binding.name!r} is bound twice")
+            tables[key] = binding
+        schema = self._schema(snapshot_id)
+        with self._lock:
+            if snapshot_id in self._snapshots:
+                return
+            self._conn.execute(f"CREATE SCHEMA {schema}")
+            try:
+                for binding in tables.values():
+                    self._create_view(schema, binding)
+            except BaseException:
+                self._conn.execute(f"DROP SCHEMA {schema} CASCADE")
+                raise
+            self._snapshots[snapshot_id] = tables
+
+    def has_snapshot(self, snapshot_id: int) -> bool:
+        return snapshot_id in self._snapshots
+
+    def snapshot_ids(self) -> list[int]:
+        return list(self._snapshots)
+
+    def drop_snapshot(self, snapshot_id: int) -> None:
+        """Forget a snapshot; queries already running on it finish normally."""
+        with self._lock:
+            if self._snapshots.pop(snapshot_id, None) is not None and not self._closed:
+                self._conn.execute(f"DROP SCHEMA {self._schema(snapshot_id)} CASCADE")
 
     # -- setup -----------------------------------------------------------------
 
@@ -231,8 +275,8 @@ class SnapshotDatabase:
         ):
             self._conn.execute(statement)
 
-    def _create_view(self, binding: TableBinding) -> None:
-        sql = f"CREATE VIEW main.{quote_ident(binding.name)} AS {view_query(binding)}"
+    def _create_view(self, schema: str, binding: TableBinding) -> None:
+        sql = f"CREATE VIEW {schema}.{quote_ident(binding.name)} AS {view_query(binding)}"
         statements = self._conn.extract_statements(sql)
         if len(statements) != 1 or statements[0].type != duckdb.StatementType.CREATE:
             raise ValueError(f"table binding {binding.name!r} does not form a single view")
@@ -248,14 +292,28 @@ class SnapshotDatabase:
     # -- execution ---------------------------------------------------------------
 
     def execute(
-        self, sql: str, params: Sequence[object] | None, limits: QueryLimits
+        self,
+        sql: str,
+        params: Sequence[object] | None,
+        limits: QueryLimits,
+        snapshot_id: int | None = None,
     ) -> QueryResult:
-        """Run one sandboxed SELECT; see the module docstring for the guarantees."""
+        """Run one sandboxed SELECT on a snapshot (the only one when not given)."""
         started = time.perf_counter()
+        if snapshot_id is None:
+            if len(self._snapshots) != 1:
+                raise ValueError("name the snapshot: this database holds several")
+            snapshot_id = next(iter(self._snapshots))
+        tables = self._snapshots.get(snapshot_id)
+        if tables is None:
+            raise SnapshotNotLoaded(snapshot_id)
         cursor = self._open_cursor()
         try:
+            # The session's schema selects the snapshot; user SQL cannot change
+            # it (SET/USE are refused by the checker) nor name another schema.
+            cursor.execute(f"USE {self._schema(snapshot_id)}")
             analysis = analyze(cursor, sql)
-            referenced = self._referenced(analysis)
+            referenced = self._referenced(analysis, tables)
             alarm = WATCHDOG.arm(limits.timeout_s, cursor.interrupt)
             try:
                 if params is None:
@@ -279,14 +337,16 @@ class SnapshotDatabase:
             duration_ms=(time.perf_counter() - started) * 1000.0,
         )
 
-    def _referenced(self, analysis: SqlAnalysis) -> list[TableBinding]:
+    def _referenced(
+        self, analysis: SqlAnalysis, tables: dict[str, TableBinding]
+    ) -> list[TableBinding]:
         referenced: list[TableBinding] = []
         for name in sorted(analysis.table_names):
-            binding = self._bindings.get(name)
+            binding = tables.get(name)
             if binding is not None:
                 referenced.append(binding)
             elif name not in analysis.cte_names:
-                known = ", ".join(sorted(b.name for b in self._bindings.values())[:50])
+                known = ", ".join(sorted(b.name for b in tables.values())[:50])
                 raise DuckMeshError(
                     "SQL_ERROR",
                     f"table {name!r} does not exist in this snapshot"
@@ -405,6 +465,5 @@ class SnapshotDatabase:
             if not self._active:
                 self._conn.close()
 
-    @property
-    def table_names(self) -> tuple[str, ...]:
-        return tuple(binding.name for binding in self._bindings.values())
+    def table_names(self, snapshot_id: int) -> tuple[str, ...]:
+        return tuple(binding.name for binding in self._snapshots[snapshot_id].values())

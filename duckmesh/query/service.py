@@ -24,8 +24,16 @@ from duckmesh.db import Conn, Database
 from duckmesh.errors import DuckMeshError
 from duckmesh.notify import Notifications
 from duckmesh.query.barrier import wait_for_token
-from duckmesh.query.sandbox import ColumnSpec, QueryLimits, SnapshotDatabase, TableBinding
+from duckmesh.query.sandbox import (
+    ColumnSpec,
+    QueryLimits,
+    SnapshotDatabase,
+    SnapshotNotLoaded,
+    TableBinding,
+)
 from duckmesh.storage.local import LocalObjectStore
+
+MAX_TENANT_DATABASES = 64
 
 
 @attrs.frozen
@@ -96,7 +104,9 @@ class QueryService:
         self.notifications = notifications
         self.settings = settings
         self._limiter = trio.CapacityLimiter(settings.concurrency)
-        self._cache: OrderedDict[tuple[str, int], SnapshotDatabase] = OrderedDict()
+        # One warm DuckDB database per tenant; each snapshot is a schema in it.
+        self._tenants: OrderedDict[str, SnapshotDatabase] = OrderedDict()
+        self._loaded: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._building: dict[tuple[str, int], trio.Event] = {}
         # Snapshots are immutable (but for expiry): explicit-id lookups are cached.
         self._snapshots: OrderedDict[tuple[str, int], Snapshot] = OrderedDict()
@@ -158,30 +168,34 @@ class QueryService:
             self.db, self.bus, self.notifications, tenant, req.min_visibility_token or 0, timeout
         )
 
-    async def _database(self, tenant: str, snap: Snapshot | None) -> SnapshotDatabase:
-        key = (tenant, snap.snapshot_id if snap else 0)
+    async def _database(self, tenant: str, snap: Snapshot | None) -> tuple[SnapshotDatabase, int]:
+        """The tenant's warm database, with ``snap`` loaded as a schema."""
+        snapshot_id = snap.snapshot_id if snap else 0
+        key = (tenant, snapshot_id)
         while True:
-            cached = self._cache.get(key)
-            if cached is not None:
-                self._cache.move_to_end(key)
-                return cached
+            database = self._tenants.get(tenant)
+            if database is not None and database.has_snapshot(snapshot_id):
+                self._tenants.move_to_end(tenant)
+                self._touch(key)
+                return database, snapshot_id
             building = self._building.get(key)
             if building is None:
                 break
             await building.wait()
         done = self._building[key] = trio.Event()
         try:
-            database = await self._build(tenant, snap)
-            self._cache[key] = database
-            while len(self._cache) > self.settings.cache_size:
-                _, old = self._cache.popitem(last=False)
-                old.close()
-            return database
+            database = await self._load(tenant, snap, snapshot_id)
+            self._touch(key)
+            return database, snapshot_id
         finally:
             del self._building[key]
             done.set()
 
-    async def _build(self, tenant: str, snap: Snapshot | None) -> SnapshotDatabase:
+    def _touch(self, key: tuple[str, int]) -> None:
+        self._loaded[key] = None
+        self._loaded.move_to_end(key)
+
+    async def _load(self, tenant: str, snap: Snapshot | None, snapshot_id: int) -> SnapshotDatabase:
         def load(conn: Conn) -> list[TableBinding]:
             if snap is None:
                 return _bindings(self.store, conn, reads.list_tables(conn, tenant), [])
@@ -190,12 +204,25 @@ class QueryService:
             return _bindings(self.store, conn, tables, files)
 
         bindings = await self.db.run(load, transaction=False)
-        tenant_dir = self.store.root / tenant
-        tenant_dir.mkdir(parents=True, exist_ok=True)
-        limits = self._limits(None)
-        return await trio.to_thread.run_sync(
-            lambda: SnapshotDatabase(bindings, allowed_dir=str(tenant_dir), limits=limits)
-        )
+        database = self._tenants.get(tenant)
+        if database is None:
+            tenant_dir = self.store.root / tenant
+            tenant_dir.mkdir(parents=True, exist_ok=True)
+            limits = self._limits(None)
+            database = await trio.to_thread.run_sync(
+                lambda: SnapshotDatabase(allowed_dir=str(tenant_dir), limits=limits)
+            )
+            self._tenants[tenant] = database
+            while len(self._tenants) > MAX_TENANT_DATABASES:
+                _, old = self._tenants.popitem(last=False)
+                old.close()
+        await trio.to_thread.run_sync(database.add_snapshot, snapshot_id, bindings)
+        # Keep at most cache_size snapshots per tenant loaded (least recent out).
+        mine = [k for k in self._loaded if k[0] == tenant and k[1] != snapshot_id]
+        for old_key in mine[: max(0, len(mine) + 1 - self.settings.cache_size)]:
+            del self._loaded[old_key]
+            await trio.to_thread.run_sync(database.drop_snapshot, old_key[1])
+        return database
 
     def _limits(self, row_limit: int | None) -> QueryLimits:
         s = self.settings
@@ -223,11 +250,21 @@ class QueryService:
             )
         try:
             snap = await self.resolve(tenant, req)
-            database = await self._database(tenant, snap)
             async with self._limiter:
-                result = await trio.to_thread.run_sync(
-                    database.execute, req.sql, req.params, limits, abandon_on_cancel=False
-                )
+                while True:
+                    database, snapshot_id = await self._database(tenant, snap)
+                    try:
+                        result = await trio.to_thread.run_sync(
+                            database.execute,
+                            req.sql,
+                            req.params,
+                            limits,
+                            snapshot_id,
+                            abandon_on_cancel=False,
+                        )
+                        break
+                    except SnapshotNotLoaded:
+                        continue  # evicted between lookup and run: load it again
         except DuckMeshError as exc:
             metrics.QUERY_REQUESTS.labels(status=exc.error_code).inc()
             raise
@@ -252,6 +289,7 @@ class QueryService:
         }
 
     def close(self) -> None:
-        for database in self._cache.values():
+        for database in self._tenants.values():
             database.close()
-        self._cache.clear()
+        self._tenants.clear()
+        self._loaded.clear()

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import duckdb
 import pytest
 
@@ -18,6 +19,7 @@ from duckmesh.query import (
     TableBinding,
     check_sql,
 )
+from duckmesh.query.sandbox import SnapshotNotLoaded
 
 Row = tuple[object, ...]
 
@@ -614,3 +616,30 @@ def test_bindings_outside_the_data_dir_are_refused(
 )
 def test_check_sql_accepts_read_only_selects(sql: str) -> None:
     check_sql(sql)
+
+
+def test_snapshots_are_schemas_of_one_database(
+    bindings: list[TableBinding], tenant_dir: Path
+) -> None:
+    """Each snapshot keeps its own tables; dropping one leaves the others."""
+    events = next(b for b in bindings if b.name == "events")
+    database = SnapshotDatabase(allowed_dir=str(tenant_dir), limits=LIMITS)
+    try:
+        database.add_snapshot(1, [attrs.evolve(events, files=events.files[:1])])
+        database.add_snapshot(2, [events])
+        one = database.execute("select count(*) from events", None, LIMITS, 1).rows
+        two = database.execute("select count(*) from events", None, LIMITS, 2).rows
+        assert len(events.files) > 1
+        assert 0 < one[0][0] < two[0][0]  # type: ignore[operator]
+        with pytest.raises(ValueError, match="name the snapshot"):
+            database.execute("select 1", None, LIMITS)
+        database.drop_snapshot(1)
+        assert not database.has_snapshot(1)
+        with pytest.raises(SnapshotNotLoaded):
+            database.execute("select count(*) from events", None, LIMITS, 1)
+        assert database.execute("select count(*) from events", None, LIMITS, 2).rows == two
+        # Another snapshot's schema cannot be named from user SQL.
+        with pytest.raises(DuckMeshError):
+            database.execute("select count(*) from snap_2.events", None, LIMITS, 2)
+    finally:
+        database.close()
