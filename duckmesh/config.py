@@ -115,6 +115,7 @@ class Config:
     snapshot_cache_size: int = 8
     # maintenance
     maintenance_interval_ms: int = 60_000
+    compaction_interval_ms: int = 5_000
     compaction_min_files: int = 8
     compaction_target_bytes: int = 128 * 1024 * 1024
     snapshot_retain_count: int = 100
@@ -172,6 +173,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_consistency_timeout_ms": _int(0, 3_600_000),
     "snapshot_cache_size": _int(1, 100_000),
     "maintenance_interval_ms": _int(100, 86_400_000),
+    "compaction_interval_ms": _int(100, 86_400_000),
     "compaction_min_files": _int(2, 100_000),
     "compaction_target_bytes": _int(1024, 1 << 40),
     "snapshot_retain_count": _int(1, 1_000_000_000),

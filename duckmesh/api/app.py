@@ -34,6 +34,7 @@ from duckmesh.errors import DuckMeshError
 from duckmesh.events import ConcurrencyConflict
 from duckmesh.ingest.limits import RateLimiter
 from duckmesh.ingest.validation import TableValidator, parse_options, validate_records
+from duckmesh.maintenance.actors import compactor_for
 from duckmesh.query.barrier import wait_for_token
 from duckmesh.query.service import QueryRequest
 from duckmesh.runtime import Runtime
@@ -429,6 +430,16 @@ def create_app(rt: Runtime) -> QuartTrio:
         return json_response({"snapshot_id": snapshot_id, "pinned": pinned})
 
     # -- operations --------------------------------------------------------
+
+    compactor = compactor_for(rt)
+
+    @app.post("/v1/compaction/run")
+    @require(auth, "ops_admin")
+    async def run_compaction(p: Principal) -> Response:
+        summary = await trio.to_thread.run_sync(
+            compactor.compact_tenant, p.tenant_id, abandon_on_cancel=False
+        )
+        return json_response({"status": "completed", "summary": summary})
 
     @app.get("/v1/lag")
     @require(auth, "ops_admin")
