@@ -13,23 +13,20 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import threading
 import time
 from typing import Any
 
 import psycopg
 
-from scenarios.harness import Server, summary_ms, target_line, write_report
-
-TABLE = {
-    "name": "events",
-    "columns": [
-        {"name": "id", "type": "BIGINT", "nullable": False},
-        {"name": "kind", "type": "VARCHAR"},
-        {"name": "value", "type": "DOUBLE"},
-        {"name": "at", "type": "TIMESTAMP"},
-    ],
-}
+from scenarios.harness import (
+    EVENTS_TABLE,
+    HttpClient,
+    Server,
+    run_threads,
+    summary_ms,
+    target_line,
+    write_report,
+)
 
 
 def payload(i: int) -> dict[str, Any]:
@@ -49,33 +46,26 @@ def run_http(server: Server, batch: int, clients: int, seconds: float) -> dict[s
     stop = time.monotonic() + seconds
 
     def client_loop(n: int) -> None:
-        with server.client() as client:
-            while time.monotonic() < stop:
-                ids = [next(counter) for _ in range(batch)]
-                body = json.dumps(
-                    {
-                        "records": [
-                            {"idempotency_key": f"b{batch}-{i}", "payload": payload(i)} for i in ids
-                        ]
-                    }
-                )
-                t0 = time.perf_counter()
-                r = client.post(
-                    "/v1/ingest/events", content=body, headers={"Content-Type": "application/json"}
-                )
-                latencies[n].append(time.perf_counter() - t0)
-                if r.status_code == 200:
-                    records[n] += batch
-                else:
-                    errors[n] += 1
+        client = HttpClient(server.port)
+        while time.monotonic() < stop:
+            ids = [next(counter) for _ in range(batch)]
+            body = json.dumps(
+                {
+                    "records": [
+                        {"idempotency_key": f"b{batch}-{i}", "payload": payload(i)} for i in ids
+                    ]
+                }
+            )
+            t0 = time.perf_counter()
+            status, _ = client.post("/v1/ingest/events", body)
+            latencies[n].append(time.perf_counter() - t0)
+            if status == 200:
+                records[n] += batch
+            else:
+                errors[n] += 1
+        client.close()
 
-    threads = [threading.Thread(target=client_loop, args=(n,)) for n in range(clients)]
-    began = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - began
+    elapsed = run_threads(client_loop, clients)
     flat = [x for lat in latencies for x in lat]
     return {
         "batch": batch,
@@ -117,13 +107,7 @@ def run_copy(server: Server, batch: int, clients: int, seconds: float) -> dict[s
                 latencies[n].append(time.perf_counter() - t0)
                 done[n] += batch
 
-    threads = [threading.Thread(target=loop, args=(n,)) for n in range(clients)]
-    began = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - began
+    elapsed = run_threads(loop, clients)
     flat = [x for lat in latencies for x in lat]
     return {"batch": batch, "records_per_s": round(sum(done) / elapsed, 1), "ack": summary_ms(flat)}
 
@@ -138,7 +122,7 @@ def main() -> None:
     rows = []
     with Server() as server:
         with server.client() as client:
-            assert client.post("/v1/tables", json=TABLE).status_code == 201
+            assert client.post("/v1/tables", json=EVENTS_TABLE).status_code == 201
         for batch in batches:
             http = run_http(server, batch, args.clients, args.seconds)
             copy = run_copy(server, batch, args.clients, args.seconds)

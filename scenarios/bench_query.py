@@ -21,17 +21,8 @@ from typing import Any
 
 import duckdb
 
-from scenarios.harness import Server, summary_ms, target_line, write_report
+from scenarios.harness import EVENTS_TABLE, Server, summary_ms, target_line, write_report
 
-TABLE = {
-    "name": "events",
-    "columns": [
-        {"name": "id", "type": "BIGINT", "nullable": False},
-        {"name": "kind", "type": "VARCHAR"},
-        {"name": "value", "type": "DOUBLE"},
-        {"name": "at", "type": "TIMESTAMP"},
-    ],
-}
 QUERIES = {
     "group_by": "select kind, count(*), avg(value) from events group by kind order by kind",
     "filter_topk": "select id % 1000 as b, sum(value) as s from events where value > 100"
@@ -88,7 +79,7 @@ def main() -> None:
     args = ap.parse_args()
     with Server() as server:
         with server.client() as c:
-            assert c.post("/v1/tables", json=TABLE).status_code == 201
+            assert c.post("/v1/tables", json=EVENTS_TABLE).status_code == 201
             t0 = time.monotonic()
             token = load(server, args.rows)
             r = c.post(

@@ -14,35 +14,18 @@ The baseline in the same run is the plain ack latency (a write without wait).
 from __future__ import annotations
 
 import argparse
-import http.client
 import itertools
-import json
 import threading
 import time
-from typing import Any
 
-from scenarios.harness import Server, summary_ms, target_line, write_report
-
-TABLE = {
-    "name": "events",
-    "columns": [
-        {"name": "id", "type": "BIGINT", "nullable": False},
-        {"name": "v", "type": "DOUBLE"},
-    ],
-}
-
-
-class Client:
-    """A light keep-alive HTTP client (stdlib), so load generation stays cheap."""
-
-    def __init__(self, server: Server) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-        self.headers = {**server.headers, "Content-Type": "application/json"}
-
-    def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        self.conn.request("POST", path, json.dumps(body), self.headers)
-        r = self.conn.getresponse()
-        return r.status, json.loads(r.read())
+from scenarios.harness import (
+    EVENTS_TABLE,
+    HttpClient,
+    Server,
+    summary_ms,
+    target_line,
+    write_report,
+)
 
 
 def main() -> None:
@@ -54,17 +37,17 @@ def main() -> None:
     ids = itertools.count()
     with Server() as server:
         with server.client() as c:
-            assert c.post("/v1/tables", json=TABLE).status_code == 201
+            assert c.post("/v1/tables", json=EVENTS_TABLE).status_code == 201
         stop = time.monotonic() + args.seconds
         sent = [0] * args.writers
 
         def background(n: int) -> None:
-            client = Client(server)
+            client = HttpClient(server.port)
             interval = args.writers * 10 / args.rate  # seconds between 10-record requests
             next_at = time.monotonic()
             while time.monotonic() < stop:
                 recs = [
-                    {"idempotency_key": f"bg{i}", "payload": {"id": i, "v": 1.0}}
+                    {"idempotency_key": f"bg{i}", "payload": {"id": i, "value": 1.0}}
                     for i in (next(ids) for _ in range(10))
                 ]
                 status, _ = client.post("/v1/ingest/events", {"records": recs})
@@ -77,7 +60,7 @@ def main() -> None:
         threads = [threading.Thread(target=background, args=(n,)) for n in range(args.writers)]
         for t in threads:
             t.start()
-        probe = Client(server)
+        probe = HttpClient(server.port)
         ack: list[float] = []
         mode_b: list[float] = []
         mode_a: list[float] = []
@@ -85,7 +68,7 @@ def main() -> None:
         time.sleep(1.0)  # let the steady state settle before sampling
         while time.monotonic() < stop - 1:
             i = next(ids)
-            rec = {"records": [{"idempotency_key": f"p{i}", "payload": {"id": i, "v": 2.0}}]}
+            rec = {"records": [{"idempotency_key": f"p{i}", "payload": {"id": i, "value": 2.0}}]}
             t0 = time.perf_counter()
             status, body = probe.post("/v1/ingest/events", rec)
             ack.append(time.perf_counter() - t0)
@@ -95,7 +78,7 @@ def main() -> None:
             status, body = probe.post(
                 "/v1/ingest/events",
                 {
-                    "records": [{"idempotency_key": f"p{i}", "payload": {"id": i, "v": 2.0}}],
+                    "records": [{"idempotency_key": f"p{i}", "payload": {"id": i, "value": 2.0}}],
                     "wait_for_visibility": True,
                 },
             )
@@ -105,7 +88,7 @@ def main() -> None:
             t0 = time.perf_counter()
             status, body = probe.post(
                 "/v1/ingest/events",
-                {"records": [{"idempotency_key": f"p{i}", "payload": {"id": i, "v": 2.0}}]},
+                {"records": [{"idempotency_key": f"p{i}", "payload": {"id": i, "value": 2.0}}]},
             )
             token = body.get("max_visibility_token")
             status2, _ = probe.post(

@@ -5,6 +5,7 @@ A server process on a fresh data directory, percentiles, JSON reports.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import platform
@@ -14,8 +15,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,46 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 KEY = "dmk_bench_" + "b" * 40
+
+
+EVENTS_TABLE: dict[str, Any] = {
+    "name": "events",
+    "columns": [
+        {"name": "id", "type": "BIGINT", "nullable": False},
+        {"name": "kind", "type": "VARCHAR"},
+        {"name": "value", "type": "DOUBLE"},
+        {"name": "at", "type": "TIMESTAMP"},
+    ],
+}
+
+
+class HttpClient:
+    """A light keep-alive client (stdlib), so that load generation stays cheap
+    next to the server on a 2-core machine."""
+
+    def __init__(self, port: int, key: str = KEY) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+    def post(self, path: str, body: dict[str, Any] | str) -> tuple[int, dict[str, Any]]:
+        text = body if isinstance(body, str) else json.dumps(body)
+        self.conn.request("POST", path, text, self.headers)
+        r = self.conn.getresponse()
+        return r.status, json.loads(r.read())
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def run_threads(target: Callable[[int], None], count: int) -> float:
+    """Run ``target(n)`` in ``count`` threads; returns the elapsed seconds."""
+    threads = [threading.Thread(target=target, args=(n,)) for n in range(count)]
+    began = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.monotonic() - began
 
 
 def percentile(values: Sequence[float], p: float) -> float:

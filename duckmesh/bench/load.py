@@ -9,9 +9,7 @@ write-to-visible p50/p95/p99, strict query p50/p95, errors.
 
 from __future__ import annotations
 
-import http.client
 import itertools
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -19,16 +17,7 @@ from typing import Any
 
 import attrs
 
-from duckmesh.bench.harness import Server, summary_ms
-
-TABLE = {
-    "name": "events",
-    "columns": [
-        {"name": "id", "type": "BIGINT", "nullable": False},
-        {"name": "kind", "type": "VARCHAR"},
-        {"name": "value", "type": "DOUBLE"},
-    ],
-}
+from duckmesh.bench.harness import EVENTS_TABLE, HttpClient, Server, run_threads, summary_ms
 
 
 @attrs.frozen
@@ -65,31 +54,15 @@ SCENARIOS: dict[str, LoadScenario] = {
 }
 
 
-class _Http:
-    """A light keep-alive client (stdlib) so that load generation stays cheap."""
-
-    def __init__(self, port: int, key: str) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-
-    def post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        self.conn.request("POST", path, json.dumps(body), self.headers)
-        r = self.conn.getresponse()
-        return r.status, json.loads(r.read())
-
-    def close(self) -> None:
-        self.conn.close()
-
-
 def _tenant_keys(server: Server, tenants: int) -> list[str]:
     keys = [server.headers["Authorization"].split(" ", 1)[1]]
     with server.client() as client:
-        assert client.post("/v1/tables", json=TABLE).status_code == 201
+        assert client.post("/v1/tables", json=EVENTS_TABLE).status_code == 201
     for n in range(1, tenants):
         key = _create_tenant(server, f"bench{n}")
         keys.append(key)
-        c = _Http(server.port, key)
-        status, body = c.post("/v1/tables", TABLE)
+        c = HttpClient(server.port, key)
+        status, body = c.post("/v1/tables", EVENTS_TABLE)
         c.close()
         assert status == 201, body
     return keys
@@ -129,7 +102,7 @@ def run(scenario: LoadScenario) -> dict[str, Any]:
         errors = [0] * scenario.writers
 
         def writer(n: int) -> None:
-            client = _Http(server.port, keys[n % len(keys)])
+            client = HttpClient(server.port, keys[n % len(keys)])
             interval = scenario.writers * scenario.batch / scenario.rate if scenario.rate else 0
             next_at = time.monotonic()
             while (now := time.monotonic()) < stop:
@@ -153,10 +126,9 @@ def run(scenario: LoadScenario) -> dict[str, Any]:
                         time.sleep(pause)  # pacing the generator
             client.close()
 
-        threads = [threading.Thread(target=writer, args=(n,)) for n in range(scenario.writers)]
-        for t in threads:
-            t.start()
-        probe = _Http(server.port, keys[0])
+        load = threading.Thread(target=run_threads, args=(writer, scenario.writers))
+        load.start()
+        probe = HttpClient(server.port, keys[0])
         mode_b: list[float] = []
         mode_a: list[float] = []
         probe_errors = 0
@@ -187,8 +159,7 @@ def run(scenario: LoadScenario) -> dict[str, Any]:
             )
             mode_a.append(time.perf_counter() - t0)
             probe_errors += status != 200 or status2 != 200
-        for t in threads:
-            t.join()
+        load.join()
         probe.close()
         elapsed = time.monotonic() - began
         rss = server.rss_mib()
