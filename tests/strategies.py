@@ -223,11 +223,16 @@ def _timestamps(with_offset: st.SearchStrategy[bool]) -> st.SearchStrategy[str]:
 
 
 def _decimal_values(t: ColumnType) -> st.SearchStrategy[JSONValue]:
-    bound = decimal.Decimal(10) ** (t.precision - t.scale) - decimal.Decimal(1).scaleb(-t.scale)
-    exact = st.decimals(min_value=-bound, max_value=bound, places=t.scale, allow_nan=False)
+    # Unscaled integers, scaled exactly: st.decimals and the default 28-digit
+    # context both round bounds near 38 digits (10**35 - 1 becomes 10**35).
+    ctx = decimal.Context(prec=100)
+    top = 10**t.precision - 1
+    exact = st.integers(-top, top).map(lambda n: decimal.Decimal(n).scaleb(-t.scale, ctx))
     as_json: list[st.SearchStrategy[JSONValue]] = [exact.map(str)]
     if t.scale == 0:
         as_json.append(exact.map(int))
+    if t.precision <= 15:  # as a JSON float: exact to 15 significant digits
+        as_json.append(st.integers(-top, top).map(lambda n: n / 10**t.scale))
     return st.one_of(as_json)
 
 
@@ -294,7 +299,7 @@ def invalid_values_for(t: ColumnType) -> st.SearchStrategy[JSONValue]:
     if kind == "VARCHAR":
         return st.one_of(st.integers(), st.booleans(), st.floats(), wrong_shape)
     if kind == "DECIMAL":
-        limit = decimal.Decimal(10) ** (t.precision - t.scale)
+        limit = decimal.Context(prec=100).power(10, t.precision - t.scale)
         return st.one_of(
             st.booleans(),
             wrong_shape,
@@ -772,17 +777,19 @@ class CatalogModel:
         return model
 
 
+# Simplest (shrink target) first; creating a tenant last so it is not drawn
+# over and over once one exists.
 _KINDS = (
-    "create_tenant",
-    "disable_tenant",
-    "issue_key",
-    "revoke_key",
     "create_table",
-    "evolve_table",
-    "drop_table",
     "publish",
+    "evolve_table",
+    "issue_key",
     "pin",
+    "drop_table",
+    "revoke_key",
     "maintenance",
+    "disable_tenant",
+    "create_tenant",
 )
 _WEIGHTS = {"create_tenant": 1, "create_table": 4, "evolve_table": 3, "publish": 3}
 _TENANT_POOL = ("acme", "globex", "t-1", "x_9")
@@ -820,8 +827,8 @@ def _next_command(draw: st.DrawFn, model: CatalogModel, kinds: Sequence[str]) ->
         tid = draw(st.sampled_from(tenants))
         live = [t.name for t in model.tenants[tid].tables.values()]
         names = st.one_of(
-            st.sampled_from(_TABLE_POOL),
             simple_names(),
+            st.sampled_from(_TABLE_POOL),
             *([st.sampled_from(live).map(str.swapcase)] if live else []),
         )
         body = draw(table_definitions(names=names, max_columns=4))

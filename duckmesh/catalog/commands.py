@@ -85,7 +85,7 @@ def pins_stream(tenant_id: str) -> str:
 
 
 def publish_schema_snapshot(
-    conn: Conn, tenant_id: str, actor: str, files_removed: list[str] | None = None
+    conn: Conn, tenant_id: str, actor: str, dropped_table_id: str | None = None
 ) -> int:
     """Publish a snapshot with unchanged data after a table change.
 
@@ -93,9 +93,20 @@ def publish_schema_snapshot(
     snapshot id and SQL always give the same answer, and the change is
     visible to the next query of "latest". Raises ConcurrencyConflict when a
     commit published first (the caller retries the whole command).
+
+    With ``dropped_table_id`` the snapshot also removes that table's files,
+    read as of the parent snapshot: a commit landing after that read moves the
+    stream on, so the append conflicts instead of leaving a file behind.
     """
     head = reads.latest_snapshot(conn, tenant_id)
     parent = head.snapshot_id if head else 0
+    files_removed = []
+    if dropped_table_id is not None and head is not None:
+        files_removed = [
+            f.file_id
+            for f in reads.snapshot_files(conn, tenant_id, head.snapshot_id)
+            if f.table_id == dropped_table_id
+        ]
     append(
         conn,
         snapshots_stream(tenant_id),
@@ -110,7 +121,7 @@ def publish_schema_snapshot(
                 parent_id=parent or None,
                 table_watermarks={},
                 files_added=[],
-                files_removed=files_removed or [],
+                files_removed=files_removed,
             )
         ],
         tenant_id=tenant_id,
@@ -398,14 +409,7 @@ def drop_table(conn: Conn, tenant_id: str, name: str, **meta: Any) -> None:
         tenant_id=tenant_id,
         metadata=meta,
     )
-    live = conn.execute(
-        "SELECT file_id FROM data_file WHERE tenant_id = %s AND table_id = %s"
-        " AND removed_in IS NULL",
-        (tenant_id, table.table_id),
-    ).fetchall()
-    publish_schema_snapshot(
-        conn, tenant_id, str(meta.get("actor", "catalog")), [r[0] for r in live]
-    )
+    publish_schema_snapshot(conn, tenant_id, str(meta.get("actor", "catalog")), table.table_id)
 
 
 def pin_snapshot(

@@ -237,8 +237,17 @@ class Committer:
                 # Compaction or a restore published first. If the watermark is
                 # unchanged our files are still exactly what is missing: rebase.
                 metrics.CLAIM_RETRIES.inc()
-                latest = self.db.call(lambda c: reads.latest_snapshot(c, tenant), transaction=False)
+                latest, dropped = self.db.call(
+                    lambda c: (
+                        reads.latest_snapshot(c, tenant),
+                        reads.dropped_table_ids(c, tenant),
+                    ),
+                    transaction=False,
+                )
                 if latest is None or latest.max_visibility_token != batch.after_token:
+                    raise LeaseLost(batch.scope, batch.fence) from None
+                if dropped & {f["table_id"] for f in files}:
+                    # A table was dropped meanwhile: redo the batch without it.
                     raise LeaseLost(batch.scope, batch.fence) from None
                 parent = latest.snapshot_id
         raise LeaseLost(batch.scope, batch.fence)

@@ -68,6 +68,13 @@ def append(
     """
     from duckmesh.projections import apply  # projections import this module
 
+    if not events:
+        # Nothing to write, but the expectation still holds or fails. (Writing
+        # a new stream at version 0 would make it look absent yet refuse
+        # every later append at 0.)
+        if stream_version(conn, stream) != expected_version:
+            raise ConcurrencyConflict(stream, expected_version)
+        return []
     new_version = expected_version + len(events)
     if expected_version == 0:
         cur = conn.execute(

@@ -180,6 +180,13 @@ def decode(event_type: str, schema_version: int, payload: JSON) -> Event:
     cls = EVENT_TYPES.get(event_type)
     if cls is None:
         raise UnknownEventType(event_type)
+    if schema_version > cls.schema_version:
+        # Written by a newer DuckMesh: reading it as the older shape would
+        # silently drop or misread fields (e.g. during a rolled-back upgrade).
+        raise UnknownEventType(
+            f"{event_type} schema version {schema_version} is newer than this DuckMesh"
+            f" understands ({cls.schema_version})"
+        )
     version = schema_version
     while version < cls.schema_version:
         payload = UPCASTERS[(event_type, version)](payload)

@@ -158,9 +158,14 @@ def validate_records(
         if len(text) > max_record_bytes:
             too_large.append(index)
             continue
-        digest = hashlib.sha256(
-            f"{op}\x00{rec.get('event_time') or ''}\x00{text}".encode()
-        ).digest()
+        try:
+            digest = hashlib.sha256(
+                f"{op}\x00{rec.get('event_time') or ''}\x00{key}\x00{text}".encode()
+            ).digest()
+        except UnicodeEncodeError:
+            # JSON allows lone surrogates (\ud800); UTF-8 text cannot hold them.
+            bad(index, "payload", "contains text that is not valid Unicode (a lone surrogate)")
+            continue
         out.append(
             IngestRecord(
                 table_id=table.table_id,

@@ -14,6 +14,8 @@ from typing import Any
 import attrs
 import psycopg
 
+from duckmesh.errors import DuckMeshError
+
 _LOCK_ID = 0x4455434B  # "DUCK"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.up\.sql$")
 
@@ -82,7 +84,10 @@ def migrate_up(conn: psycopg.Connection[Any]) -> list[Migration]:
 
 
 def migrate_down(conn: psycopg.Connection[Any], steps: int = 1) -> list[Migration]:
-    """Revert the newest ``steps`` migrations."""
+    """Revert the newest ``steps`` migrations (at least one)."""
+    if steps < 1:
+        # A negative slice would revert all but the oldest -steps migrations.
+        raise DuckMeshError("BAD_REQUEST", f"steps must be at least 1, not {steps}")
     by_version = {m.version: m for m in available()}
     reverted: list[Migration] = []
     with conn.transaction():
