@@ -75,8 +75,9 @@ def build_tree(rt: Runtime) -> Supervisor:
         actors = maintenance_actors(rt)
         if actors:
             children.append(Supervisor("maintenance", actors, MAINTENANCE_POLICY))
-    if role in ("all", "api"):
-        children.append(HttpActor(rt))
+    # Every role serves HTTP: api/all the whole API, the others health,
+    # readiness and metrics only (create_app decides by role).
+    children.append(HttpActor(rt))
     return Supervisor("root", children, ROOT_POLICY)
 
 

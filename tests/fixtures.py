@@ -225,7 +225,7 @@ class ServerProcess:
                 stderr=log,
                 cwd=REPO,
             )
-        if wait and role in ("all", "api"):
+        if wait:
             self.wait_ready()
 
     def wait_ready(self, timeout: float = 30) -> None:

@@ -151,6 +151,9 @@ def create_app(rt: Runtime) -> QuartTrio:
 
     @app.errorhandler(DuckMeshError)
     async def _duckmesh_error(exc: DuckMeshError) -> Response:
+        if request.path.startswith("/v1/ingest/"):
+            # Refused ingest requests (validation, 409, 429, ...) are counted too.
+            metrics.INGEST_REQUESTS.labels(status=exc.error_code).inc()
         return error_response(exc)
 
     @app.errorhandler(HTTPException)
@@ -183,6 +186,9 @@ def create_app(rt: Runtime) -> QuartTrio:
             checks["object_store"] = f"not writable: {exc.strerror}"
         tree = rt.extra.get("tree")
         actors = [dict(stats.as_dict(), path=path) for path, stats in tree()] if tree else []
+        failed = [a["path"] for a in actors if a["state"] == "failed"]
+        if failed:
+            checks["actors"] = f"failed: {', '.join(failed)}"
         ok = all(v == "ok" for v in checks.values())
         return json_response(
             {
@@ -201,6 +207,11 @@ def create_app(rt: Runtime) -> QuartTrio:
     @app.get("/v1/openapi.json")
     async def openapi() -> Response:
         return json_response(load_openapi())
+
+    if rt.config.role not in ("all", "api"):
+        # Coordinator and maintenance processes serve only health, readiness
+        # and metrics, so every process of a split deployment can be scraped.
+        return app
 
     # -- tables ------------------------------------------------------------
 
@@ -275,11 +286,7 @@ def create_app(rt: Runtime) -> QuartTrio:
         )
         _check_backpressure(rt, p.tenant_id)
         limiter.take(p.tenant_id, len(records))
-        try:
-            receipts = await rt.ingest.submit(p.tenant_id, records)
-        except DuckMeshError as exc:
-            metrics.INGEST_REQUESTS.labels(status=exc.error_code).inc()
-            raise
+        receipts = await rt.ingest.submit(p.tenant_id, records)
         duplicates = sum(1 for r in receipts if r.duplicate)
         accepted = len(receipts) - duplicates
         top = max(r.token for r in receipts)

@@ -143,3 +143,19 @@ def test_bad_port_exits_at_once_naming_the_variable() -> None:
     assert len(lines) == 1
     assert "DUCKMESH_HTTP_PORT" in lines[0]
     assert time.monotonic() - began < 10
+
+
+@pytest.mark.slow
+def test_coordinator_process_serves_metrics_and_readiness(
+    spawn_server: Callable[..., ServerProcess],
+) -> None:
+    coordinator = spawn_server()
+    coordinator.start(role="coordinator")  # waits for /v1/ready
+    with httpx.Client(base_url=coordinator.base_url, timeout=10) as client:
+        ready = client.get("/v1/ready").json()
+        assert ready["role"] == "coordinator"
+        assert {a["name"] for a in ready["actors"]} >= {"commit", "coordinator-0"}
+        assert "duckmesh_actor_up" in client.get("/v1/metrics").text
+        # Data endpoints are not served by a coordinator process.
+        assert client.post("/v1/query", json={"sql": "select 1"}).status_code == 404
+    assert coordinator.terminate() == 0
