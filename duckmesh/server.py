@@ -100,11 +100,7 @@ async def serve(rt: Runtime) -> int:
         def started() -> None:
             cfg = rt.config
             log.info(
-                "duckmesh started",
-                role=cfg.role,
-                http=f"http://{cfg.http_host}:{cfg.http_port}"
-                if cfg.role in ("all", "api")
-                else None,
+                "duckmesh started", role=cfg.role, http=f"http://{cfg.http_host}:{cfg.http_port}"
             )
 
         code = await run_root(root, on_started=started)
