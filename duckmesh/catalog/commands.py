@@ -266,8 +266,6 @@ def create_table(conn: Conn, tenant_id: str, body: Any, **meta: Any) -> TableDef
         )
     partition = parse_partition(body.get("partition_by"))
     retention = parse_retention(body.get("retention"))
-    stream = tables_stream(tenant_id)
-    version = stream_version(conn, stream)
     # DuckDB names are case-insensitive: "Orders" next to "orders" would make
     # the tenant's query views collide, so a live name is taken in any case.
     taken = conn.execute(
@@ -278,26 +276,17 @@ def create_table(conn: Conn, tenant_id: str, body: Any, **meta: Any) -> TableDef
     if taken is not None:
         raise DuckMeshError("TABLE_EXISTS", f"table {taken[0]!r} exists", table=taken[0])
     table_id = f"{name}-{secrets.token_hex(4)}"
-    append(
-        conn,
-        stream,
-        version,
-        [
-            TableCreated(
-                table_id,
-                tenant_id,
-                name,
-                [c.to_json() for c in columns],
-                list(pk_raw),
-                partition,
-                retention,
-                compatibility,
-            )
-        ],
-        tenant_id=tenant_id,
-        metadata=meta,
+    created = TableCreated(
+        table_id,
+        tenant_id,
+        name,
+        [c.to_json() for c in columns],
+        list(pk_raw),
+        partition,
+        retention,
+        compatibility,
     )
-    publish_schema_snapshot(conn, tenant_id, str(meta.get("actor", "catalog")))
+    _table_changed(conn, tenant_id, created, meta)
     table = reads.get_table(conn, tenant_id, name)
     assert table is not None
     return table
@@ -372,25 +361,10 @@ def evolve_table(conn: Conn, tenant_id: str, name: str, body: Any, **meta: Any) 
         raise DuckMeshError(
             "VALIDATION_FAILED", "add_columns and widen_columns name no change to make"
         )
-    stream = tables_stream(tenant_id)
-    version = stream_version(conn, stream)
-    append(
-        conn,
-        stream,
-        version,
-        [
-            TableSchemaEvolved(
-                table.table_id,
-                tenant_id,
-                table.schema_version + 1,
-                [c.to_json() for c in columns],
-                changes,
-            )
-        ],
-        tenant_id=tenant_id,
-        metadata=meta,
+    evolution = TableSchemaEvolved(
+        table.table_id, tenant_id, table.schema_version + 1, [c.to_json() for c in columns], changes
     )
-    publish_schema_snapshot(conn, tenant_id, str(meta.get("actor", "catalog")))
+    _table_changed(conn, tenant_id, evolution, meta)
     evolved = reads.get_table(conn, tenant_id, name)
     assert evolved is not None
     return evolved
@@ -400,16 +374,24 @@ def drop_table(conn: Conn, tenant_id: str, name: str, **meta: Any) -> None:
     table = reads.get_table(conn, tenant_id, name)
     if table is None:
         raise DuckMeshError("TABLE_NOT_FOUND", f"no table {name!r}", table=name)
+    _table_changed(conn, tenant_id, TableDropped(table.table_id, tenant_id), meta, table.table_id)
+
+
+def _table_changed(
+    conn: Conn,
+    tenant_id: str,
+    event: TableCreated | TableSchemaEvolved | TableDropped,
+    meta: dict[str, Any],
+    dropped_table_id: str | None = None,
+) -> None:
+    """Append a table event and publish the schema snapshot that binds it.
+
+    Concurrent changes of one tenant's tables conflict on the stream version,
+    so names stay unique and schema versions gapless.
+    """
     stream = tables_stream(tenant_id)
-    append(
-        conn,
-        stream,
-        stream_version(conn, stream),
-        [TableDropped(table.table_id, tenant_id)],
-        tenant_id=tenant_id,
-        metadata=meta,
-    )
-    publish_schema_snapshot(conn, tenant_id, str(meta.get("actor", "catalog")), table.table_id)
+    append(conn, stream, stream_version(conn, stream), [event], tenant_id=tenant_id, metadata=meta)
+    publish_schema_snapshot(conn, tenant_id, str(meta.get("actor", "catalog")), dropped_table_id)
 
 
 def pin_snapshot(
