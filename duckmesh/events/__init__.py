@@ -13,6 +13,7 @@ from duckmesh.events.store import (
     read_all,
     read_stream,
     stream_version,
+    subscribe,
 )
 from duckmesh.events.types import EVENT_TYPES, Event, decode
 
@@ -28,4 +29,5 @@ __all__ = [
     "read_all",
     "read_stream",
     "stream_version",
+    "subscribe",
 ]

@@ -163,3 +163,25 @@ def read_all(
 def count(conn: psycopg.Connection[Any]) -> int:
     row = conn.execute("SELECT count(*) FROM event_log").fetchone()
     return int(row[0]) if row else 0
+
+
+def subscribe(
+    dsn: str, after_position: int = 0, *, poll_s: float = 1.0, stop: Any = None
+) -> Iterator[RecordedEvent]:
+    """Every event after ``after_position``, then each new one as it lands.
+
+    Catch-up reads the log in batches; afterwards LISTEN on ``EVENTS_CHANNEL``
+    wakes the reader, with a re-read every ``poll_s`` as the fallback, so a
+    lost notification delays an event but never skips it. Runs until
+    ``stop()`` returns true (checked between waits). Blocking: call it from
+    a worker thread.
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+        position = after_position
+        while stop is None or not stop():
+            for rec in read_all(conn, position):
+                position = rec.position
+                yield rec
+            for _ in conn.notifies(timeout=poll_s, stop_after=1):
+                pass
