@@ -26,6 +26,7 @@ from duckmesh.db import Database
 from duckmesh.embedded import EmbeddedPostgres
 from duckmesh.ingest.group_commit import GroupCommitter
 from duckmesh.notify import Notifications
+from duckmesh.query import barrier
 from duckmesh.query.service import QueryService, QuerySettings
 from duckmesh.storage.local import LocalObjectStore
 from duckmesh.supervisors.faults import FaultPoints
@@ -63,6 +64,7 @@ def open_catalog(config: Config) -> tuple[str, EmbeddedPostgres | None]:
 
 
 def build_runtime(config: Config, *, dsn: str | None = None) -> Runtime:
+    barrier.configure_unsafe_break(config.unsafe_break)  # test-only switch, see barrier.py
     embedded = None
     if dsn is None:
         dsn, embedded = open_catalog(config)

@@ -211,6 +211,39 @@ def cmd_bench(args: argparse.Namespace, config: Config) -> int:
     return 1 if any(r["errors"] for r in rows) else 0
 
 
+def cmd_scenario(args: argparse.Namespace, config: Config) -> int:
+    """``duckmesh scenario replay FILE``: rerun a recorded scenario on a fresh system."""
+    from pathlib import Path
+
+    from duckmesh import scenario
+
+    try:
+        recording = scenario.load_recording(Path(args.file))
+    except (OSError, ValueError) as exc:
+        print(f"duckmesh: cannot read scenario {args.file}: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"replaying {len(recording['actions'])} step(s) from {args.file}"
+        f" (seed {recording.get('seed')}, server env {recording.get('system_env') or {}})",
+        flush=True,
+    )
+    try:
+        stats = scenario.replay(
+            recording,
+            echo=lambda line: print(line, flush=True),
+            keep=args.keep,
+            workdir=Path(args.workdir) if args.workdir else None,
+        )
+    except scenario.InvariantViolation as exc:
+        print(f"scenario replay: InvariantViolation: {exc}", flush=True)
+        return 1
+    except scenario.HarnessError as exc:
+        print(f"scenario replay: could not run the scenario: {exc}", file=sys.stderr)
+        return 2
+    print(f"scenario replay: {stats.summary()}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, config: Config) -> int:
     for key, value in config.redacted().items():
         print(f"{key} = {value!r}")
@@ -240,6 +273,11 @@ def parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="run named load scenarios and print one table")
     bench.add_argument("scenario", nargs="*", help="steady, burst, many-tenants, big-batches")
     bench.add_argument("--seconds", type=float, help="override each scenario's duration")
+    scenario = sub.add_parser("scenario", help="rerun a recorded property-based scenario")
+    scenario.add_argument("action", choices=["replay"])
+    scenario.add_argument("file", help="a recording, e.g. reports/scenario-failure.json")
+    scenario.add_argument("--keep", action="store_true", help="keep logs and data afterwards")
+    scenario.add_argument("--workdir", help="directory for logs and data (kept)")
     config = sub.add_parser("config", help="configuration")
     config.add_argument("action", choices=["show"])
     return p
@@ -254,6 +292,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "status": cmd_status,
     "config": cmd_config,
     "bench": cmd_bench,
+    "scenario": cmd_scenario,
 }
 
 

@@ -1,0 +1,28 @@
+"""The property-based scenario runner's engine (issue 8).
+
+``actions`` defines scenario steps as plain JSON-able dicts; ``executor`` runs
+them against a real DuckMesh (:class:`System`: Postgres, an API process and a
+coordinator process), keeps a model of every acknowledged write and checks
+the consistency guarantees after every step, raising
+:class:`InvariantViolation`. ``scenarios/runner.py`` generates the steps with
+hypothesis; ``duckmesh scenario replay FILE`` reruns a recorded failure.
+"""
+
+from duckmesh.scenario.executor import (
+    Executor,
+    InvariantViolation,
+    Stats,
+    load_recording,
+    replay,
+)
+from duckmesh.scenario.system import HarnessError, System
+
+__all__ = [
+    "Executor",
+    "HarnessError",
+    "InvariantViolation",
+    "Stats",
+    "System",
+    "load_recording",
+    "replay",
+]

@@ -1,0 +1,789 @@
+"""Run scenario actions against a real DuckMesh and check its guarantees after every step.
+
+The :class:`Executor` keeps a model of what the system must hold:
+
+- per table, the acknowledged logical writes with their tokens (append-only
+  tables keep every write; keyed tables keep the newest op per key, deletes
+  remove), so the expected answer at any watermark ``W`` is the model
+  applied to the writes with token ``<= W``;
+- every acknowledged idempotency key with its token and record;
+- answers already seen, by (snapshot id, SQL);
+- the highest watermark any answer on the latest snapshot showed (kept on the
+  :class:`System`, since watermarks are per tenant).
+
+After every step it checks the invariants (each failure raises
+:class:`InvariantViolation` naming the guarantee):
+
+(a) visibility: a mode-A query with ``min_visibility_token`` = the last
+    acknowledged token, for every table, answers from a snapshot whose
+    watermark is at least that token, with exactly the model's rows (a
+    generous ``consistency_timeout_ms`` so restarts cannot cause a false
+    failure). Every other answer (mode B, mode C) equals the model at its own
+    watermark;
+(b) idempotency: a retried key yields the original token and no second row;
+    a reused key with another payload is refused; new records get the next
+    tokens with no gap;
+(c) snapshot reproducibility: remembered (snapshot id, SQL) pairs answer the
+    same rows when asked again (some after every step, all at the end);
+(d) watermarks only rise: across answers on the latest snapshot and across
+    ``GET /v1/snapshots`` (newer snapshots never have lower watermarks);
+(e) at the end, ``duckmesh replay verify`` exits 0 (:meth:`Executor.verify_replay`).
+
+Every executed action is appended to :attr:`Executor.actions`, so a failing
+run can be saved (:meth:`Executor.save`) and rerun (:func:`replay`).
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import httpx
+
+from duckmesh.scenario import actions as A
+from duckmesh.scenario.system import HarnessError, System
+
+CONSISTENCY_TIMEOUT_MS = 30_000
+ROW_LIMIT = 1_000_000
+REMEMBER_MAX = 40
+RECHECK_PER_STEP = 2
+FAULT_DEATH_TIMEOUT_S = 60.0
+SHUTDOWN_TIMEOUT_S = 30.0
+
+__all__ = [
+    "Executor",
+    "HarnessError",
+    "InvariantViolation",
+    "Stats",
+    "System",
+    "load_recording",
+    "replay",
+]
+
+
+class InvariantViolation(Exception):
+    """A DuckMesh guarantee did not hold; ``guarantee`` names which one."""
+
+    def __init__(self, guarantee: str, detail: str) -> None:
+        super().__init__(detail)
+        self.guarantee = guarantee
+        self.detail = detail
+        self.step: int | None = None
+        self.action: Mapping[str, Any] | None = None
+
+    def __str__(self) -> str:
+        where = ""
+        if self.step is not None and self.action is not None:
+            where = f" [step {self.step}: {A.describe(self.action)}]"
+        return f"{self.guarantee} violated: {self.detail}{where}"
+
+
+@attrs.define
+class Stats:
+    """Counts over a run (one or many scenarios)."""
+
+    scenarios: int = 0
+    steps: int = 0
+    acks: int = 0  # acknowledged records (new and duplicate)
+    duplicates: int = 0
+    kills: int = 0  # coordinator kills: SIGKILL or at a fault point
+    fault_kills: int = 0
+    api_restarts: int = 0
+    compactions: int = 0
+    token_gated_queries: int = 0
+    mode_b_waits: int = 0
+    snapshot_rechecks: int = 0
+    violations: int = 0
+
+    def summary(self, seed: int | None = None) -> str:
+        tail = f" (seed {seed})" if seed is not None else ""
+        return (
+            f"{self.steps} steps, {self.acks} acks, {self.kills} kills, "
+            f"{self.token_gated_queries} token-gated queries, {self.violations} violations{tail}"
+        )
+
+    def details(self) -> str:
+        return (
+            f"{self.scenarios} scenarios, {self.duplicates} duplicate acks, "
+            f"{self.fault_kills} kills at fault points, {self.api_restarts} API restarts, "
+            f"{self.compactions} compactions, "
+            f"{self.mode_b_waits} mode-B waits, {self.snapshot_rechecks} snapshot re-checks"
+        )
+
+
+@attrs.define
+class Write:
+    token: int
+    op: str
+    payload: dict[str, Any]
+
+
+@attrs.define
+class TableModel:
+    name: str
+    columns: list[str]
+    key: tuple[str, ...]
+    writes: list[Write] = attrs.field(factory=list)
+
+    def sql(self, kind: str) -> str:
+        if kind == "aggregate":
+            return (
+                "select count(*) as c, cast(sum(n) as bigint) as s, count(v) as cv"
+                f" from {self.name}"
+            )
+        return f"select {', '.join(self.columns)} from {self.name} order by all"
+
+    def rows_at(self, watermark: int) -> list[list[Any]]:
+        visible = sorted((w for w in self.writes if w.token <= watermark), key=lambda w: w.token)
+        if not self.key:
+            return [self._row(w.payload) for w in visible]
+        state: dict[tuple[Any, ...], list[Any]] = {}
+        for w in visible:
+            k = tuple(w.payload.get(c) for c in self.key)
+            if w.op == "delete":
+                state.pop(k, None)
+            else:
+                state[k] = self._row(w.payload)
+        return list(state.values())
+
+    def expected(self, kind: str, watermark: int) -> list[list[Any]]:
+        rows = self.rows_at(watermark)
+        if kind == "aggregate":
+            ni = self.columns.index("n")
+            vi = self.columns.index("v")
+            ns = [r[ni] for r in rows if r[ni] is not None]
+            return [[len(rows), sum(ns) if ns else None, sum(1 for r in rows if r[vi] is not None)]]
+        return rows
+
+    def _row(self, payload: Mapping[str, Any]) -> list[Any]:
+        return [payload.get(c) for c in self.columns]
+
+
+@attrs.define
+class Remembered:
+    table: str
+    snapshot_id: int
+    sql: str
+    rows: list[list[Any]]
+    watermark: int
+
+
+def _canon(rows: Sequence[Sequence[Any]]) -> collections.Counter[str]:
+    return collections.Counter(json.dumps(list(r), ensure_ascii=False) for r in rows)
+
+
+def _error(r: httpx.Response) -> tuple[str, dict[str, Any]]:
+    try:
+        body = r.json()
+    except ValueError:
+        return "", {}
+    if not isinstance(body, dict):
+        return "", {}
+    return str(body.get("error_code", "")), dict(body.get("context") or {})
+
+
+class Executor:
+    """Runs actions against a :class:`System`, keeping the model and checking invariants."""
+
+    def __init__(
+        self,
+        system: System,
+        *,
+        stats: Stats | None = None,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        self.system = system
+        self.stats = stats if stats is not None else Stats()
+        self.echo = echo
+        self.actions: list[A.Action] = []
+        self.tables: dict[str, TableModel] = {}
+        self.acked: dict[tuple[str, str], tuple[int, A.Record]] = {}
+        self.last_token = 0
+        self.remembered: list[Remembered] = []
+        self._recheck_at = 0
+        self.stats.scenarios += 1
+
+    # -- driving -----------------------------------------------------------
+
+    def run(self, action: A.Action) -> None:
+        """Execute one action, record it, then check every invariant."""
+        A.validate(action)
+        self.actions.append(copy.deepcopy(action))
+        step = len(self.actions)
+        if self.echo is not None:
+            self.echo(f"step {step}: {A.describe(action)}")
+        self.stats.steps += 1
+        try:
+            getattr(self, "_do_" + action["do"])(action)
+            self.check_invariants()
+        except InvariantViolation as exc:
+            exc.step, exc.action = step, action
+            self.stats.violations += 1
+            raise
+
+    def finish(self) -> None:
+        """End of a scenario: every remembered answer once more."""
+        try:
+            for rem in list(self.remembered):
+                self._requery(rem)
+        except InvariantViolation:
+            self.stats.violations += 1
+            raise
+
+    def verify_replay(self) -> None:
+        """Invariant (e): the projections equal a replay of the event log."""
+        code, output = self.system.replay_verify()
+        if code != 0:
+            self.stats.violations += 1
+            raise InvariantViolation(
+                "replay", f"duckmesh replay verify exited {code}:\n{output[-3000:]}"
+            )
+
+    def recording(self, seed: int | None = None, **extra: Any) -> dict[str, Any]:
+        return {
+            "seed": seed,
+            "system_env": dict(self.system.server_env),
+            **extra,
+            "actions": copy.deepcopy(self.actions),
+        }
+
+    def save(self, path: Path, seed: int | None = None, **extra: Any) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.recording(seed, **extra), indent=1, ensure_ascii=False))
+        return path
+
+    # -- invariants --------------------------------------------------------
+
+    def check_invariants(self) -> None:
+        self._check_alive()
+        for table in self.tables.values():
+            self._token_query(table, "rows")
+        for _ in range(min(RECHECK_PER_STEP, len(self.remembered))):
+            rem = self.remembered[self._recheck_at % len(self.remembered)]
+            self._recheck_at += 1
+            self._requery(rem)
+        self._check_snapshot_list()
+
+    def _check_alive(self) -> None:
+        for proc in (self.system.api, self.system.coordinator):
+            if proc is not None and not proc.alive():
+                raise InvariantViolation(
+                    "liveness",
+                    f"the {proc.role} process exited unexpectedly with code {proc.exit_code()}"
+                    f" (log {proc.log_path}):\n{proc.log_tail()}",
+                )
+
+    def _latest_watermark(self, watermark: int, what: str) -> None:
+        if watermark < self.system.max_watermark:
+            raise InvariantViolation(
+                "watermarks only rise",
+                f"{what} showed watermark {watermark} after {self.system.max_watermark} was seen",
+            )
+        self.system.max_watermark = watermark
+
+    def _check_snapshot_list(self) -> None:
+        r = self._call("GET", "/v1/snapshots", params={"limit": 20})
+        self._expect(r, 200, "GET /v1/snapshots")
+        snaps = r.json()["snapshots"]
+        for newer, older in itertools.pairwise(snaps):
+            if newer["snapshot_id"] <= older["snapshot_id"] or (
+                newer["max_visibility_token"] < older["max_visibility_token"]
+            ):
+                raise InvariantViolation(
+                    "watermarks only rise",
+                    f"snapshot {newer['snapshot_id']} has watermark"
+                    f" {newer['max_visibility_token']}, older snapshot"
+                    f" {older['snapshot_id']} has {older['max_visibility_token']}",
+                )
+        if snaps:
+            self._latest_watermark(snaps[0]["max_visibility_token"], "GET /v1/snapshots")
+
+    def _check_rows(
+        self, table: TableModel, kind: str, answer: Mapping[str, Any], what: str
+    ) -> None:
+        watermark = int(answer["max_visibility_token"])
+        expected = table.expected(kind, watermark)
+        got = answer["rows"]
+        if kind == "aggregate":
+            if got != expected:
+                raise InvariantViolation(
+                    "visibility",
+                    f"{what} on {table.name} at snapshot {answer['snapshot_id']} (watermark"
+                    f" {watermark}) answered {got}; the acknowledged writes give {expected}",
+                )
+            return
+        want, have = _canon(expected), _canon(got)
+        if want == have:
+            return
+        missing = list((want - have).elements())
+        extra = list((have - want).elements())
+        if not missing and table.key == ():
+            guarantee = "idempotency (no duplicates)"
+        elif missing:
+            guarantee = "visibility"
+        else:
+            guarantee = "snapshot consistency"
+        raise InvariantViolation(
+            guarantee,
+            f"{what} on {table.name} at snapshot {answer['snapshot_id']} (watermark"
+            f" {watermark}, last acknowledged token {self.last_token}): "
+            f"{len(missing)} acknowledged row(s) missing {missing[:5]}, "
+            f"{len(extra)} unexpected row(s) {extra[:5]}",
+        )
+
+    def _remember(self, table: TableModel, sql: str, answer: Mapping[str, Any]) -> None:
+        sid = answer.get("snapshot_id")
+        if sid is None:
+            return
+        for rem in self.remembered:
+            if rem.snapshot_id == sid and rem.sql == sql:
+                self._same_answer(rem, answer)
+                return
+        self.remembered.append(
+            Remembered(table.name, int(sid), sql, answer["rows"], answer["max_visibility_token"])
+        )
+        if len(self.remembered) > REMEMBER_MAX:
+            del self.remembered[1]  # keep the very first answer for the whole scenario
+
+    def _same_answer(self, rem: Remembered, answer: Mapping[str, Any]) -> None:
+        if (
+            answer["rows"] != rem.rows
+            or answer["snapshot_id"] != rem.snapshot_id
+            or answer["max_visibility_token"] != rem.watermark
+        ):
+            raise InvariantViolation(
+                "snapshot reproducibility",
+                f"snapshot {rem.snapshot_id} answered {rem.sql!r} with {answer['rows'][:5]}"
+                f" (watermark {answer['max_visibility_token']}); earlier it answered"
+                f" {rem.rows[:5]} (watermark {rem.watermark})",
+            )
+
+    def _requery(self, rem: Remembered) -> None:
+        r = self._call(
+            "POST",
+            "/v1/query",
+            json={"sql": rem.sql, "snapshot_id": rem.snapshot_id, "row_limit": ROW_LIMIT},
+        )
+        self.stats.snapshot_rechecks += 1
+        code, _ = _error(r)
+        if code == "SNAPSHOT_NOT_FOUND":
+            raise InvariantViolation(
+                "snapshot reproducibility", f"snapshot {rem.snapshot_id} is gone: {r.text}"
+            )
+        self._expect(r, 200, f"query on snapshot {rem.snapshot_id}")
+        self._same_answer(rem, r.json())
+
+    def _token_query(self, table: TableModel, kind: str) -> None:
+        sql = table.sql(kind)
+        token = self.last_token
+        r = self._call(
+            "POST",
+            "/v1/query",
+            json={
+                "sql": sql,
+                "min_visibility_token": token,
+                "consistency_timeout_ms": CONSISTENCY_TIMEOUT_MS,
+                "row_limit": ROW_LIMIT,
+            },
+        )
+        self.stats.token_gated_queries += 1
+        code, ctx = _error(r)
+        if code == "CONSISTENCY_TIMEOUT":
+            raise InvariantViolation(
+                "visibility",
+                f"acknowledged writes up to token {token} were not visible within"
+                f" {CONSISTENCY_TIMEOUT_MS} ms (current watermark"
+                f" {ctx.get('current_watermark')})",
+            )
+        self._expect(r, 200, f"mode-A query on {table.name}")
+        answer = r.json()
+        watermark = int(answer["max_visibility_token"])
+        if watermark < token:
+            raise InvariantViolation(
+                "visibility",
+                f"a query on {table.name} with min_visibility_token={token} was answered from"
+                f" snapshot {answer['snapshot_id']} whose watermark is {watermark} < {token}",
+            )
+        self._latest_watermark(watermark, f"mode-A query on {table.name}")
+        self._check_rows(table, kind, answer, f"mode-A query (token {token})")
+        self._remember(table, sql, answer)
+
+    # -- HTTP --------------------------------------------------------------
+
+    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            return self.system.http.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            api = self.system.api
+            state = "" if api is None or api.alive() else f" (exited {api.exit_code()})"
+            raise InvariantViolation(
+                "liveness", f"the API{state} did not answer {method} {path}: {exc!r}"
+            ) from exc
+
+    def _expect(self, r: httpx.Response, status: int, what: str) -> None:
+        if r.status_code != status:
+            raise InvariantViolation(
+                "protocol", f"{what} answered HTTP {r.status_code} (expected {status}): {r.text}"
+            )
+
+    # -- model helpers -----------------------------------------------------
+
+    def _table(self, name: str) -> TableModel:
+        table = self.tables.get(name)
+        if table is None:
+            raise HarnessError(f"the scenario uses table {name!r} before creating it")
+        return table
+
+    def _split(
+        self, table: TableModel, records: Sequence[A.Record]
+    ) -> tuple[list[A.Record], list[A.Record]]:
+        """(fresh records, records whose key was acknowledged or repeats in this request)."""
+        fresh: list[A.Record] = []
+        known: list[A.Record] = []
+        seen: dict[str, A.Record] = {}
+        for rec in records:
+            key = rec["idempotency_key"]
+            prior = self.acked.get((table.name, key))
+            earlier = seen.get(key)
+            if prior is not None or earlier is not None:
+                original = prior[1] if prior is not None else earlier
+                if original != rec:
+                    raise HarnessError(
+                        f"record {key!r} reuses a key with another payload; use ingest_conflict"
+                    )
+                known.append(rec)
+            else:
+                fresh.append(rec)
+                seen[key] = rec
+        return fresh, known
+
+    def _receipt(
+        self,
+        table: TableModel,
+        records: Sequence[A.Record],
+        answer: Mapping[str, Any],
+        *,
+        waited: bool,
+        lost_attempt: bool = False,
+    ) -> None:
+        """Check an ingest receipt and add its new writes to the model."""
+        fresh, known = self._split(table, records)
+        accepted, duplicates = answer["accepted_count"], answer["duplicate_count"]
+        top = int(answer["max_visibility_token"])
+        if (accepted, duplicates) != (len(fresh), len(known)) and not (
+            # After a lost attempt the whole request may have been committed already.
+            lost_attempt and accepted == 0 and duplicates == len(records)
+        ):
+            raise InvariantViolation(
+                "idempotency",
+                f"ingest of {len(records)} record(s) into {table.name}, {len(known)} of them"
+                f" retries: expected {len(fresh)} accepted + {len(known)} duplicate(s), the"
+                f" receipt says {accepted} + {duplicates}",
+            )
+        status = "visible" if waited else ("partial_duplicate" if duplicates else "accepted")
+        if answer.get("status") != status:
+            raise InvariantViolation(
+                "protocol", f"ingest receipt status {answer.get('status')!r}, expected {status!r}"
+            )
+        issued = self.system.issued_token
+        tokens: dict[str, int] = {}
+        if fresh:
+            first = top - len(fresh) + 1
+            if issued is not None and first != issued + 1:
+                raise InvariantViolation(
+                    "tokens are gapless and commit-ordered",
+                    f"{len(fresh)} new record(s) got tokens {first}..{top}, but the last token"
+                    f" issued to the tenant was {issued}",
+                )
+            self.system.issued_token = top
+            for offset, rec in enumerate(fresh):
+                tokens[rec["idempotency_key"]] = first + offset
+        for rec in known:
+            key = rec["idempotency_key"]
+            if key not in tokens:
+                tokens[key] = self.acked[(table.name, key)][0]
+        if not fresh:
+            original = max(tokens.values())
+            if top != original:
+                raise InvariantViolation(
+                    "idempotency",
+                    f"a retry of {len(records)} record(s) into {table.name} returned token {top};"
+                    f" the original writes have tokens up to {original}",
+                )
+        for rec in fresh:
+            token = tokens[rec["idempotency_key"]]
+            self.acked[(table.name, rec["idempotency_key"])] = (token, copy.deepcopy(rec))
+            table.writes.append(
+                Write(token, rec.get("op", "insert"), copy.deepcopy(rec["payload"]))
+            )
+        self.last_token = max(self.last_token, top)
+        self.stats.acks += len(records)
+        self.stats.duplicates += duplicates
+
+    def _ingest(self, table: TableModel, records: Sequence[A.Record], *, wait: bool) -> None:
+        body: dict[str, Any] = {"records": list(records)}
+        if wait:
+            body.update(wait_for_visibility=True, visibility_timeout_ms=CONSISTENCY_TIMEOUT_MS)
+        r = self._call("POST", f"/v1/ingest/{table.name}", json=body)
+        code, ctx = _error(r)
+        if wait and code == "CONSISTENCY_TIMEOUT":
+            raise InvariantViolation(
+                "visibility",
+                f"mode B: an ingest into {table.name} was not visible within"
+                f" {CONSISTENCY_TIMEOUT_MS} ms (watermark {ctx.get('current_watermark')})",
+            )
+        self._expect(r, 200, f"ingest into {table.name}")
+        answer = r.json()
+        self._receipt(table, records, answer, waited=wait)
+        if wait:
+            self._mode_b(table, answer)
+
+    def _mode_b(self, table: TableModel, receipt: Mapping[str, Any]) -> None:
+        self.stats.mode_b_waits += 1
+        top = int(receipt["max_visibility_token"])
+        sid = receipt.get("visible_snapshot_id")
+        if sid is None:
+            raise InvariantViolation(
+                "visibility", "mode B: the receipt says visible but names no snapshot"
+            )
+        sql = table.sql("rows")
+        r = self._call(
+            "POST", "/v1/query", json={"sql": sql, "snapshot_id": sid, "row_limit": ROW_LIMIT}
+        )
+        self._expect(r, 200, f"query on snapshot {sid}")
+        answer = r.json()
+        if answer["max_visibility_token"] < top:
+            raise InvariantViolation(
+                "visibility",
+                f"mode B: the ingest into {table.name} (token {top}) was answered visible in"
+                f" snapshot {sid}, whose watermark is {answer['max_visibility_token']}",
+            )
+        self._check_rows(table, "rows", answer, f"mode B (snapshot {sid} of the receipt)")
+        self._remember(table, sql, answer)
+
+    # -- actions -----------------------------------------------------------
+
+    def _do_create_table(self, action: A.Action) -> None:
+        body = {
+            "name": action["table"],
+            "columns": action["columns"],
+            "primary_key": action["primary_key"],
+        }
+        r = self._call("POST", "/v1/tables", json=body)
+        self._expect(r, 201, f"create table {action['table']}")
+        self.tables[action["table"]] = TableModel(
+            action["table"],
+            [c["name"] for c in action["columns"]],
+            tuple(action["primary_key"]),
+        )
+
+    def _do_evolve_table(self, action: A.Action) -> None:
+        table = self._table(action["table"])
+        r = self._call(
+            "PATCH", f"/v1/tables/{table.name}", json={"add_columns": action["add_columns"]}
+        )
+        self._expect(r, 200, f"evolve table {table.name}")
+        table.columns.extend(c["name"] for c in action["add_columns"])
+
+    def _do_ingest(self, action: A.Action) -> None:
+        self._ingest(self._table(action["table"]), action["records"], wait=bool(action.get("wait")))
+
+    def _do_ingest_wait(self, action: A.Action) -> None:
+        self._ingest(self._table(action["table"]), action["records"], wait=True)
+
+    def _do_ingest_conflict(self, action: A.Action) -> None:
+        table = self._table(action["table"])
+        rec = action["record"]
+        prior = self.acked.get((table.name, rec["idempotency_key"]))
+        if prior is None or prior[1] == rec:
+            raise HarnessError("ingest_conflict needs an acknowledged key and another payload")
+        r = self._call("POST", f"/v1/ingest/{table.name}", json={"records": [rec]})
+        code, ctx = _error(r)
+        if r.status_code == 200:
+            raise InvariantViolation(
+                "idempotency",
+                f"key {rec['idempotency_key']!r} reused with another payload was accepted"
+                f" ({r.text}); it must be refused with IDEMPOTENCY_CONFLICT",
+            )
+        if r.status_code != 409 or code != "IDEMPOTENCY_CONFLICT":
+            raise InvariantViolation(
+                "protocol", f"a conflicting retry answered HTTP {r.status_code}: {r.text}"
+            )
+        if ctx.get("original_token") != prior[0]:
+            raise InvariantViolation(
+                "idempotency",
+                f"IDEMPOTENCY_CONFLICT names original token {ctx.get('original_token')},"
+                f" the write was acknowledged with token {prior[0]}",
+            )
+
+    def _do_query_token(self, action: A.Action) -> None:
+        self._token_query(self._table(action["table"]), action.get("sql_kind", "rows"))
+
+    def _do_query_latest(self, action: A.Action) -> None:
+        table = self._table(action["table"])
+        sql = table.sql("rows")
+        r = self._call("POST", "/v1/query", json={"sql": sql, "row_limit": ROW_LIMIT})
+        self._expect(r, 200, f"mode-C query on {table.name}")
+        answer = r.json()
+        self._latest_watermark(int(answer["max_visibility_token"]), "a mode-C query")
+        self._check_rows(table, "rows", answer, "mode-C query")
+        self._remember(table, sql, answer)
+
+    def _do_query_snapshot(self, action: A.Action) -> None:
+        if self.remembered:
+            self._requery(self.remembered[action["pick"] % len(self.remembered)])
+
+    def _do_kill_coordinator(self, action: A.Action) -> None:
+        coordinator = self.system.coordinator
+        assert coordinator is not None
+        records = action["records"]
+        fault = action.get("fault")
+        if fault is None:
+            if records:
+                self._ingest(self._table(action["table"]), records, wait=False)
+            coordinator.kill()  # a random moment: a commit may be in flight
+        else:
+            table = self._table(action["table"])
+            if coordinator.terminate(SHUTDOWN_TIMEOUT_S) is None:
+                raise InvariantViolation(
+                    "graceful shutdown",
+                    f"the coordinator did not stop within {SHUTDOWN_TIMEOUT_S}s of SIGTERM",
+                )
+            self.system.start_coordinator(
+                {"DUCKMESH_ENABLE_FAULTS": "1", "DUCKMESH_FAULTS": f"{fault}=kill"}
+            )
+            self._ingest(table, records, wait=False)
+            code = coordinator.wait_exit(FAULT_DEATH_TIMEOUT_S)
+            if code is None:
+                coordinator.kill()
+                raise InvariantViolation(
+                    "crash safety",
+                    f"a coordinator armed to die at {fault} never got there within"
+                    f" {FAULT_DEATH_TIMEOUT_S}s although records were waiting to be committed",
+                )
+            if code != -9:
+                raise InvariantViolation(
+                    "crash safety",
+                    f"a coordinator armed to die at {fault} exited with {code}, not SIGKILL:\n"
+                    f"{coordinator.log_tail()}",
+                )
+            self.stats.fault_kills += 1
+        self.stats.kills += 1
+        self.system.start_coordinator()
+
+    def _do_compact(self, action: A.Action) -> None:
+        for _ in range(5):
+            r = self._call("POST", "/v1/compaction/run")
+            if _error(r)[0] != "CONCURRENCY_CONFLICT":  # a commit published first: retry
+                break
+        self._expect(r, 200, "POST /v1/compaction/run")
+        if r.json().get("status") != "completed":
+            raise InvariantViolation("protocol", f"compaction answered {r.text}")
+        self.stats.compactions += 1
+
+    def _do_restart_api(self, action: A.Action) -> None:
+        api = self.system.api
+        assert api is not None
+        records = action["records"]
+        table = self._table(action["table"]) if records else None
+        outcome: dict[str, Any] = {}
+        sender: threading.Thread | None = None
+        if table is not None:
+            client = self.system.new_client(timeout=30)
+
+            def send() -> None:
+                try:
+                    outcome["response"] = client.post(
+                        f"/v1/ingest/{table.name}", json={"records": records}
+                    )
+                except httpx.HTTPError as exc:
+                    outcome["error"] = exc
+                finally:
+                    client.close()
+
+            sender = threading.Thread(target=send, daemon=True)
+            sender.start()
+            time.sleep(0.005)
+        # Idle keep-alive connections would hold the graceful shutdown for its full timeout.
+        self.system.http.close()
+        if api.terminate(SHUTDOWN_TIMEOUT_S) is None:
+            raise InvariantViolation(
+                "graceful shutdown", f"the API did not stop within {SHUTDOWN_TIMEOUT_S}s of SIGTERM"
+            )
+        if sender is not None:
+            sender.join(60)
+        self.system.start_api()
+        self.stats.api_restarts += 1
+        if table is None:
+            return
+        first = outcome.get("response")
+        first_ok = first is not None and first.status_code == 200
+        if first is not None and not first_ok and first.status_code < 500:
+            raise InvariantViolation(
+                "protocol", f"the in-flight ingest answered HTTP {first.status_code}: {first.text}"
+            )
+        # The client's duty after an unanswered write: retry with the same keys.
+        r = self._call("POST", f"/v1/ingest/{table.name}", json={"records": records})
+        self._expect(r, 200, f"retry of the in-flight ingest into {table.name}")
+        answer = r.json()
+        if first_ok:
+            assert first is not None
+            self._receipt(table, records, first.json(), waited=False)
+            self._receipt(table, records, answer, waited=False)
+        else:
+            self._receipt(table, records, answer, waited=False, lost_attempt=True)
+
+
+def load_recording(path: Path) -> dict[str, Any]:
+    """Read a recording written by :meth:`Executor.save` (shape checked)."""
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("actions"), list):
+        raise ValueError(f"{path}: not a scenario recording (no 'actions' list)")
+    for action in data["actions"]:
+        A.validate(action)
+    env = data.get("system_env") or {}
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise ValueError(f"{path}: 'system_env' must map names to strings")
+    return data
+
+
+def replay(
+    recording: Mapping[str, Any],
+    *,
+    echo: Callable[[str], None] | None = None,
+    server_env: Mapping[str, str] | None = None,
+    keep: bool = False,
+    workdir: Path | None = None,
+) -> Stats:
+    """Rerun a recording's actions on a fresh :class:`System`; raise on a violation.
+
+    The recording's ``system_env`` (for example a deliberately broken barrier)
+    applies to the server processes, overridden by ``server_env``.
+    """
+    env = dict(recording.get("system_env") or {})
+    env.update(server_env or {})
+    system = System(server_env=env, keep=keep, workdir=workdir)
+    failed = True
+    try:
+        system.start()
+        executor = Executor(system, echo=echo)
+        for action in recording["actions"]:
+            executor.run(action)
+        executor.finish()
+        executor.verify_replay()
+        failed = False
+        return executor.stats
+    finally:
+        if failed and echo is not None:
+            echo(f"logs kept in {system.workdir}")
+        system.stop(failed=failed)

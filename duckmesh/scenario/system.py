@@ -1,0 +1,310 @@
+"""A real DuckMesh for scenarios: one Postgres, an API process, a coordinator process.
+
+The Postgres is ``DUCKMESH_TEST_DSN`` (a fresh database is created in it and
+dropped at the end) or an embedded server in a short temporary directory.
+The API (``serve --role api``) and the coordinator (``serve --role
+coordinator``) are separate ``python -m duckmesh.cli.main`` processes sharing
+the catalog and the data directory, so the coordinator can be SIGKILLed, or
+made to kill itself at a named fault point, while the API keeps answering.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from duckmesh.embedded import EmbeddedPostgres
+
+API_KEY = "dmk_scenario_" + "s" * 40
+# Settings every scenario process gets (the brief of issue 8): short leases so
+# a killed coordinator's work is reclaimed quickly, frequent flushes.
+BASE_ENV = {
+    "DUCKMESH_BOOTSTRAP_API_KEY": API_KEY,
+    "DUCKMESH_LEASE_MS": "1500",
+    "DUCKMESH_FLUSH_INTERVAL_MS": "100",
+    "DUCKMESH_LOG_FORMAT": "json",
+    "DUCKMESH_LOG_LEVEL": "warning",
+    # Scenario tables are small: let compaction merge as soon as there are two files.
+    "DUCKMESH_COMPACTION_MIN_FILES": "2",
+}
+# Variables of the caller's environment handed on to the server processes
+# (so a test can run the runner against a deliberately broken build).
+FORWARDED_ENV = ("DUCKMESH_UNSAFE_BREAK", "DUCKMESH_ENABLE_FAULTS")
+
+
+class HarnessError(RuntimeError):
+    """The system under test could not be started or driven (not a violation)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = os.environ if environ is None else environ
+    return {k: env[k] for k in FORWARDED_ENV if env.get(k)}
+
+
+class Process:
+    """One ``duckmesh serve --role ...`` child process with its own log file."""
+
+    def __init__(self, role: str, env: dict[str, str], log_path: Path) -> None:
+        self.role = role
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    @property
+    def port(self) -> int:
+        return int(self.env["DUCKMESH_HTTP_PORT"])
+
+    def start(self, extra_env: Mapping[str, str] | None = None) -> None:
+        env = dict(self.env, **(extra_env or {}))
+        self.starts += 1
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n--- start #{self.starts} {dict(extra_env or {})}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "duckmesh.cli.main", "serve", "--role", self.role],
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def exit_code(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def terminate(self, timeout: float = 30) -> int | None:
+        """SIGTERM and wait; None if it did not stop in time (then it is killed)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.exit_code()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+
+    def wait_exit(self, timeout: float) -> int | None:
+        if self.proc is None:
+            return None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+class System:
+    """Postgres + API process + coordinator process, started once and driven over HTTP.
+
+    ``server_env`` is added to every server process's environment (for example
+    ``DUCKMESH_UNSAFE_BREAK``). ``issued_token`` is the last token the tenant
+    was issued as far as the scenario knows and ``max_watermark`` the highest
+    watermark any answer showed; both are system-wide, so they carry over
+    from one scenario to the next on a shared system.
+    """
+
+    def __init__(
+        self,
+        *,
+        server_env: Mapping[str, str] | None = None,
+        workdir: Path | None = None,
+        keep: bool = False,
+    ) -> None:
+        self.server_env = dict(server_env or {})
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="dmscn"))
+        self.keep = keep
+        self.dsn = ""
+        self._embedded: EmbeddedPostgres | None = None
+        self._pg_root: Path | None = None
+        self._admin_dsn = ""
+        self._dbname = ""
+        self.api: Process | None = None
+        self.coordinator: Process | None = None
+        self.client: httpx.Client | None = None
+        self.issued_token: int | None = None
+        self.max_watermark = 0
+        self.started = False
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def __enter__(self) -> System:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _postgres(self) -> str:
+        given = os.environ.get("DUCKMESH_TEST_DSN")
+        if given:
+            self._admin_dsn = given
+            self._dbname = f"dm_scn_{secrets.token_hex(5)}"
+            with psycopg.connect(given, autocommit=True) as conn:
+                conn.execute(f"CREATE DATABASE {self._dbname}")
+            return make_conninfo(given, dbname=self._dbname)
+        # A short path: the Unix socket lives in the data directory (108-byte limit).
+        self._pg_root = Path(tempfile.mkdtemp(prefix="dmsp"))
+        self._embedded = EmbeddedPostgres(self._pg_root)
+        dsn = self._embedded.start()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            # Speed only: this server is thrown away, and the scenarios crash
+            # DuckMesh processes, never Postgres.
+            conn.execute("ALTER SYSTEM SET fsync = off")
+            conn.execute("ALTER SYSTEM SET synchronous_commit = off")
+            conn.execute("SELECT pg_reload_conf()")
+        return dsn
+
+    def env_for(self, role: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DUCKMESH_")}
+        env.update(BASE_ENV)
+        env.update(
+            DUCKMESH_CATALOG_DSN=self.dsn,
+            DUCKMESH_DATA_DIR=str(self.workdir / "data"),
+            DUCKMESH_HTTP_PORT=str(free_port()),
+        )
+        env.update(self.server_env)
+        return env
+
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.dsn = self._postgres()
+        self.api = Process("api", self.env_for("api"), self.workdir / "api.log")
+        self.coordinator = Process(
+            "coordinator", self.env_for("coordinator"), self.workdir / "coordinator.log"
+        )
+        self.start_api()
+        self.start_coordinator()
+        self.started = True
+        self.sync_tokens()
+
+    def stop(self, *, failed: bool = False) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        for proc in (self.api, self.coordinator):
+            if proc is not None:
+                proc.terminate(20)
+        if self._embedded is not None:
+            self._embedded.stop()
+            self._embedded = None
+        if self._pg_root is not None:
+            shutil.rmtree(self._pg_root, ignore_errors=True)
+            self._pg_root = None
+        if self._dbname:
+            with psycopg.connect(self._admin_dsn, autocommit=True) as conn:
+                conn.execute(f"DROP DATABASE IF EXISTS {self._dbname} WITH (FORCE)")
+            self._dbname = ""
+        if self._own_workdir and not (self.keep or failed):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        self.started = False
+
+    # -- processes ---------------------------------------------------------
+
+    def start_api(self, timeout: float = 60) -> None:
+        assert self.api is not None
+        self.api.start()
+        if self.client is not None:
+            self.client.close()
+        self.client = self.new_client()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.api.alive():
+                raise HarnessError(
+                    f"API process exited with {self.api.exit_code()}:\n{self.api.log_tail()}"
+                )
+            try:
+                if self.client.get("/v1/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise HarnessError(f"API not ready within {timeout}s:\n{self.api.log_tail()}")
+
+    def new_client(self, timeout: float = 90) -> httpx.Client:
+        assert self.api is not None
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{self.api.port}",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+            timeout=timeout,
+        )
+
+    def start_coordinator(self, extra_env: Mapping[str, str] | None = None) -> None:
+        assert self.coordinator is not None
+        self.coordinator.start(extra_env)
+
+    def ensure_running(self) -> None:
+        """Restart whatever is down (after an aborted scenario on a shared system)."""
+        assert self.api is not None
+        assert self.coordinator is not None
+        if not self.api.alive():
+            self.start_api()
+        if not self.coordinator.alive():
+            self.start_coordinator()
+
+    @property
+    def http(self) -> httpx.Client:
+        assert self.client is not None, "system not started"
+        return self.client
+
+    # -- catalog facts -----------------------------------------------------
+
+    def sync_tokens(self) -> None:
+        """Learn the tenant's last issued token and watermark from ``GET /v1/lag``."""
+        r = self.http.get("/v1/lag")
+        if r.status_code != 200:
+            raise HarnessError(f"GET /v1/lag answered {r.status_code}: {r.text}")
+        body: dict[str, Any] = r.json()
+        self.issued_token = int(body["latest_token"])
+        self.max_watermark = max(self.max_watermark, int(body["visible_watermark"]))
+
+    def replay_verify(self, timeout: float = 300) -> tuple[int, str]:
+        """``duckmesh replay verify`` against this catalog: (exit code, output)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DUCKMESH_")}
+        env.update(
+            DUCKMESH_CATALOG_DSN=self.dsn,
+            DUCKMESH_DATA_DIR=str(self.workdir / "data"),
+            DUCKMESH_LOG_LEVEL="warning",
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "duckmesh.cli.main", "replay", "verify"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        return done.returncode, done.stdout + done.stderr
