@@ -117,10 +117,15 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--batches", default="1,10,100,1000")
+    ap.add_argument(
+        "--split",
+        action="store_true",
+        help="run api, coordinator and maintenance as separate processes",
+    )
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     rows = []
-    with Server() as server:
+    with Server(split=args.split) as server:
         with server.client() as client:
             assert client.post("/v1/tables", json=EVENTS_TABLE).status_code == 201
         for batch in batches:
@@ -131,7 +136,11 @@ def main() -> None:
             http["copy_ack"] = copy["ack"]
             rows.append(http)
         rss = server.rss_mib()
-    print(f"\ningest over HTTP, {args.clients} clients, {args.seconds:.0f} s per batch size")
+    layout = "api, coordinator, maintenance as processes" if args.split else "one process"
+    print(
+        f"\ningest over HTTP ({layout}), {args.clients} clients,"
+        f" {args.seconds:.0f} s per batch size"
+    )
     print(
         f"{'batch':>6} {'records/s':>11} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
         f"{'p99 ms':>8} {'COPY rec/s':>11} {'ratio':>6} {'errors':>6}"
@@ -177,8 +186,9 @@ def main() -> None:
         )
     print(target_line("server RSS MiB", rss, 1024, lower_is_better=True))
     write_report(
-        "ingest",
+        "ingest-split" if args.split else "ingest",
         {
+            "split": args.split,
             "clients": args.clients,
             "seconds": args.seconds,
             "results": rows,

@@ -93,9 +93,16 @@ def free_port() -> int:
 
 
 class Server:
-    """``duckmesh serve`` on a fresh data directory (embedded Postgres)."""
+    """``duckmesh serve`` on a fresh data directory (embedded Postgres).
 
-    def __init__(self, **env: str) -> None:
+    With ``split=True`` the roles run as separate processes, the scale-out
+    layout of ops/: ``--role api`` (which owns the embedded Postgres) plus
+    ``--role coordinator`` and ``--role maintenance`` on the same catalog.
+    """
+
+    def __init__(self, *, split: bool = False, **env: str) -> None:
+        self.split = split
+        self.extra: list[subprocess.Popen[bytes]] = []
         self.dir = Path(tempfile.mkdtemp(prefix="dmb"))
         self.port = free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DUCKMESH_")}
@@ -111,44 +118,59 @@ class Server:
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.headers = {"Authorization": f"Bearer {KEY}"}
 
+    def _spawn(self, role: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        with open(self.dir / f"server-{role}.log", "ab") as log:
+            return subprocess.Popen(
+                [sys.executable, "-m", "duckmesh.cli.main", "serve", "--role", role],
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+
     def __enter__(self) -> Server:
-        log = open(self.dir / "server.log", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "duckmesh.cli.main", "serve"],
-            env=self.env,
-            stdout=log,
-            stderr=log,
-        )
-        log.close()
+        self.proc = self._spawn("api" if self.split else "all", self.env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 if httpx.get(self.base_url + "/v1/ready", timeout=2).status_code == 200:
-                    return self
+                    break
             except httpx.TransportError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError("server did not become ready:\n" + self.log())
+        else:
+            raise RuntimeError("server did not become ready:\n" + self.log())
+        if self.split:
+            for role in ("coordinator", "maintenance"):
+                env = dict(
+                    self.env, DUCKMESH_CATALOG_DSN=self.dsn(), DUCKMESH_HTTP_PORT=str(free_port())
+                )
+                self.extra.append(self._spawn(role, env))
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        for proc in [*self.extra, self.proc]:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def log(self) -> str:
-        return (self.dir / "server.log").read_text(errors="replace")
+        return "\n".join(
+            path.read_text(errors="replace") for path in sorted(self.dir.glob("server-*.log"))
+        )
 
     def rss_mib(self) -> float:
-        """Resident memory of the server process (Postgres not included)."""
-        assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
+        """Resident memory of the DuckMesh processes, summed (Postgres not included)."""
+        total = 0.0
+        for proc in [self.proc, *self.extra]:
+            assert proc is not None
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+        return total
 
     def dsn(self) -> str:
         return f"postgresql://postgres:@/postgres?host={self.dir / 'data' / 'pg'}"
