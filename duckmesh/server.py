@@ -44,7 +44,7 @@ class HttpActor(Actor):
         cfg.accesslog = None
         cfg.errorlog = None
         cfg.keep_alive_timeout = 30
-        cfg.graceful_timeout = 5
+        cfg.graceful_timeout = 3  # idle keep-alive clients must not hold shutdown long
         # Hypercorn reports the bound addresses through task_status; the
         # supervisor's status accepts and ignores the value.
         await hypercorn.trio.serve(
