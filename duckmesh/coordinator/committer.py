@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -60,6 +61,39 @@ def object_key(tenant_id: str, rows: PartitionRows, snapshot_id: int, seq: int) 
     )
 
 
+class LeaseHeartbeat:
+    """Renews a batch's lease every third of its length while a commit runs,
+    so a slow commit (a big batch, a slow disk) is not taken over half-way.
+    A lost lease is only noted: fencing makes the publish fail anyway."""
+
+    def __init__(self, bus: IngestBus, batch: Batch, lease_s: float) -> None:
+        self.bus = bus
+        self.batch = batch
+        self.lease_s = lease_s
+        self.renewals = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
+
+    def __enter__(self) -> LeaseHeartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                self.bus.extend_lease(self.batch, self.lease_s)
+                self.renewals += 1
+            except LeaseLost:
+                log.warning("lease lost during a commit", tenant_id=self.batch.scope)
+                return
+            except Exception:  # the database hiccuped: try again next beat
+                log.exception("lease renewal failed", tenant_id=self.batch.scope)
+
+
 class Committer:
     def __init__(
         self,
@@ -89,7 +123,8 @@ class Committer:
         if batch is None:
             return None
         try:
-            outcome = self._commit(batch)
+            with LeaseHeartbeat(self.bus, batch, self.settings.lease_s):
+                outcome = self._commit(batch)
         except LeaseLost:
             metrics.PUBLISH_FAILURES.labels(reason="lease_lost").inc()
             log.warning("lease lost before publish; batch abandoned", tenant_id=batch.scope)
