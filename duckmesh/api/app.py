@@ -34,7 +34,7 @@ from duckmesh.errors import DuckMeshError
 from duckmesh.events import ConcurrencyConflict
 from duckmesh.ingest.limits import RateLimiter
 from duckmesh.ingest.validation import TableValidator, parse_options, validate_records
-from duckmesh.maintenance.actors import compactor_for
+from duckmesh.maintenance.actors import collector_for, compactor_for
 from duckmesh.query.barrier import wait_for_token
 from duckmesh.query.service import QueryRequest
 from duckmesh.runtime import Runtime
@@ -439,6 +439,13 @@ def create_app(rt: Runtime) -> QuartTrio:
     # -- operations --------------------------------------------------------
 
     compactor = compactor_for(rt)
+    collector = collector_for(rt)
+
+    @app.post("/v1/retention/run")
+    @require(auth, "ops_admin")
+    async def run_retention(p: Principal) -> Response:
+        summary = await trio.to_thread.run_sync(collector.run, p.tenant_id, abandon_on_cancel=False)
+        return json_response({"status": "completed", "summary": summary})
 
     @app.post("/v1/compaction/run")
     @require(auth, "ops_admin")

@@ -1,21 +1,26 @@
 """Maintenance actors of the ``maintenance`` role.
 
 The compactor visits every tenant each ``compaction_interval_ms`` and merges
-small files (see ``compaction``). Every pass re-reads the catalog, so the
-actor holds no state that a restart could lose; an interrupted pass leaves
-orphan files and nothing visible changed. Retention, GC and integrity are
+small files (see ``compaction``); the collector visits every tenant each
+``maintenance_interval_ms`` to expire old snapshots and delete files nothing
+references any more (see ``gc``). Every pass re-reads the catalog, so the
+actors hold no state that a restart could lose; an interrupted pass leaves
+nothing visible changed. Retention by event time and integrity checks are
 not built yet.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import structlog
 import trio
 
 from duckmesh.catalog import reads
+from duckmesh.db import Database
 from duckmesh.maintenance.compaction import CompactionSettings, Compactor
+from duckmesh.maintenance.gc import Collector, RetentionSettings
 from duckmesh.supervisors import Actor
 
 if TYPE_CHECKING:
@@ -36,27 +41,51 @@ def compactor_for(rt: Runtime) -> Compactor:
     )
 
 
-class CompactorActor(Actor):
-    def __init__(self, compactor: Compactor, interval_s: float) -> None:
-        super().__init__("compactor")
-        self.compactor = compactor
+def collector_for(rt: Runtime) -> Collector:
+    cfg = rt.config
+    return Collector(
+        rt.db,
+        rt.store,
+        RetentionSettings(
+            retain_count=cfg.snapshot_retain_count,
+            retain_s=cfg.snapshot_retain_ms / 1000,
+            safety_window_s=cfg.gc_safety_window_ms / 1000,
+        ),
+    )
+
+
+class TenantPassActor(Actor):
+    """Runs ``job(tenant)`` for every tenant, then waits ``interval_s``."""
+
+    def __init__(
+        self, name: str, job: Callable[[str], object], db: Database, interval_s: float
+    ) -> None:
+        super().__init__(name)
+        self.job = job
+        self.db = db
         self.interval_s = interval_s
         self.passes = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while not self.stop_requested.is_set():
-            tenants = await self.compactor.db.run(reads.tenant_ids, transaction=False)
+            tenants = await self.db.run(reads.tenant_ids, transaction=False)
             for tenant in tenants:
                 if self.stop_requested.is_set():
                     break
-                await trio.to_thread.run_sync(
-                    self.compactor.compact_tenant, tenant, abandon_on_cancel=False
-                )
+                await trio.to_thread.run_sync(self.job, tenant, abandon_on_cancel=False)
             self.passes += 1
             with trio.move_on_after(self.interval_s):
                 await self.stop_requested.wait()
 
 
 def maintenance_actors(rt: Runtime) -> list[Actor]:
-    return [CompactorActor(compactor_for(rt), rt.config.compaction_interval_ms / 1000)]
+    cfg = rt.config
+    return [
+        TenantPassActor(
+            "compactor", compactor_for(rt).compact_tenant, rt.db, cfg.compaction_interval_ms / 1000
+        ),
+        TenantPassActor(
+            "collector", collector_for(rt).run, rt.db, cfg.maintenance_interval_ms / 1000
+        ),
+    ]

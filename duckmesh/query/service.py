@@ -108,8 +108,16 @@ class QueryService:
         self._tenants: OrderedDict[str, SnapshotDatabase] = OrderedDict()
         self._loaded: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._building: dict[tuple[str, int], trio.Event] = {}
-        # Snapshots are immutable (but for expiry): explicit-id lookups are cached.
+        # Snapshots are immutable (but for expiry): explicit-id lookups are
+        # cached, and forgotten when the tenant's maintenance stream moves.
         self._snapshots: OrderedDict[tuple[str, int], Snapshot] = OrderedDict()
+        notifications.on_event(self._forget_expired)
+
+    def _forget_expired(self, stream: str) -> None:
+        if stream.startswith("maintenance:"):
+            tenant = stream.split(":", 1)[1]
+            for key in [k for k in self._snapshots if k[0] == tenant]:
+                del self._snapshots[key]
 
     def consistency_timeout(self, requested_ms: int | None) -> float:
         if requested_ms is None:
@@ -152,10 +160,11 @@ class QueryService:
             snap = await self.db.run(
                 lambda c: reads.snapshot_at(c, tenant, when), transaction=False
             )
-            if snap is None:
+            if snap is None or snap.expired:
                 raise DuckMeshError(
                     "SNAPSHOT_NOT_FOUND",
-                    f"no snapshot at or before {when}",
+                    f"no snapshot at or before {when}"
+                    + (f" (snapshot {snap.snapshot_id} expired)" if snap else ""),
                     snapshot_time=when.isoformat(),
                 )
             return snap

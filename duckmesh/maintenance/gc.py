@@ -1,0 +1,145 @@
+"""Snapshot expiry and garbage collection of data files.
+
+Expiry marks old snapshots expired: all but the newest ``retain_count`` and
+those younger than ``retain_s``, never the latest and never a pinned one
+(``SnapshotsExpired``). An expired snapshot can no longer be queried.
+
+GC then deletes data files that no unexpired or pinned snapshot references,
+once the snapshot that removed them is older than the safety window, and
+records it (``FilesCollected``); and it deletes orphans — objects under the
+tenant's prefix that no catalog row knows (a commit or compaction that wrote
+files and crashed before publishing) — once older than the window. The
+window protects files a running commit has written but not yet published.
+
+Both are idempotent: a crash after deleting files but before recording it
+leaves files the next run finds already gone, and records then.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import attrs
+import structlog
+
+from duckmesh import metrics
+from duckmesh.db import Conn, Database
+from duckmesh.events import append, stream_version
+from duckmesh.events.types import FilesCollected, MaintenanceCompleted, SnapshotsExpired
+from duckmesh.storage.local import LocalObjectStore
+
+log = structlog.get_logger("duckmesh.gc")
+
+
+@attrs.frozen
+class RetentionSettings:
+    retain_count: int = 100
+    retain_s: float = 24 * 3600.0
+    safety_window_s: float = 3600.0
+
+
+def maintenance_stream(tenant: str) -> str:
+    return f"maintenance:{tenant}"
+
+
+class Collector:
+    def __init__(
+        self,
+        db: Database,
+        store: LocalObjectStore,
+        settings: RetentionSettings,
+        actor: str = "retention",
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.settings = settings
+        self.actor = actor
+
+    def run(self, tenant: str) -> dict[str, Any]:
+        """Expire, then collect, for one tenant; returns a summary."""
+        expired = self.db.call(lambda conn: self._expire(conn, tenant))
+        collected, orphans = self._collect(tenant)
+        summary = {
+            "snapshots_expired": expired,
+            "files_deleted": collected,
+            "orphans_deleted": orphans,
+        }
+        if expired or collected or orphans:
+            self.db.call(lambda conn: self._record(conn, tenant, "retention", summary))
+        return summary
+
+    def _append(self, conn: Conn, tenant: str, event: Any) -> None:
+        stream = maintenance_stream(tenant)
+        append(
+            conn,
+            stream,
+            stream_version(conn, stream),
+            [event],
+            tenant_id=tenant,
+            metadata={"actor": self.actor},
+        )
+
+    def _record(self, conn: Conn, tenant: str, kind: str, summary: dict[str, Any]) -> None:
+        self._append(conn, tenant, MaintenanceCompleted(tenant, kind, summary))
+
+    def _expire(self, conn: Conn, tenant: str) -> int:
+        rows = conn.execute(
+            "SELECT s.snapshot_id FROM snapshot s"
+            " WHERE s.tenant_id = %s AND s.expired_at IS NULL"
+            " AND s.snapshot_id < (SELECT max(snapshot_id) FROM snapshot WHERE tenant_id = %s)"
+            " AND s.created_at < now() - make_interval(secs => %s)"
+            " AND NOT EXISTS (SELECT 1 FROM snapshot_pin p"
+            "   WHERE p.tenant_id = s.tenant_id AND p.snapshot_id = s.snapshot_id)"
+            " AND s.snapshot_id NOT IN (SELECT snapshot_id FROM snapshot WHERE tenant_id = %s"
+            "   ORDER BY snapshot_id DESC LIMIT %s)"
+            " ORDER BY s.snapshot_id",
+            (tenant, tenant, self.settings.retain_s, tenant, self.settings.retain_count),
+        ).fetchall()
+        ids = [r[0] for r in rows]
+        if ids:
+            self._append(conn, tenant, SnapshotsExpired(tenant, ids))
+        return len(ids)
+
+    def _collect(self, tenant: str) -> tuple[int, int]:
+        window = self.settings.safety_window_s
+
+        def unreferenced(conn: Conn) -> tuple[list[tuple[str, str]], set[str]]:
+            # Files removed by a snapshot older than the window that no live
+            # (unexpired or pinned) snapshot still lists.
+            rows = conn.execute(
+                "SELECT f.file_id, f.path FROM data_file f"
+                " JOIN snapshot r ON r.tenant_id = f.tenant_id AND r.snapshot_id = f.removed_in"
+                " WHERE f.tenant_id = %s AND f.collected_at IS NULL"
+                " AND r.created_at < now() - make_interval(secs => %s)"
+                " AND NOT EXISTS (SELECT 1 FROM snapshot s"
+                "   WHERE s.tenant_id = f.tenant_id AND s.snapshot_id >= f.added_in"
+                "   AND s.snapshot_id < f.removed_in"
+                "   AND (s.expired_at IS NULL OR EXISTS (SELECT 1 FROM snapshot_pin p"
+                "        WHERE p.tenant_id = s.tenant_id AND p.snapshot_id = s.snapshot_id)))",
+                (tenant, window),
+            ).fetchall()
+            known = {
+                r[0]
+                for r in conn.execute("SELECT path FROM data_file WHERE tenant_id = %s", (tenant,))
+            }
+            return [(r[0], r[1]) for r in rows], known
+
+        doomed, known = self.db.call(unreferenced, transaction=False)
+        for _, path in doomed:
+            self.store.delete(path)  # idempotent: a missing file is fine
+        if doomed:
+            self.db.call(
+                lambda conn: self._append(
+                    conn, tenant, FilesCollected(tenant, [file_id for file_id, _ in doomed])
+                )
+            )
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=window)
+        orphans = 0
+        for obj in self.store.list(tenant):
+            if obj.key not in known and obj.modified < cutoff:
+                orphans += self.store.delete(obj.key)
+        metrics.GC_FILES_DELETED.inc(len(doomed) + orphans)
+        if doomed or orphans:
+            log.info("files collected", tenant_id=tenant, unreferenced=len(doomed), orphans=orphans)
+        return len(doomed), orphans

@@ -1,0 +1,120 @@
+"""Snapshot expiry and file GC: nothing a live or pinned snapshot needs is
+ever deleted; what nothing needs goes after the safety window."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pytest
+
+from duckmesh.catalog import commands, reads
+from duckmesh.errors import DuckMeshError
+from duckmesh.maintenance.actors import compactor_for
+from duckmesh.maintenance.gc import Collector, RetentionSettings
+from duckmesh.projections import replay
+from duckmesh.query.service import QueryRequest
+from duckmesh.runtime import Runtime
+from tests.fixtures import LiveServer
+from tests.maintenance.test_compaction import _ingest_commits
+
+
+def _collector(rt: Runtime, **kw: Any) -> Collector:
+    settings = {"retain_count": 2, "retain_s": 0.0, "safety_window_s": 0.0}
+    settings.update(kw)
+    return Collector(rt.db, rt.store, RetentionSettings(**settings))
+
+
+def _objects(rt: Runtime) -> set[str]:
+    return {o.key for o in rt.store.list("default")}
+
+
+async def test_expiry_keeps_latest_newest_and_pinned(runtime: Runtime) -> None:
+    rt = runtime
+    rt.db.call(
+        lambda c: commands.create_table(
+            c, "default", {"name": "log", "columns": [{"name": "id", "type": "BIGINT"}]}
+        )
+    )
+    _ingest_commits(
+        rt, "log", [[{"idempotency_key": f"k{i}", "payload": {"id": i}}] for i in range(6)]
+    )
+    snaps = rt.db.call(lambda c: reads.list_snapshots(c, "default", None, 100))
+    ids = sorted(s.snapshot_id for s in snaps)
+    pinned = ids[1]
+    rt.db.call(lambda c: commands.pin_snapshot(c, "default", pinned, True, "audit"))
+    # Nothing is old enough yet: the age rule keeps everything.
+    assert _collector(rt, retain_s=3600.0).run("default")["snapshots_expired"] == 0
+    summary = _collector(rt).run("default")
+    after = {
+        s.snapshot_id: s.expired
+        for s in rt.db.call(lambda c: reads.list_snapshots(c, "default", None, 100))
+    }
+    kept = {i for i, expired in after.items() if not expired}
+    assert kept == {pinned, ids[-1], ids[-2]}
+    assert summary["snapshots_expired"] == len(ids) - 3
+    old = await rt.queries.execute(
+        "default", QueryRequest(sql="select count(*) from log", snapshot_id=pinned)
+    )
+    assert old["snapshot_id"] == pinned
+    gone = min(i for i, expired in after.items() if expired)
+    with pytest.raises(DuckMeshError) as refused:
+        await rt.queries.execute("default", QueryRequest(sql="select 1", snapshot_id=gone))
+    assert refused.value.error_code == "SNAPSHOT_NOT_FOUND"
+
+
+async def test_gc_deletes_only_unreferenced_files_after_compaction(runtime: Runtime) -> None:
+    rt = runtime
+    rt.db.call(
+        lambda c: commands.create_table(
+            c, "default", {"name": "log", "columns": [{"name": "id", "type": "BIGINT"}]}
+        )
+    )
+    _ingest_commits(
+        rt, "log", [[{"idempotency_key": f"k{i}", "payload": {"id": i}}] for i in range(8)]
+    )
+    before = _objects(rt)
+    assert compactor_for(rt).compact_tenant("default")["files_merged"] == 8
+    # The pre-compaction snapshots still list the small files: nothing goes.
+    assert _collector(rt, retain_count=1000).run("default")["files_deleted"] == 0
+    assert before <= _objects(rt)
+    # Once those snapshots expire the small files are collected, the merged one stays.
+    summary = _collector(rt, retain_count=1).run("default")
+    assert summary["files_deleted"] == 8
+    remaining = _objects(rt)
+    assert not (before & remaining)
+    assert len(remaining) == 1
+    result = await rt.queries.execute("default", QueryRequest(sql="select count(*) from log"))
+    assert result["rows"] == [[8]]
+    # Idempotent: a second run finds nothing; projections still equal the log.
+    assert _collector(rt, retain_count=1).run("default") == {
+        "snapshots_expired": 0,
+        "files_deleted": 0,
+        "orphans_deleted": 0,
+    }
+    with rt.db.connection() as conn:
+        assert all(d.equal for d in replay.verify(conn))
+
+
+def test_orphans_wait_for_the_safety_window(runtime: Runtime) -> None:
+    rt = runtime
+    scratch = rt.store.scratch_path(".parquet")
+    scratch.write_bytes(b"written by a commit that crashed before publishing")
+    rt.store.put_file(scratch, "default/t-1/date=2026-11-26/hour=10/part-orphan.parquet")
+    assert _collector(rt, safety_window_s=3600.0).run("default")["orphans_deleted"] == 0
+    path = rt.store.local_path("default/t-1/date=2026-11-26/hour=10/part-orphan.parquet")
+    old = time.time() - 7200
+    os.utime(path, (old, old))
+    assert _collector(rt, safety_window_s=3600.0).run("default")["orphans_deleted"] == 1
+    assert not path.exists()
+
+
+async def test_retention_endpoint(server: LiveServer) -> None:
+    await server.create_table({"name": "log", "columns": [{"name": "id", "type": "BIGINT"}]})
+    r = await server.client.post("/v1/retention/run")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "completed"
+    # Defaults keep 24 h and 100 snapshots: nothing expires on a fresh tenant.
+    assert body["summary"] == {"snapshots_expired": 0, "files_deleted": 0, "orphans_deleted": 0}
