@@ -177,8 +177,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "compaction_min_files": _int(2, 100_000),
     "compaction_target_bytes": _int(1024, 1 << 40),
     "snapshot_retain_count": _int(1, 1_000_000_000),
-    "snapshot_retain_ms": _int(0, 1 << 50),
-    "gc_safety_window_ms": _int(0, 1 << 50),
+    "snapshot_retain_ms": _int(0, 3_153_600_000_000),  # up to 100 years
+    "gc_safety_window_ms": _int(0, 3_153_600_000_000),  # up to 100 years
     "enable_faults": _bool,
     "faults": _str,
     "unsafe_break": _unsafe_break,

@@ -18,18 +18,21 @@ leaves files the next run finds already gone, and records then.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import attrs
 import structlog
 
 from duckmesh import metrics
 from duckmesh.db import Conn, Database
-from duckmesh.events import append, stream_version
+from duckmesh.events import ConcurrencyConflict, append, stream_version
 from duckmesh.events.types import FilesCollected, MaintenanceCompleted, SnapshotsExpired
 from duckmesh.storage.local import LocalObjectStore
 
 log = structlog.get_logger("duckmesh.gc")
+T = TypeVar("T")
+_ATTEMPTS = 5
 
 
 @attrs.frozen
@@ -58,7 +61,7 @@ class Collector:
 
     def run(self, tenant: str) -> dict[str, Any]:
         """Expire, then collect, for one tenant; returns a summary."""
-        expired = self.db.call(lambda conn: self._expire(conn, tenant))
+        expired = self._call(lambda conn: self._expire(conn, tenant))
         collected, orphans = self._collect(tenant)
         summary = {
             "snapshots_expired": expired,
@@ -66,8 +69,19 @@ class Collector:
             "orphans_deleted": orphans,
         }
         if expired or collected or orphans:
-            self.db.call(lambda conn: self._record(conn, tenant, "retention", summary))
+            self._call(lambda conn: self._record(conn, tenant, "retention", summary))
         return summary
+
+    def _call(self, fn: Callable[[Conn], T]) -> T:
+        """One transaction, retried when a compaction or another collector
+        appended to the tenant's maintenance stream first."""
+        for attempt in range(_ATTEMPTS):
+            try:
+                return self.db.call(fn)
+            except ConcurrencyConflict:
+                if attempt == _ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def _append(self, conn: Conn, tenant: str, event: Any) -> None:
         stream = maintenance_stream(tenant)
@@ -129,7 +143,7 @@ class Collector:
         for _, path in doomed:
             self.store.delete(path)  # idempotent: a missing file is fine
         if doomed:
-            self.db.call(
+            self._call(
                 lambda conn: self._append(
                     conn, tenant, FilesCollected(tenant, [file_id for file_id, _ in doomed])
                 )

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             bad_checksum += 1
             print(f"CHECKSUM {tenant} {table} {key}")
 
-    # Files nobody references (failed commits, orphans for a future GC): harmless.
+    # Files nobody references (failed commits, orphans GC has not deleted yet): harmless.
     unreferenced = 0
     if root.is_dir():
         for dirpath, dirnames, filenames in os.walk(root):
