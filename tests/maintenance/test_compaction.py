@@ -29,6 +29,19 @@ def _ingest_commits(rt: Runtime, table: str, batches: list[list[dict[str, Any]]]
         assert committer.commit_once() is not None  # one commit, one file per batch
 
 
+LOG_TABLE = {"name": "log", "columns": [{"name": "id", "type": "BIGINT"}]}
+
+
+def log_with_commits(rt: Runtime, commits: int, prefix: str = "l") -> None:
+    """Table ``log`` with one committed file per record."""
+    rt.db.call(lambda c: commands.create_table(c, "default", LOG_TABLE))
+    _ingest_commits(
+        rt,
+        "log",
+        [[{"idempotency_key": f"{prefix}{i}", "payload": {"id": i}}] for i in range(commits)],
+    )
+
+
 async def _rows(rt: Runtime, sql: str, **kw: Any) -> Any:
     return await rt.queries.execute("default", QueryRequest(sql=sql, **kw))
 
@@ -114,14 +127,7 @@ async def test_keyed_and_append_tables_compact_without_changing_answers(
 
 async def test_interrupted_compaction_changes_nothing(runtime: Runtime) -> None:
     rt = runtime
-    rt.db.call(
-        lambda c: commands.create_table(
-            c, "default", {"name": "log", "columns": [{"name": "id", "type": "BIGINT"}]}
-        )
-    )
-    _ingest_commits(
-        rt, "log", [[{"idempotency_key": f"l{i}", "payload": {"id": i}}] for i in range(8)]
-    )
+    log_with_commits(rt, 8, "l")
     head = rt.db.call(lambda c: reads.latest_snapshot(c, "default"), transaction=False)
     compactor = compactor_for(rt)
     compactor.faults = FaultPoints(enabled=True)
@@ -136,14 +142,7 @@ async def test_interrupted_compaction_changes_nothing(runtime: Runtime) -> None:
 
 async def test_compaction_rebases_over_a_concurrent_commit(runtime: Runtime) -> None:
     rt = runtime
-    rt.db.call(
-        lambda c: commands.create_table(
-            c, "default", {"name": "log", "columns": [{"name": "id", "type": "BIGINT"}]}
-        )
-    )
-    _ingest_commits(
-        rt, "log", [[{"idempotency_key": f"l{i}", "payload": {"id": i}}] for i in range(8)]
-    )
+    log_with_commits(rt, 8, "l")
     compactor = compactor_for(rt)
     compactor.faults = FaultPoints(enabled=True)
     # While the merge is written, a commit publishes first.
@@ -163,7 +162,7 @@ async def test_compaction_rebases_over_a_concurrent_commit(runtime: Runtime) -> 
 
 
 async def test_compaction_endpoint(server: LiveServer) -> None:
-    await server.create_table({"name": "log", "columns": [{"name": "id", "type": "BIGINT"}]})
+    await server.create_table(LOG_TABLE)
     for i in range(8):
         r = await server.ingest(
             "log", [{"idempotency_key": f"k{i}", "payload": {"id": i}}], wait_for_visibility=True

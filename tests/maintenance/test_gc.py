@@ -17,7 +17,7 @@ from duckmesh.projections import replay
 from duckmesh.query.service import QueryRequest
 from duckmesh.runtime import Runtime
 from tests.fixtures import LiveServer
-from tests.maintenance.test_compaction import _ingest_commits
+from tests.maintenance.test_compaction import LOG_TABLE, log_with_commits
 
 
 def _collector(rt: Runtime, **kw: Any) -> Collector:
@@ -32,14 +32,7 @@ def _objects(rt: Runtime) -> set[str]:
 
 async def test_expiry_keeps_latest_newest_and_pinned(runtime: Runtime) -> None:
     rt = runtime
-    rt.db.call(
-        lambda c: commands.create_table(
-            c, "default", {"name": "log", "columns": [{"name": "id", "type": "BIGINT"}]}
-        )
-    )
-    _ingest_commits(
-        rt, "log", [[{"idempotency_key": f"k{i}", "payload": {"id": i}}] for i in range(6)]
-    )
+    log_with_commits(rt, 6, "k")
     snaps = rt.db.call(lambda c: reads.list_snapshots(c, "default", None, 100))
     ids = sorted(s.snapshot_id for s in snaps)
     pinned = ids[1]
@@ -66,14 +59,7 @@ async def test_expiry_keeps_latest_newest_and_pinned(runtime: Runtime) -> None:
 
 async def test_gc_deletes_only_unreferenced_files_after_compaction(runtime: Runtime) -> None:
     rt = runtime
-    rt.db.call(
-        lambda c: commands.create_table(
-            c, "default", {"name": "log", "columns": [{"name": "id", "type": "BIGINT"}]}
-        )
-    )
-    _ingest_commits(
-        rt, "log", [[{"idempotency_key": f"k{i}", "payload": {"id": i}}] for i in range(8)]
-    )
+    log_with_commits(rt, 8, "k")
     before = _objects(rt)
     assert compactor_for(rt).compact_tenant("default")["files_merged"] == 8
     # The pre-compaction snapshots still list the small files: nothing goes.
@@ -111,7 +97,7 @@ def test_orphans_wait_for_the_safety_window(runtime: Runtime) -> None:
 
 
 async def test_retention_endpoint(server: LiveServer) -> None:
-    await server.create_table({"name": "log", "columns": [{"name": "id", "type": "BIGINT"}]})
+    await server.create_table(LOG_TABLE)
     r = await server.client.post("/v1/retention/run")
     assert r.status_code == 200, r.text
     body = r.json()
