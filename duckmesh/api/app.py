@@ -35,6 +35,7 @@ from duckmesh.events import ConcurrencyConflict
 from duckmesh.ingest.limits import RateLimiter
 from duckmesh.ingest.validation import TableValidator, parse_options, validate_records
 from duckmesh.maintenance.actors import collector_for, compactor_for
+from duckmesh.maintenance.integrity import IntegrityChecker
 from duckmesh.query.barrier import wait_for_token
 from duckmesh.query.service import QueryRequest
 from duckmesh.runtime import Runtime
@@ -440,6 +441,24 @@ def create_app(rt: Runtime) -> QuartTrio:
 
     compactor = compactor_for(rt)
     collector = collector_for(rt)
+
+    integrity = IntegrityChecker(rt.db, rt.store)
+
+    @app.post("/v1/integrity/run")
+    @require(auth, "ops_admin")
+    async def run_integrity(p: Principal) -> Response:
+        summary = await trio.to_thread.run_sync(
+            integrity.check, p.tenant_id, abandon_on_cancel=False
+        )
+        if not summary["ok"]:
+            raise DuckMeshError(
+                "INTEGRITY_CHECK_FAILED",
+                f"{len(summary['missing'])} missing, {len(summary['size_mismatch'])} wrong size,"
+                f" {len(summary['checksum_mismatch'])} wrong checksum"
+                f" of {summary['files_checked']} files",
+                **{k: v for k, v in summary.items() if k != "ok"},
+            )
+        return json_response({"status": "completed", "summary": summary})
 
     @app.post("/v1/retention/run")
     @require(auth, "ops_admin")
