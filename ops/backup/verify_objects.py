@@ -3,10 +3,14 @@
 object store with the recorded size (and, with --checksum, the recorded
 SHA-256).
 
-A manual stand-in for the integrity actor of SPEC §2.7, which is not
-implemented yet. Read-only: it never changes the catalog or the store. Run it
-after a restore (together with ``duckmesh replay verify``) or whenever a file
-is suspected missing.
+The offline counterpart of ``POST /v1/integrity/run`` (the on-demand
+integrity checker; no actor runs it on a schedule): it needs no running
+server and covers every tenant (or one: --tenant) and every file not yet
+marked collected, where the endpoint covers the caller's tenant and only the
+files of its latest and pinned snapshots.
+Read-only: it never changes the catalog or the store. Run it after a restore
+(together with ``duckmesh replay verify``) or whenever a file is suspected
+missing.
 
     python ops/backup/verify_objects.py                      # uses DUCKMESH_* env
     python ops/backup/verify_objects.py --dsn "$DSN" --objects /data/objects --checksum
