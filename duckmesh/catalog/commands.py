@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -19,6 +20,7 @@ from duckmesh.catalog.model import (
     COMPATIBILITY_MODES,
     ROLES,
     Column,
+    DataFile,
     TableDef,
     parse_column,
     parse_columns,
@@ -98,15 +100,27 @@ def publish_schema_snapshot(
     read as of the parent snapshot: a commit landing after that read moves the
     stream on, so the append conflicts instead of leaving a file behind.
     """
+    return publish_removal(
+        conn,
+        tenant_id,
+        actor,
+        "schema",
+        lambda files: [f.file_id for f in files if f.table_id == dropped_table_id],
+    )
+
+
+def publish_removal(
+    conn: Conn,
+    tenant_id: str,
+    actor: str,
+    kind: str,
+    choose: Callable[[list[DataFile]], list[str]],
+) -> int:
+    """Publish a snapshot that keeps the watermark and removes the files
+    ``choose`` picks from the parent snapshot's files (possibly none)."""
     head = reads.latest_snapshot(conn, tenant_id)
     parent = head.snapshot_id if head else 0
-    files_removed = []
-    if dropped_table_id is not None and head is not None:
-        files_removed = [
-            f.file_id
-            for f in reads.snapshot_files(conn, tenant_id, head.snapshot_id)
-            if f.table_id == dropped_table_id
-        ]
+    files = reads.snapshot_files(conn, tenant_id, parent) if head else []
     append(
         conn,
         snapshots_stream(tenant_id),
@@ -115,13 +129,13 @@ def publish_schema_snapshot(
             SnapshotPublished(
                 tenant_id=tenant_id,
                 snapshot_id=parent + 1,
-                kind="schema",
+                kind=kind,
                 created_by=actor,
                 max_visibility_token=head.max_visibility_token if head else 0,
                 parent_id=parent or None,
                 table_watermarks={},
                 files_added=[],
-                files_removed=files_removed,
+                files_removed=choose(files),
             )
         ],
         tenant_id=tenant_id,

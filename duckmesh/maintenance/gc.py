@@ -1,6 +1,8 @@
 """Snapshot expiry and garbage collection of data files.
 
-Expiry marks old snapshots expired: all but the newest ``retain_count`` and
+Retention first publishes a snapshot without the files of tables whose
+``retention.max_age_days`` has passed (by the newest event time in the
+file). Expiry then marks old snapshots expired: all but the newest ``retain_count`` and
 those younger than ``retain_s``, never the latest and never a pinned one
 (``SnapshotsExpired``). An expired snapshot can no longer be queried.
 
@@ -25,6 +27,8 @@ import attrs
 import structlog
 
 from duckmesh import metrics
+from duckmesh.catalog import reads
+from duckmesh.catalog.commands import publish_removal
 from duckmesh.db import Conn, Database
 from duckmesh.events import ConcurrencyConflict, append, stream_version
 from duckmesh.events.types import FilesCollected, MaintenanceCompleted, SnapshotsExpired
@@ -61,14 +65,16 @@ class Collector:
 
     def run(self, tenant: str) -> dict[str, Any]:
         """Expire, then collect, for one tenant; returns a summary."""
+        retired = self._call(lambda conn: self._apply_retention(conn, tenant))
         expired = self._call(lambda conn: self._expire(conn, tenant))
         collected, orphans = self._collect(tenant)
         summary = {
+            "files_retired": retired,
             "snapshots_expired": expired,
             "files_deleted": collected,
             "orphans_deleted": orphans,
         }
-        if expired or collected or orphans:
+        if retired or expired or collected or orphans:
             self._call(lambda conn: self._record(conn, tenant, "retention", summary))
         return summary
 
@@ -96,6 +102,28 @@ class Collector:
 
     def _record(self, conn: Conn, tenant: str, kind: str, summary: dict[str, Any]) -> None:
         self._append(conn, tenant, MaintenanceCompleted(tenant, kind, summary))
+
+    def _apply_retention(self, conn: Conn, tenant: str) -> int:
+        """Publish a ``retention`` snapshot without the files of tables with
+        ``retention.max_age_days`` whose newest event time is past it. Files
+        with no event time are kept; older snapshots keep listing the files
+        until they expire."""
+        tables = {t.table_id: t for t in reads.list_tables(conn, tenant) if t.retention}
+        head = reads.latest_snapshot(conn, tenant)
+        if not tables or head is None:
+            return 0
+        now = dt.datetime.now(dt.UTC)
+        chosen = []
+        for f in reads.snapshot_files(conn, tenant, head.snapshot_id):
+            table = tables.get(f.table_id)
+            if table is None or f.max_event_time is None:
+                continue
+            days = (table.retention or {})["max_age_days"]
+            if f.max_event_time < now - dt.timedelta(days=days):
+                chosen.append(f.file_id)
+        if chosen:
+            publish_removal(conn, tenant, self.actor, "retention", lambda _files: chosen)
+        return len(chosen)
 
     def _expire(self, conn: Conn, tenant: str) -> int:
         rows = conn.execute(

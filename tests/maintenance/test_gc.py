@@ -75,6 +75,7 @@ async def test_gc_deletes_only_unreferenced_files_after_compaction(runtime: Runt
     assert result["rows"] == [[8]]
     # Idempotent: a second run finds nothing; projections still equal the log.
     assert _collector(rt, retain_count=1).run("default") == {
+        "files_retired": 0,
         "snapshots_expired": 0,
         "files_deleted": 0,
         "orphans_deleted": 0,
@@ -103,4 +104,59 @@ async def test_retention_endpoint(server: LiveServer) -> None:
     body = r.json()
     assert body["status"] == "completed"
     # Defaults keep 24 h and 100 snapshots: nothing expires on a fresh tenant.
-    assert body["summary"] == {"snapshots_expired": 0, "files_deleted": 0, "orphans_deleted": 0}
+    assert body["summary"] == {
+        "files_retired": 0,
+        "snapshots_expired": 0,
+        "files_deleted": 0,
+        "orphans_deleted": 0,
+    }
+
+
+async def test_table_retention_drops_old_event_time_from_latest_only(runtime: Runtime) -> None:
+    import datetime as dt
+
+    from tests.maintenance.test_compaction import _ingest_commits
+
+    rt = runtime
+    rt.db.call(
+        lambda c: commands.create_table(
+            c,
+            "default",
+            {
+                "name": "events",
+                "columns": [{"name": "id", "type": "BIGINT"}],
+                "retention": {"max_age_days": 1},
+            },
+        )
+    )
+    now = dt.datetime.now(dt.UTC)
+    old = (now - dt.timedelta(days=3)).isoformat()
+    _ingest_commits(
+        rt,
+        "events",
+        [
+            [{"idempotency_key": "old", "payload": {"id": 1}, "event_time": old}],
+            [{"idempotency_key": "new", "payload": {"id": 2}, "event_time": now.isoformat()}],
+            [{"idempotency_key": "none", "payload": {"id": 3}}],  # no event time: kept
+        ],
+    )
+    before = await rt.queries.execute(
+        "default", QueryRequest(sql="select id from events order by 1")
+    )
+    assert before["rows"] == [[1], [2], [3]]
+    summary = _collector(rt, retain_count=1000).run("default")
+    assert summary["files_retired"] == 1
+    after = await rt.queries.execute(
+        "default", QueryRequest(sql="select id from events order by 1")
+    )
+    assert after["rows"] == [[2], [3]]
+    assert after["max_visibility_token"] == before["max_visibility_token"]
+    # The older snapshot still answers as before (time travel), until it expires.
+    again = await rt.queries.execute(
+        "default",
+        QueryRequest(sql="select id from events order by 1", snapshot_id=before["snapshot_id"]),
+    )
+    assert again["rows"] == before["rows"]
+    assert _collector(rt, retain_count=1000).run("default")["files_retired"] == 0
+    with rt.db.connection() as conn:
+        assert all(d.equal for d in replay.verify(conn))
