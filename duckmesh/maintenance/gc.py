@@ -105,10 +105,17 @@ class Collector:
 
     def _apply_retention(self, conn: Conn, tenant: str) -> int:
         """Publish a ``retention`` snapshot without the files of tables with
-        ``retention.max_age_days`` whose newest event time is past it. Files
-        with no event time are kept; older snapshots keep listing the files
-        until they expire."""
-        tables = {t.table_id: t for t in reads.list_tables(conn, tenant) if t.retention}
+        ``retention.max_age_days`` whose newest event time is past it
+        (append-only tables). Files with no event time are kept; older
+        snapshots keep listing the files until they expire."""
+        # Append-only tables only: dropping a keyed table's old file could
+        # drop the newest version (or tombstone) of a key and bring an older
+        # version back, since versions are ordered by token, not event time.
+        tables = {
+            t.table_id: t
+            for t in reads.list_tables(conn, tenant)
+            if t.retention and not t.primary_key
+        }
         head = reads.latest_snapshot(conn, tenant)
         if not tables or head is None:
             return 0

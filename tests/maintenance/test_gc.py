@@ -160,3 +160,54 @@ async def test_table_retention_drops_old_event_time_from_latest_only(runtime: Ru
     assert _collector(rt, retain_count=1000).run("default")["files_retired"] == 0
     with rt.db.connection() as conn:
         assert all(d.equal for d in replay.verify(conn))
+
+
+async def test_retention_never_touches_keyed_tables(runtime: Runtime) -> None:
+    """A keyed table's old file may hold a key's newest version or tombstone;
+    dropping it would resurrect an older version, so retention skips it."""
+    import datetime as dt
+
+    from tests.maintenance.test_compaction import _ingest_commits
+
+    rt = runtime
+    rt.db.call(
+        lambda c: commands.create_table(
+            c,
+            "default",
+            {
+                "name": "kv",
+                "columns": [
+                    {"name": "k", "type": "INTEGER", "nullable": False},
+                    {"name": "v", "type": "VARCHAR"},
+                ],
+                "primary_key": ["k"],
+                "retention": {"max_age_days": 1},
+            },
+        )
+    )
+    now = dt.datetime.now(dt.UTC)
+    _ingest_commits(
+        rt,
+        "kv",
+        [
+            [
+                {
+                    "idempotency_key": "a",
+                    "op": "upsert",
+                    "payload": {"k": 1, "v": "first"},
+                    "event_time": now.isoformat(),
+                }
+            ],
+            [
+                {
+                    "idempotency_key": "b",
+                    "op": "delete",
+                    "payload": {"k": 1},
+                    "event_time": (now - dt.timedelta(days=5)).isoformat(),
+                }
+            ],
+        ],
+    )
+    assert _collector(rt, retain_count=1000).run("default")["files_retired"] == 0
+    result = await rt.queries.execute("default", QueryRequest(sql="select k from kv"))
+    assert result["rows"] == []  # the delete still hides the key
