@@ -9,7 +9,6 @@ correctness.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -115,7 +114,3 @@ class Notifications:
             nursery.start_soon(run_loop)
             await ready.wait()
             task_status.started()
-
-
-def seconds(ms: int | float) -> float:
-    return math.inf if ms < 0 else ms / 1000.0

@@ -31,7 +31,7 @@ from duckmesh.api.http import (
 )
 from duckmesh.catalog import commands, reads
 from duckmesh.errors import DuckMeshError
-from duckmesh.events import ConcurrencyConflict
+from duckmesh.events import call_retrying
 from duckmesh.ingest.limits import RateLimiter
 from duckmesh.ingest.validation import TableValidator, parse_options, validate_records
 from duckmesh.maintenance.actors import collector_for, compactor_for
@@ -501,15 +501,8 @@ def create_app(rt: Runtime) -> QuartTrio:
 
 
 async def _with_retries(rt: Runtime, fn: Any) -> Any:
-    """Run a catalog command, retrying when a commit published first."""
-    for attempt in range(8):
-        try:
-            return await rt.db.run(fn)
-        except ConcurrencyConflict:
-            if attempt == 7:
-                raise
-            await trio.sleep(0.005 * (attempt + 1))
-    raise AssertionError("unreachable")
+    """Run a catalog command, again when a commit published first."""
+    return await trio.to_thread.run_sync(call_retrying, rt.db, fn, abandon_on_cancel=False)
 
 
 def _trace_id() -> str | None:

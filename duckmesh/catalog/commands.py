@@ -33,6 +33,7 @@ from duckmesh.events import append, stream_version
 from duckmesh.events.types import (
     ApiKeyIssued,
     ApiKeyRevoked,
+    Event,
     SnapshotPinned,
     SnapshotPublished,
     SnapshotUnpinned,
@@ -84,6 +85,24 @@ def snapshots_stream(tenant_id: str) -> str:
 
 def pins_stream(tenant_id: str) -> str:
     return f"pins:{tenant_id}"
+
+
+def maintenance_stream(tenant_id: str) -> str:
+    return f"maintenance:{tenant_id}"
+
+
+def record_maintenance(conn: Conn, tenant_id: str, event: Event, actor: str) -> None:
+    """Append a maintenance event (expiry, collection, a run's summary) to the
+    tenant's maintenance stream at its current version."""
+    stream = maintenance_stream(tenant_id)
+    append(
+        conn,
+        stream,
+        stream_version(conn, stream),
+        [event],
+        tenant_id=tenant_id,
+        metadata={"actor": actor},
+    )
 
 
 def publish_schema_snapshot(

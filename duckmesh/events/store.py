@@ -10,9 +10,10 @@ catalog never runs ahead of or behind its log. Call inside a transaction.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import psycopg
@@ -20,6 +21,10 @@ import psycopg
 from duckmesh.errors import DuckMeshError
 from duckmesh.events.types import Event, decode
 
+if TYPE_CHECKING:
+    from duckmesh.db import Database
+
+T = TypeVar("T")
 EVENTS_CHANNEL = "duckmesh_events"
 
 
@@ -45,6 +50,19 @@ class RecordedEvent:
     recorded_at: datetime
     event: Event
     metadata: dict[str, Any]
+
+
+def call_retrying(db: Database, fn: Callable[[psycopg.Connection[Any]], T], attempts: int = 8) -> T:
+    """Run ``fn`` in one transaction, again from the start when it lost an
+    append race (``ConcurrencyConflict``), with a short growing pause."""
+    for attempt in range(attempts):
+        try:
+            return db.call(fn)
+        except ConcurrencyConflict:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.005 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def stream_version(conn: psycopg.Connection[Any], stream: str) -> int:

@@ -29,12 +29,12 @@ import structlog
 
 from duckmesh import metrics
 from duckmesh.catalog import reads
-from duckmesh.catalog.commands import notify_snapshot, snapshots_stream
+from duckmesh.catalog.commands import notify_snapshot, record_maintenance, snapshots_stream
 from duckmesh.catalog.model import DataFile, Snapshot, TableDef
 from duckmesh.coordinator.parquet import OP_COLUMN as OP
 from duckmesh.coordinator.parquet import TOKEN_COLUMN as TOKEN
 from duckmesh.db import Conn, Database
-from duckmesh.events import ConcurrencyConflict, append, stream_version
+from duckmesh.events import ConcurrencyConflict, append
 from duckmesh.events.types import MaintenanceCompleted, SnapshotPublished
 from duckmesh.storage.local import LocalObjectStore
 from duckmesh.supervisors.faults import FaultPoints
@@ -240,11 +240,10 @@ class Compactor:
                     tenant_id=tenant,
                     metadata={"actor": self.actor},
                 )
-                stream = f"maintenance:{tenant}"
                 done = MaintenanceCompleted(
                     tenant, "compaction", dict(summary, snapshot_id=event.snapshot_id)
                 )
-                append(conn, stream, stream_version(conn, stream), [done], tenant_id=tenant)
+                record_maintenance(conn, tenant, done, self.actor)
                 notify_snapshot(conn, tenant, event.snapshot_id, event.max_visibility_token)
 
             try:

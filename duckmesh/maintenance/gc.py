@@ -28,15 +28,14 @@ import structlog
 
 from duckmesh import metrics
 from duckmesh.catalog import reads
-from duckmesh.catalog.commands import publish_removal
+from duckmesh.catalog.commands import publish_removal, record_maintenance
 from duckmesh.db import Conn, Database
-from duckmesh.events import ConcurrencyConflict, append, stream_version
+from duckmesh.events import call_retrying
 from duckmesh.events.types import FilesCollected, MaintenanceCompleted, SnapshotsExpired
 from duckmesh.storage.local import LocalObjectStore
 
 log = structlog.get_logger("duckmesh.gc")
 T = TypeVar("T")
-_ATTEMPTS = 5
 
 
 @attrs.frozen
@@ -44,10 +43,6 @@ class RetentionSettings:
     retain_count: int = 100
     retain_s: float = 24 * 3600.0
     safety_window_s: float = 3600.0
-
-
-def maintenance_stream(tenant: str) -> str:
-    return f"maintenance:{tenant}"
 
 
 class Collector:
@@ -75,33 +70,20 @@ class Collector:
             "orphans_deleted": orphans,
         }
         if retired or expired or collected or orphans:
-            self._call(lambda conn: self._record(conn, tenant, "retention", summary))
+            self._call(
+                lambda conn: self._record(
+                    conn, tenant, MaintenanceCompleted(tenant, "retention", summary)
+                )
+            )
         return summary
 
     def _call(self, fn: Callable[[Conn], T]) -> T:
-        """One transaction, retried when a compaction or another collector
-        appended to the tenant's maintenance stream first."""
-        for attempt in range(_ATTEMPTS):
-            try:
-                return self.db.call(fn)
-            except ConcurrencyConflict:
-                if attempt == _ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+        # A compaction or another collector may append to the tenant's
+        # maintenance stream first: then the step runs again.
+        return call_retrying(self.db, fn)
 
-    def _append(self, conn: Conn, tenant: str, event: Any) -> None:
-        stream = maintenance_stream(tenant)
-        append(
-            conn,
-            stream,
-            stream_version(conn, stream),
-            [event],
-            tenant_id=tenant,
-            metadata={"actor": self.actor},
-        )
-
-    def _record(self, conn: Conn, tenant: str, kind: str, summary: dict[str, Any]) -> None:
-        self._append(conn, tenant, MaintenanceCompleted(tenant, kind, summary))
+    def _record(self, conn: Conn, tenant: str, event: Any) -> None:
+        record_maintenance(conn, tenant, event, self.actor)
 
     def _apply_retention(self, conn: Conn, tenant: str) -> int:
         """Publish a ``retention`` snapshot without the files of tables with
@@ -147,7 +129,7 @@ class Collector:
         ).fetchall()
         ids = [r[0] for r in rows]
         if ids:
-            self._append(conn, tenant, SnapshotsExpired(tenant, ids))
+            self._record(conn, tenant, SnapshotsExpired(tenant, ids))
         return len(ids)
 
     def _collect(self, tenant: str) -> tuple[int, int]:
@@ -179,7 +161,7 @@ class Collector:
             self.store.delete(path)  # idempotent: a missing file is fine
         if doomed:
             self._call(
-                lambda conn: self._append(
+                lambda conn: self._record(
                     conn, tenant, FilesCollected(tenant, [file_id for file_id, _ in doomed])
                 )
             )

@@ -16,11 +16,11 @@ import structlog
 
 from duckmesh import metrics
 from duckmesh.catalog import reads
+from duckmesh.catalog.commands import record_maintenance
 from duckmesh.catalog.model import DataFile
 from duckmesh.db import Conn, Database
-from duckmesh.events import ConcurrencyConflict, append, stream_version
+from duckmesh.events import call_retrying
 from duckmesh.events.types import MaintenanceCompleted
-from duckmesh.maintenance.gc import maintenance_stream
 from duckmesh.storage.local import LocalObjectStore
 
 log = structlog.get_logger("duckmesh.integrity")
@@ -90,21 +90,5 @@ class IntegrityChecker:
         return summary
 
     def _record(self, tenant: str, summary: dict[str, Any]) -> None:
-        def run(conn: Conn) -> None:
-            stream = maintenance_stream(tenant)
-            append(
-                conn,
-                stream,
-                stream_version(conn, stream),
-                [MaintenanceCompleted(tenant, "integrity", summary)],
-                tenant_id=tenant,
-                metadata={"actor": "integrity"},
-            )
-
-        for attempt in range(5):
-            try:
-                self.db.call(run)
-                return
-            except ConcurrencyConflict:
-                if attempt == 4:
-                    raise
+        event = MaintenanceCompleted(tenant, "integrity", summary)
+        call_retrying(self.db, lambda conn: record_maintenance(conn, tenant, event, "integrity"))
