@@ -71,6 +71,20 @@ def list_tables(conn: Conn, tenant_id: str) -> list[TableDef]:
     return [_table(r) for r in rows]
 
 
+def column_names(conn: Conn, versions: set[tuple[str, int]]) -> dict[tuple[str, int], set[str]]:
+    """Column names of many (table id, schema version) pairs in one query."""
+    if not versions:
+        return {}
+    ids, numbers = zip(*sorted(versions), strict=True)
+    rows = conn.execute(
+        "SELECT s.table_id, s.version, s.columns FROM table_schema_version s"
+        " JOIN unnest(%s::text[], %s::int[]) AS k(table_id, version)"
+        " ON s.table_id = k.table_id AND s.version = k.version",
+        (list(ids), list(numbers)),
+    ).fetchall()
+    return {(r[0], r[1]): {c["name"] for c in r[2]} for r in rows}
+
+
 def schema_columns(conn: Conn, table_id: str, version: int) -> tuple[Column, ...]:
     row = conn.execute(
         "SELECT columns FROM table_schema_version WHERE table_id = %s AND version = %s",

@@ -134,11 +134,9 @@ class Compactor:
         if head is None or not groups:
             return summary
         present = self.db.call(
-            lambda conn: {
-                (g[0].table_id, v): {c.name for c in reads.schema_columns(conn, g[0].table_id, v)}
-                for g in groups
-                for v in {f.schema_version for f in g}
-            },
+            lambda conn: reads.column_names(
+                conn, {(g[0].table_id, max(f.schema_version for f in g)) for g in groups}
+            ),
             transaction=False,
         )
         added: list[dict[str, Any]] = []

@@ -67,15 +67,28 @@ def _bindings(
     by_table: dict[str, list[DataFile]] = {}
     for f in files:
         by_table.setdefault(f.table_id, []).append(f)
+    newest = {
+        t.table_id: max((f.schema_version for f in by_table.get(t.table_id, [])), default=0)
+        for t in tables
+    }
+    # Files written with the table's current schema (the usual case) need no
+    # lookup; older ones are resolved for all tables in one query.
+    older = reads.column_names(
+        conn,
+        {
+            (t.table_id, newest[t.table_id])
+            for t in tables
+            if 0 < newest[t.table_id] != t.schema_version
+        },
+    )
     out = []
     for table in tables:
         mine = by_table.get(table.table_id, [])
-        newest = max((f.schema_version for f in mine), default=0)
-        present = (
-            {c.name for c in reads.schema_columns(conn, table.table_id, newest)}
-            if newest
-            else set()
-        )
+        version = newest[table.table_id]
+        if version == table.schema_version:
+            present = {c.name for c in table.columns}
+        else:
+            present = older.get((table.table_id, version), set())
         out.append(
             TableBinding(
                 name=table.name,
