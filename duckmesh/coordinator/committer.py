@@ -25,6 +25,7 @@ from duckmesh import metrics
 from duckmesh.bus import Batch, BusRecord, IngestBus, LeaseLost
 from duckmesh.catalog import reads
 from duckmesh.catalog.commands import notify_snapshot, snapshots_stream
+from duckmesh.catalog.model import Snapshot
 from duckmesh.coordinator.parquet import PartitionRows, Rejected, build_tables, write_parquet
 from duckmesh.db import Conn, Database
 from duckmesh.events import ConcurrencyConflict, append
@@ -221,7 +222,7 @@ class Committer:
     def _publish(
         self,
         batch: Batch,
-        head: Any,
+        head: Snapshot | None,
         files: list[dict[str, Any]],
         watermarks: dict[str, int],
         rejected: Sequence[Rejected],

@@ -30,6 +30,14 @@ def _ingest_commits(rt: Runtime, table: str, batches: list[list[dict[str, Any]]]
 
 
 LOG_TABLE = {"name": "log", "columns": [{"name": "id", "type": "BIGINT"}]}
+KV_TABLE = {
+    "name": "kv",
+    "columns": [
+        {"name": "k", "type": "INTEGER", "nullable": False},
+        {"name": "v", "type": "VARCHAR"},
+    ],
+    "primary_key": ["k"],
+}
 
 
 def log_with_commits(rt: Runtime, commits: int, prefix: str = "l") -> None:
@@ -69,14 +77,7 @@ async def test_keyed_and_append_tables_compact_without_changing_answers(
         lambda c: commands.create_table(
             c,
             "default",
-            {
-                "name": "kv",
-                "columns": [
-                    {"name": "k", "type": "INTEGER", "nullable": False},
-                    {"name": "v", "type": "VARCHAR"},
-                ],
-                "primary_key": ["k"],
-            },
+            KV_TABLE,
         )
     )
     rt.db.call(

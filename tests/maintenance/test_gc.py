@@ -17,7 +17,7 @@ from duckmesh.projections import replay
 from duckmesh.query.service import QueryRequest
 from duckmesh.runtime import Runtime
 from tests.fixtures import LiveServer
-from tests.maintenance.test_compaction import LOG_TABLE, log_with_commits
+from tests.maintenance.test_compaction import KV_TABLE, LOG_TABLE, log_with_commits
 
 
 def _collector(rt: Runtime, **kw: Any) -> Collector:
@@ -174,15 +174,7 @@ async def test_retention_never_touches_keyed_tables(runtime: Runtime) -> None:
         lambda c: commands.create_table(
             c,
             "default",
-            {
-                "name": "kv",
-                "columns": [
-                    {"name": "k", "type": "INTEGER", "nullable": False},
-                    {"name": "v", "type": "VARCHAR"},
-                ],
-                "primary_key": ["k"],
-                "retention": {"max_age_days": 1},
-            },
+            {**KV_TABLE, "retention": {"max_age_days": 1}},
         )
     )
     now = dt.datetime.now(dt.UTC)
