@@ -30,6 +30,7 @@ from duckmesh.api.http import (
     start_trace,
 )
 from duckmesh.catalog import commands, reads
+from duckmesh.catalog.commands import stream_tenant
 from duckmesh.errors import DuckMeshError
 from duckmesh.events import call_retrying
 from duckmesh.ingest.limits import RateLimiter
@@ -141,7 +142,7 @@ def create_app(rt: Runtime) -> QuartTrio:
     validators = _Validators(_table)
 
     def forget_tables(stream: str) -> None:
-        if stream.startswith("tables:"):
+        if stream_tenant(stream, "tables") is not None:
             validators.forget()
 
     rt.notifications.on_event(forget_tables)

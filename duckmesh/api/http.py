@@ -23,6 +23,7 @@ from quart import Response, request
 
 from duckmesh.auth import hash_key, key_id_for, matches
 from duckmesh.catalog import reads
+from duckmesh.catalog.commands import stream_tenant
 from duckmesh.db import Database
 from duckmesh.errors import DuckMeshError
 
@@ -98,7 +99,7 @@ class Authenticator:
         self._cache: dict[str, tuple[Principal | None, float]] = {}
 
     def invalidate(self, stream: str) -> None:
-        if stream.startswith("tenant:"):
+        if stream_tenant(stream, "tenant") is not None:
             self._cache.clear()
 
     async def principal(self) -> Principal:

@@ -71,6 +71,13 @@ def _check_text(value: Any, field: str, *, allow_empty: bool) -> str:
     return value
 
 
+def stream_tenant(stream: str, kind: str) -> str | None:
+    """The tenant of ``stream`` when it is a stream of ``kind`` (``tenant``,
+    ``tables``, ``snapshots``, ``pins``, ``maintenance``), else None."""
+    prefix, _, tenant_id = stream.partition(":")
+    return tenant_id if prefix == kind and tenant_id else None
+
+
 def tenant_stream(tenant_id: str) -> str:
     return f"tenant:{tenant_id}"
 

@@ -19,7 +19,7 @@ import trio
 from duckmesh import metrics
 from duckmesh.bus import IngestBus
 from duckmesh.catalog import reads
-from duckmesh.catalog.commands import maintenance_stream
+from duckmesh.catalog.commands import stream_tenant
 from duckmesh.catalog.model import DataFile, Snapshot, TableDef
 from duckmesh.db import Conn, Database
 from duckmesh.errors import DuckMeshError
@@ -128,8 +128,8 @@ class QueryService:
         notifications.on_event(self._forget_expired)
 
     def _forget_expired(self, stream: str) -> None:
-        tenant = stream.partition(":")[2]
-        if tenant and stream == maintenance_stream(tenant):
+        tenant = stream_tenant(stream, "maintenance")
+        if tenant is not None:
             for key in [k for k in self._snapshots if k[0] == tenant]:
                 del self._snapshots[key]
 
