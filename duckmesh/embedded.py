@@ -154,6 +154,20 @@ class EmbeddedPostgres:
         self._server = None
 
 
+def running_dsn(data_dir: Path) -> str | None:
+    """The DSN (with the password) of the embedded Postgres already running in
+    ``data_dir``, or None; for tools that must not start one."""
+    _pgserver()
+    from pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(data_dir.resolve() / POSTGRES_DIR)
+    if info is None or not info.is_running():
+        return None
+    uri: str = info.get_uri()
+    password = data_dir / PASSWORD_FILE
+    return make_conninfo(uri, password=password.read_text().strip()) if password.exists() else uri
+
+
 def accepts_without_password(uri: str) -> bool:
     try:
         with psycopg.connect(uri, connect_timeout=5):

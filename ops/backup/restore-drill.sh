@@ -32,15 +32,15 @@ free_port() {
     python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-# DSN of the embedded Postgres running in $1/pg (read from its postmaster.pid).
+# DSN (with the password from $1/pg-password) of the embedded Postgres running in $1/pg.
 embedded_dsn() {
     python -W ignore -c "
 import sys
 from pathlib import Path
-from pgserver.utils import PostmasterInfo
-info = PostmasterInfo.read_from_pgdata(Path(sys.argv[1]).resolve() / 'pg')
-assert info is not None and info.is_running(), 'embedded Postgres is not running'
-print(info.get_uri())" "$1"
+from duckmesh.embedded import running_dsn
+dsn = running_dsn(Path(sys.argv[1]))
+assert dsn is not None, 'embedded Postgres is not running'
+print(dsn)" "$1"
 }
 
 postmaster_pid() { [ -f "$1/pg/postmaster.pid" ] && head -1 "$1/pg/postmaster.pid" || true; }
