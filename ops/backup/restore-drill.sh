@@ -108,10 +108,12 @@ SERVE_PID=""
 
 echo "== 4. restore into $DST"
 DST_DSN=$(python -W ignore -c "
-import sys
+import contextlib, sys
 from pathlib import Path
 from duckmesh.embedded import EmbeddedPostgres
-print(EmbeddedPostgres(Path(sys.argv[1])).start())" "$DST")
+with contextlib.redirect_stdout(sys.stderr):  # log lines; stdout carries the DSN only
+    dsn = EmbeddedPostgres(Path(sys.argv[1])).start()
+print(dsn)" "$DST")
 DST_PG_PID=$(postmaster_pid "$DST")
 "$PGBIN/pg_restore" --exit-on-error --no-owner --dbname="$DST_DSN" "$BACKUP/catalog.dump"
 cp -a "$BACKUP/objects" "$DST/objects"
