@@ -83,6 +83,8 @@ class Config:
     catalog_dsn: str = ""
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
     bootstrap_api_key: str = ""
     role: str = "all"
     log_format: str = "auto"  # auto | json | console
@@ -146,6 +148,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "catalog_dsn": _str,
     "http_host": _str,
     "http_port": _int(1, 65535),
+    "tls_cert_file": _str,
+    "tls_key_file": _str,
     "bootstrap_api_key": _bootstrap_key,
     "role": _choice(*ROLES),
     "log_format": _choice("auto", "json", "console"),
@@ -203,6 +207,25 @@ def redact_dsn(dsn: str) -> str:
     return " ".join(parts)
 
 
+def _check_tls(config: Config) -> None:
+    """TLS needs both files or neither, and both must be readable now (not at
+    the first connection, where a bad file would only show in a client)."""
+    if bool(config.tls_cert_file) != bool(config.tls_key_file):
+        raise ConfigError(
+            "DUCKMESH_TLS_CERT_FILE and DUCKMESH_TLS_KEY_FILE must be set together (or neither)"
+        )
+    for field in ("tls_cert_file", "tls_key_file"):
+        path = getattr(config, field)
+        if not path:
+            continue
+        try:
+            with open(path, "rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ConfigError(f"{env_name(field)}={path!r} cannot be read: {reason}") from None
+
+
 def load_config(
     environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
 ) -> Config:
@@ -237,6 +260,7 @@ def load_config(
         raise ConfigError(
             "DUCKMESH_CONSISTENCY_TIMEOUT_MS exceeds DUCKMESH_MAX_CONSISTENCY_TIMEOUT_MS"
         )
+    _check_tls(config)
     if config.unsafe_break and not config.enable_faults:
         raise ConfigError(
             f"DUCKMESH_UNSAFE_BREAK={config.unsafe_break!r} breaks a consistency guarantee"

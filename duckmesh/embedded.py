@@ -4,13 +4,50 @@ Without ``DUCKMESH_CATALOG_DSN`` DuckMesh starts a real Postgres from the
 ``pgserver`` wheel inside ``DUCKMESH_DATA_DIR/pg``, listening only on a Unix
 socket in that directory, and stops it on shutdown. A server left running by
 a crashed process is reused, not duplicated.
+
+Password authentication: pgserver initialises clusters with ``trust``. On
+every start DuckMesh makes sure the server requires a password (SCRAM): a
+random one is generated once and kept ``0600`` in
+``DUCKMESH_DATA_DIR/pg-password``; the role gets it (sent as a SCRAM
+verifier, so the plaintext never reaches the server's logs), ``pg_hba.conf``
+is rewritten without ``trust`` and the configuration reloaded. This is also
+how a data directory made by an older DuckMesh is upgraded. The returned DSN
+carries the password; log it only through ``config.redact_dsn``.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import os
+import secrets
+import time
 import warnings
 from pathlib import Path
 from typing import Any
+
+import psycopg
+import structlog
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from duckmesh.files import POSTGRES_DIR, TRAVERSE_MODE, private_dir, write_private
+
+PASSWORD_FILE = "pg-password"  # noqa: S105 (a file name, not a password)
+SCRAM_ITERATIONS = 4096
+HBA_CONF = """\
+# Written by DuckMesh: every connection must present the password (SCRAM).
+# The password is in the data directory's pg-password file.
+local   all          all                  scram-sha-256
+host    all          all   127.0.0.1/32   scram-sha-256
+host    all          all   ::1/128        scram-sha-256
+local   replication  all                  scram-sha-256
+host    replication  all   127.0.0.1/32   scram-sha-256
+host    replication  all   ::1/128        scram-sha-256
+"""
+
+log = structlog.get_logger("duckmesh.embedded")
 
 
 def _pgserver() -> Any:
@@ -26,13 +63,15 @@ class EmbeddedPostgres:
     """Start, locate and stop the Postgres that lives in the data directory."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.pgdata = (data_dir / "pg").resolve()
+        self.data_dir = data_dir.resolve()
+        self.pgdata = self.data_dir / POSTGRES_DIR
         self._server: Any = None
         self.adopted = False  # True when another process had already started it
 
     def start(self) -> str:
-        """Start (or adopt) the server and return a libpq DSN for it."""
-        self.pgdata.parent.mkdir(parents=True, exist_ok=True)
+        """Start (or adopt) the server, make sure it requires the password, and
+        return a libpq DSN (with the password) for it."""
+        private_dir(self.data_dir)
         pg = _pgserver()
         from pgserver.utils import PostmasterInfo
 
@@ -41,8 +80,56 @@ class EmbeddedPostgres:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._server = pg.get_server(self.pgdata, cleanup_mode=None)
+        if self._server.system_user is not None:
+            # As root, pgserver runs Postgres as its own system user and opens
+            # every parent of pgdata to others (o+rx); traversal is all it needs.
+            os.chmod(self.data_dir, TRAVERSE_MODE)
         uri: str = self._server.get_uri()
-        return uri
+        password = self._password()
+        if self._hba_trusts() or accepts_without_password(uri):
+            self._require_password(uri, password)
+        return make_conninfo(uri, password=password)
+
+    def _password(self) -> str:
+        """The catalog password, generated on first use (0600 file)."""
+        path = self.data_dir / PASSWORD_FILE
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            pass
+        candidate = self.data_dir / f".{PASSWORD_FILE}.{os.getpid()}"
+        write_private(candidate, secrets.token_urlsafe(32).encode())
+        try:
+            os.link(candidate, path)  # atomic "create if absent": concurrent starts agree
+        except FileExistsError:
+            pass
+        finally:
+            candidate.unlink()
+        return path.read_text().strip()
+
+    def _hba_trusts(self) -> bool:
+        for line in (self.pgdata / "pg_hba.conf").read_text().splitlines():
+            fields = line.split("#", 1)[0].split()
+            if "trust" in fields:
+                return True
+        return False
+
+    def _require_password(self, uri: str, password: str) -> None:
+        """Give the role the password, then refuse every connection without it."""
+        with psycopg.connect(uri, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(
+                    sql.Literal(scram_verifier(password))
+                )
+            )
+            replace_keeping_owner(self.pgdata / "pg_hba.conf", HBA_CONF)
+            conn.execute("SELECT pg_reload_conf()")
+        deadline = time.monotonic() + 10
+        while accepts_without_password(uri):  # the reload is asynchronous
+            if time.monotonic() > deadline:
+                raise RuntimeError("the embedded Postgres still accepts password-less connections")
+            time.sleep(0.02)
+        log.info("embedded Postgres now requires a password", password_file=PASSWORD_FILE)
 
     def stop(self) -> None:
         """Stop the server we started (fast shutdown: sessions are rolled back).
@@ -65,3 +152,50 @@ class EmbeddedPostgres:
                 timeout=30,
             )
         self._server = None
+
+
+def running_dsn(data_dir: Path) -> str | None:
+    """The DSN (with the password) of the embedded Postgres already running in
+    ``data_dir``, or None; for tools that must not start one."""
+    _pgserver()
+    from pgserver.utils import PostmasterInfo
+
+    info = PostmasterInfo.read_from_pgdata(data_dir.resolve() / POSTGRES_DIR)
+    if info is None or not info.is_running():
+        return None
+    uri: str = info.get_uri()
+    password = data_dir / PASSWORD_FILE
+    return make_conninfo(uri, password=password.read_text().strip()) if password.exists() else uri
+
+
+def accepts_without_password(uri: str) -> bool:
+    try:
+        with psycopg.connect(uri, connect_timeout=5):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def scram_verifier(password: str, salt: bytes | None = None) -> str:
+    """The SCRAM-SHA-256 verifier Postgres stores for ``password`` (RFC 5802/7677)."""
+    salt = salt or os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, SCRAM_ITERATIONS)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def replace_keeping_owner(path: Path, text: str) -> None:
+    """Replace a file of the Postgres data directory atomically, keeping its
+    owner (as root, Postgres runs as another user) and mode."""
+    st = path.stat()
+    temp = path.with_name(f".{path.name}.duckmesh")
+    temp.write_text(text)
+    os.chown(temp, st.st_uid, st.st_gid)
+    os.chmod(temp, st.st_mode & 0o777)
+    os.replace(temp, path)

@@ -24,6 +24,7 @@ from duckmesh.coordinator.actor import CoordinatorActor
 from duckmesh.coordinator.committer import CommitSettings, Committer
 from duckmesh.db import Database
 from duckmesh.embedded import EmbeddedPostgres
+from duckmesh.files import prepare_data_dir
 from duckmesh.ingest.group_commit import GroupCommitter
 from duckmesh.notify import Notifications
 from duckmesh.query import barrier
@@ -65,6 +66,7 @@ def open_catalog(config: Config) -> tuple[str, EmbeddedPostgres | None]:
 
 def build_runtime(config: Config, *, dsn: str | None = None) -> Runtime:
     barrier.configure_unsafe_break(config.unsafe_break)  # test-only switch, see barrier.py
+    prepare_data_dir(config.data_dir, embedded_postgres=dsn is None and not config.catalog_dsn)
     embedded = None
     if dsn is None:
         dsn, embedded = open_catalog(config)

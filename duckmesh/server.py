@@ -41,6 +41,10 @@ class HttpActor(Actor):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = hypercorn.config.Config()
         cfg.bind = [f"{self.rt.config.http_host}:{self.rt.config.http_port}"]
+        if self.rt.config.tls_cert_file:
+            # Hypercorn then serves HTTPS only on this bind (plain HTTP is refused).
+            cfg.certfile = self.rt.config.tls_cert_file
+            cfg.keyfile = self.rt.config.tls_key_file
         cfg.accesslog = None
         cfg.errorlog = None
         cfg.keep_alive_timeout = 30
@@ -99,8 +103,11 @@ async def serve(rt: Runtime) -> int:
 
         def started() -> None:
             cfg = rt.config
+            scheme = "https" if cfg.tls_cert_file else "http"
             log.info(
-                "duckmesh started", role=cfg.role, http=f"http://{cfg.http_host}:{cfg.http_port}"
+                "duckmesh started",
+                role=cfg.role,
+                http=f"{scheme}://{cfg.http_host}:{cfg.http_port}",
             )
 
         code = await run_root(root, on_started=started)

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from importlib import resources
 from typing import Any
 
@@ -29,10 +30,10 @@ from duckmesh.api.http import (
     require,
     start_trace,
 )
-from duckmesh.catalog import commands, reads
+from duckmesh.catalog import audit, commands, reads
 from duckmesh.catalog.commands import stream_tenant
 from duckmesh.errors import DuckMeshError
-from duckmesh.events import call_retrying
+from duckmesh.events import acting_as, call_retrying
 from duckmesh.ingest.limits import RateLimiter
 from duckmesh.ingest.validation import TableValidator, parse_options, validate_records
 from duckmesh.maintenance.actors import collector_for, compactor_for
@@ -54,6 +55,7 @@ _HTTP_CODES = {
 # Compiled ingest validators are dropped on every table event and, in case a
 # notification is lost, after this long at most.
 VALIDATOR_CACHE_S = 10.0
+MAX_POSITION = 2**63 - 1  # event log positions are Postgres bigints
 
 
 class _Validators:
@@ -221,12 +223,13 @@ def create_app(rt: Runtime) -> QuartTrio:
     @require(auth, "table_admin")
     async def create_table(p: Principal) -> Response:
         body = await json_body()
-        table = await _with_retries(
-            rt,
-            lambda c: commands.create_table(
-                c, p.tenant_id, body, actor=p.key_id, trace_id=_trace_id()
-            ),
-        )
+        with _acting(p):
+            table = await _with_retries(
+                rt,
+                lambda c: commands.create_table(
+                    c, p.tenant_id, body, actor=p.key_id, trace_id=_trace_id()
+                ),
+            )
         validators.forget((p.tenant_id, table.name))
         return json_response(table.to_json(), 201)
 
@@ -245,12 +248,13 @@ def create_app(rt: Runtime) -> QuartTrio:
     @require(auth, "table_admin")
     async def evolve_table(p: Principal, name: str) -> Response:
         body = await json_body()
-        table = await _with_retries(
-            rt,
-            lambda c: commands.evolve_table(
-                c, p.tenant_id, name, body, actor=p.key_id, trace_id=_trace_id()
-            ),
-        )
+        with _acting(p):
+            table = await _with_retries(
+                rt,
+                lambda c: commands.evolve_table(
+                    c, p.tenant_id, name, body, actor=p.key_id, trace_id=_trace_id()
+                ),
+            )
         # Our own change applies to our next ingest at once, not when the
         # notification comes back.
         validators.forget((p.tenant_id, name))
@@ -259,12 +263,13 @@ def create_app(rt: Runtime) -> QuartTrio:
     @app.delete("/v1/tables/<name>")
     @require(auth, "table_admin")
     async def drop_table(p: Principal, name: str) -> Response:
-        await _with_retries(
-            rt,
-            lambda c: commands.drop_table(
-                c, p.tenant_id, name, actor=p.key_id, trace_id=_trace_id()
-            ),
-        )
+        with _acting(p):
+            await _with_retries(
+                rt,
+                lambda c: commands.drop_table(
+                    c, p.tenant_id, name, actor=p.key_id, trace_id=_trace_id()
+                ),
+            )
         validators.forget((p.tenant_id, name))
         return json_response({"dropped": name})
 
@@ -430,12 +435,13 @@ def create_app(rt: Runtime) -> QuartTrio:
             raise DuckMeshError(
                 "VALIDATION_FAILED", "snapshot_id (integer), pinned (boolean), reason (string)"
             )
-        await _with_retries(
-            rt,
-            lambda c: commands.pin_snapshot(
-                c, p.tenant_id, snapshot_id, pinned, reason, actor=p.key_id
-            ),
-        )
+        with _acting(p):
+            await _with_retries(
+                rt,
+                lambda c: commands.pin_snapshot(
+                    c, p.tenant_id, snapshot_id, pinned, reason, actor=p.key_id
+                ),
+            )
         return json_response({"snapshot_id": snapshot_id, "pinned": pinned})
 
     # -- operations --------------------------------------------------------
@@ -448,9 +454,10 @@ def create_app(rt: Runtime) -> QuartTrio:
     @app.post("/v1/integrity/run")
     @require(auth, "ops_admin")
     async def run_integrity(p: Principal) -> Response:
-        summary = await trio.to_thread.run_sync(
-            integrity.check, p.tenant_id, abandon_on_cancel=False
-        )
+        with _acting(p):
+            summary = await trio.to_thread.run_sync(
+                integrity.check, p.tenant_id, abandon_on_cancel=False
+            )
         if not summary["ok"]:
             raise DuckMeshError(
                 "INTEGRITY_CHECK_FAILED",
@@ -464,16 +471,31 @@ def create_app(rt: Runtime) -> QuartTrio:
     @app.post("/v1/retention/run")
     @require(auth, "ops_admin")
     async def run_retention(p: Principal) -> Response:
-        summary = await trio.to_thread.run_sync(collector.run, p.tenant_id, abandon_on_cancel=False)
+        with _acting(p):
+            summary = await trio.to_thread.run_sync(
+                collector.run, p.tenant_id, abandon_on_cancel=False
+            )
         return json_response({"status": "completed", "summary": summary})
 
     @app.post("/v1/compaction/run")
     @require(auth, "ops_admin")
     async def run_compaction(p: Principal) -> Response:
-        summary = await trio.to_thread.run_sync(
-            compactor.compact_tenant, p.tenant_id, abandon_on_cancel=False
-        )
+        with _acting(p):
+            summary = await trio.to_thread.run_sync(
+                compactor.compact_tenant, p.tenant_id, abandon_on_cancel=False
+            )
         return json_response({"status": "completed", "summary": summary})
+
+    @app.get("/v1/audit")
+    @require(auth, "ops_admin")
+    async def audit_trail(p: Principal) -> Response:
+        after = _query_int("after", 0, 0, MAX_POSITION)
+        limit = _query_int("limit", 100, 1, 1000)
+        entries = await rt.db.run(
+            lambda c: audit.read_audit(c, p.tenant_id, after, limit), transaction=False
+        )
+        next_after = entries[-1]["position"] if len(entries) == limit else None
+        return json_response({"entries": entries, "next_after": next_after})
 
     @app.get("/v1/lag")
     @require(auth, "ops_admin")
@@ -510,6 +532,26 @@ def _trace_id() -> str | None:
     from duckmesh.api.http import current_trace_id
 
     return current_trace_id()
+
+
+def _acting(p: Principal) -> AbstractContextManager[None]:
+    """Every event this request causes names its key and trace (audit trail)."""
+    return acting_as(actor_key_id=p.key_id, trace_id=_trace_id())
+
+
+def _query_int(name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = lo - 1
+    if not lo <= value <= hi:
+        raise DuckMeshError(
+            "VALIDATION_FAILED", f"{name} must be an integer in {lo}..{hi}", field=name
+        )
+    return value
 
 
 def _check_backpressure(rt: Runtime, tenant: str) -> None:

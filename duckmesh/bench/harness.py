@@ -23,6 +23,8 @@ from typing import Any
 
 import httpx
 
+from duckmesh.embedded import running_dsn
+
 ROOT = Path(__file__).resolve().parent.parent.parent
 KEY = "dmk_bench_" + "b" * 40
 
@@ -173,7 +175,9 @@ class Server:
         return total
 
     def dsn(self) -> str:
-        return f"postgresql://postgres:@/postgres?host={self.dir / 'data' / 'pg'}"
+        dsn = running_dsn(self.dir / "data")
+        assert dsn is not None, "the embedded Postgres is not running"
+        return dsn
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.base_url, headers=self.headers, timeout=120)

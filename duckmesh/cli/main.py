@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -28,11 +29,13 @@ def _runtime(config: Config) -> Any:
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     import trio
 
+    from duckmesh.files import warn_if_root
     from duckmesh.logs import configure_logging
     from duckmesh.runtime import migrate_and_bootstrap
     from duckmesh.server import serve
 
     configure_logging(config.log_format, config.log_level)
+    warn_if_root(config.data_dir)
     rt = _runtime(config)
     try:
         migrate_and_bootstrap(rt)
@@ -168,9 +171,17 @@ def cmd_keys(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
-    url = f"http://{config.http_host}:{config.http_port}/v1/ready"
+    scheme = "https" if config.tls_cert_file else "http"
+    url = f"{scheme}://{config.http_host}:{config.http_port}/v1/ready"
+    context = None
+    if config.tls_cert_file:
+        import ssl
+
+        # Trust the server's own certificate too (self-signed set-ups).
+        context = ssl.create_default_context()
+        context.load_verify_locations(config.tls_cert_file)
     try:
-        with urllib.request.urlopen(url, timeout=5) as resp:
+        with urllib.request.urlopen(url, timeout=5, context=context) as resp:  # noqa: S310 (http/https)
             body = json.load(resp)
     except urllib.error.HTTPError as exc:
         body = json.load(exc)
@@ -314,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from duckmesh.errors import DuckMeshError
 
+    # Whatever a library writes without an explicit mode is private too
+    # (DuckMesh's own files get 0600/0700 explicitly, see duckmesh.files).
+    os.umask(0o077)
     try:
         return COMMANDS[args.command](args, config)
     except DuckMeshError as exc:

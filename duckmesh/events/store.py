@@ -5,13 +5,21 @@ the stream's version in one UPDATE, so two writers that read the same version
 cannot both append, and versions have no gaps. Projections are applied in the
 same transaction as the append (``duckmesh.projections.apply``), so the
 catalog never runs ahead of or behind its log. Call inside a transaction.
+
+Who asked for a change: inside ``acting_as(actor_key_id=..., trace_id=...)``
+(the API wraps each change a request makes) every appended event's metadata
+carries those fields, whichever command or actor appends it, so the audit
+trail names the key and the request of schema snapshots, maintenance runs and
+anything a request causes. Explicit ``metadata`` wins on equal keys.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,6 +34,18 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 EVENTS_CHANNEL = "duckmesh_events"
+_ACTING: ContextVar[Mapping[str, Any]] = ContextVar("duckmesh_acting", default={})  # noqa: B039 (never mutated)
+
+
+@contextmanager
+def acting_as(**metadata: Any) -> Iterator[None]:
+    """Add ``metadata`` to every event appended in this context (and in
+    threads started from it: Trio copies the context into worker threads)."""
+    token = _ACTING.set({**_ACTING.get(), **metadata})
+    try:
+        yield
+    finally:
+        _ACTING.reset(token)
 
 
 class ConcurrencyConflict(DuckMeshError):
@@ -107,7 +127,8 @@ def append(
         )
     if cur.rowcount != 1:
         raise ConcurrencyConflict(stream, expected_version)
-    meta = json.dumps(metadata or {})
+    metadata = {**_ACTING.get(), **(metadata or {})}
+    meta = json.dumps(metadata)
     recorded = []
     for offset, event in enumerate(events, start=1):
         row = conn.execute(
@@ -131,7 +152,7 @@ def append(
             version=expected_version + offset,
             recorded_at=row[1],
             event=event,
-            metadata=metadata or {},
+            metadata=metadata,
         )
         apply(conn, rec)
         recorded.append(rec)

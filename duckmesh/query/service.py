@@ -229,8 +229,7 @@ class QueryService:
         bindings = await self.db.run(load, transaction=False)
         database = self._tenants.get(tenant)
         if database is None:
-            tenant_dir = self.store.root / tenant
-            tenant_dir.mkdir(parents=True, exist_ok=True)
+            tenant_dir = self.store.directory(tenant)  # 0700, like every data directory
             limits = self._limits(None)
             database = await trio.to_thread.run_sync(
                 lambda: SnapshotDatabase(allowed_dir=str(tenant_dir), limits=limits)

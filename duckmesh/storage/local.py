@@ -4,6 +4,8 @@ Keys map to paths under ``root``. ``put_file`` fsyncs the source, renames it
 into place (atomic within one file system) and fsyncs the directory, so a
 crash leaves either no object or the whole object. Scratch files live in
 ``root/_scratch`` on the same file system so the rename stays atomic.
+Directories are created ``0700`` and objects made ``0600`` before they are
+renamed into place (see ``duckmesh.files``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from duckmesh.files import FILE_MODE, private_dir
 from duckmesh.storage.protocol import ObjectInfo
 
 SCRATCH = "_scratch"
@@ -21,9 +24,8 @@ SCRATCH = "_scratch"
 
 class LocalObjectStore:
     def __init__(self, root: Path) -> None:
-        self.root = root.resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / SCRATCH).mkdir(exist_ok=True)
+        self.root = private_dir(root.resolve())
+        private_dir(self.root / SCRATCH)
 
     def _path(self, key: str) -> Path:
         # A lexical check, not resolve(): keys are ours, and this runs once per
@@ -35,9 +37,10 @@ class LocalObjectStore:
 
     def put_file(self, source: Path, key: str) -> ObjectInfo:
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(target.parent)
         fd = os.open(source, os.O_RDONLY)
         try:
+            os.fchmod(fd, FILE_MODE)  # writers (pyarrow, DuckDB) create 0644
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -53,6 +56,10 @@ class LocalObjectStore:
 
     def local_path(self, key: str) -> Path:
         return self._path(key)
+
+    def directory(self, prefix: str) -> Path:
+        """The local directory of a key prefix, created ``0700`` if missing."""
+        return private_dir(self._path(prefix))
 
     def stat(self, key: str) -> ObjectInfo | None:
         try:
@@ -92,5 +99,9 @@ class LocalObjectStore:
 
     def check_writable(self) -> None:
         probe = self.scratch_path(".probe")
-        probe.write_bytes(b"ok")
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
         probe.unlink()

@@ -32,15 +32,15 @@ free_port() {
     python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-# DSN of the embedded Postgres running in $1/pg (read from its postmaster.pid).
+# DSN (with the password from $1/pg-password) of the embedded Postgres running in $1/pg.
 embedded_dsn() {
     python -W ignore -c "
 import sys
 from pathlib import Path
-from pgserver.utils import PostmasterInfo
-info = PostmasterInfo.read_from_pgdata(Path(sys.argv[1]).resolve() / 'pg')
-assert info is not None and info.is_running(), 'embedded Postgres is not running'
-print(info.get_uri())" "$1"
+from duckmesh.embedded import running_dsn
+dsn = running_dsn(Path(sys.argv[1]))
+assert dsn is not None, 'embedded Postgres is not running'
+print(dsn)" "$1"
 }
 
 postmaster_pid() { [ -f "$1/pg/postmaster.pid" ] && head -1 "$1/pg/postmaster.pid" || true; }
@@ -108,10 +108,12 @@ SERVE_PID=""
 
 echo "== 4. restore into $DST"
 DST_DSN=$(python -W ignore -c "
-import sys
+import contextlib, sys
 from pathlib import Path
 from duckmesh.embedded import EmbeddedPostgres
-print(EmbeddedPostgres(Path(sys.argv[1])).start())" "$DST")
+with contextlib.redirect_stdout(sys.stderr):  # log lines; stdout carries the DSN only
+    dsn = EmbeddedPostgres(Path(sys.argv[1])).start()
+print(dsn)" "$DST")
 DST_PG_PID=$(postmaster_pid "$DST")
 "$PGBIN/pg_restore" --exit-on-error --no-owner --dbname="$DST_DSN" "$BACKUP/catalog.dump"
 cp -a "$BACKUP/objects" "$DST/objects"

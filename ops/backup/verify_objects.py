@@ -33,10 +33,12 @@ import sys
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 
 def embedded_dsn(data_dir: Path) -> str | None:
-    """The DSN of the embedded Postgres running in ``data_dir/pg``, if any."""
+    """The DSN of the embedded Postgres running in ``data_dir/pg``, if any,
+    with the password DuckMesh keeps in ``data_dir/pg-password``."""
     pgdata = (data_dir / "pg").resolve()
     try:
         from pgserver.utils import PostmasterInfo
@@ -46,6 +48,9 @@ def embedded_dsn(data_dir: Path) -> str | None:
     if info is None or not info.is_running():
         return None
     uri: str = info.get_uri()
+    password = data_dir / "pg-password"
+    if password.exists():
+        return make_conninfo(uri, password=password.read_text().strip())
     return uri
 
 
