@@ -17,9 +17,6 @@ carries the password; log it only through ``config.redact_dsn``.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import os
 import secrets
 import time
@@ -35,7 +32,6 @@ from psycopg.conninfo import make_conninfo
 from duckmesh.files import POSTGRES_DIR, TRAVERSE_MODE, private_dir, write_private
 
 PASSWORD_FILE = "pg-password"  # noqa: S105 (a file name, not a password)
-SCRAM_ITERATIONS = 4096
 HBA_CONF = """\
 # Written by DuckMesh: every connection must present the password (SCRAM).
 # The password is in the data directory's pg-password file.
@@ -119,7 +115,7 @@ class EmbeddedPostgres:
         with psycopg.connect(uri, autocommit=True) as conn:
             conn.execute(
                 sql.SQL("ALTER ROLE CURRENT_USER PASSWORD {}").format(
-                    sql.Literal(scram_verifier(password))
+                    sql.Literal(scram_verifier(conn, password))
                 )
             )
             replace_keeping_owner(self.pgdata / "pg_hba.conf", HBA_CONF)
@@ -176,18 +172,12 @@ def accepts_without_password(uri: str) -> bool:
         return False
 
 
-def scram_verifier(password: str, salt: bytes | None = None) -> str:
-    """The SCRAM-SHA-256 verifier Postgres stores for ``password`` (RFC 5802/7677)."""
-    salt = salt or os.urandom(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, SCRAM_ITERATIONS)
-    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
-    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
-    stored_key = hashlib.sha256(client_key).digest()
-
-    def b64(data: bytes) -> str:
-        return base64.b64encode(data).decode()
-
-    return f"SCRAM-SHA-256${SCRAM_ITERATIONS}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+def scram_verifier(conn: psycopg.Connection[Any], password: str) -> str:
+    """The SCRAM-SHA-256 verifier for ``password``, computed client-side by
+    libpq (``PQencryptPasswordConn``), so the plaintext never reaches the server."""
+    user = conn.info.user.encode()
+    verifier = conn.pgconn.encrypt_password(password.encode(), user, b"scram-sha-256")
+    return verifier.decode()
 
 
 def replace_keeping_owner(path: Path, text: str) -> None:
