@@ -36,7 +36,8 @@ def test_lone_surrogates_are_refused_not_crashing() -> None:
     with pytest.raises(DuckMeshError) as refused:
         _validate([{"idempotency_key": "a", "payload": {"id": 1, "note": "\ud800"}}])
     assert refused.value.error_code == "VALIDATION_FAILED"
-    assert refused.value.context["errors"][0]["field"] == "payload"
+    # Named down to the column (it was only "payload" before the column check).
+    assert refused.value.context["errors"][0]["field"] == "payload.note"
 
 
 def test_every_problem_is_listed_and_nothing_is_returned() -> None:
