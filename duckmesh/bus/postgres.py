@@ -79,9 +79,7 @@ def _copy_line(tenant_id: str, token: int, rec: IngestRecord, stamp: str) -> str
 
 # Postgres holds instants Python cannot (4713 BC .. 294276 AD): such an
 # event_time loads as NULL with a defect, so one record cannot fail the claim.
-_TIME_OK = (
-    "event_time >= '0001-01-01 00:00:00+00' AND event_time < '10000-01-01 00:00:00+00'"
-)
+_TIME_OK = "event_time >= '0001-01-01 00:00:00+00' AND event_time < '10000-01-01 00:00:00+00'"
 _CLAIM_RECORDS = (
     "SELECT token, table_id, op, payload,"
     f" CASE WHEN {_TIME_OK} THEN event_time END, ingested_at, schema_version,"
