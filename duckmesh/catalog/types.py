@@ -188,7 +188,7 @@ def _parse_datetime(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value)
 
 
-def _text_problem(v: str) -> str | None:
+def text_problem(v: str) -> str | None:
     """Why a string cannot be stored as UTF-8 (Postgres, Parquet), or None."""
     if v.isascii():
         return None
@@ -208,7 +208,7 @@ def _json_problem(v: Any) -> str | None:
         if kind is float and not math.isfinite(item):
             return f"{item!r} is not a finite number"
         if kind is str:
-            if reason := _text_problem(item):
+            if reason := text_problem(item):
                 return reason
         elif kind is list:
             stack.extend(item)
@@ -254,7 +254,7 @@ def validator(t: ColumnType) -> Validator:
     if kind == "BOOLEAN":
         return lambda v: None if type(v) is bool else "expected BOOLEAN (true or false)"
     if kind == "VARCHAR":
-        return lambda v: _text_problem(v) if type(v) is str else "expected VARCHAR (a string)"
+        return lambda v: text_problem(v) if type(v) is str else "expected VARCHAR (a string)"
     if kind == "JSON":
         return _json_problem
     if kind == "DECIMAL":

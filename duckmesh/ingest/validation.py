@@ -19,7 +19,7 @@ import attrs
 
 from duckmesh.bus import IngestRecord
 from duckmesh.catalog.model import TableDef
-from duckmesh.catalog.types import validator
+from duckmesh.catalog.types import text_problem, validator
 from duckmesh.errors import DuckMeshError
 
 OPS = ("insert", "upsert", "delete")
@@ -126,6 +126,9 @@ def validate_records(
                 "idempotency_key",
                 f"required: a string of 1..{MAX_KEY_LENGTH} characters without NUL",
             )
+            continue
+        if reason := text_problem(key):
+            bad(index, "idempotency_key", reason)
             continue
         op = rec.get("op", "insert")
         if op not in OPS:

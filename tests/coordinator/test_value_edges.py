@@ -357,7 +357,9 @@ def test_every_accepted_value_commits_and_reads_back_equal(
     if not accepted:
         return
     # One committer for the whole run: a new one would wait out the lease.
-    committer = rt.extra.setdefault("edges-committer", coordinator_actors(rt)[0].committer)
+    if "edges-committer" not in rt.extra:
+        rt.extra["edges-committer"] = coordinator_actors(rt)[0].committer
+    committer = rt.extra["edges-committer"]
     while (outcome := committer.commit_once()) is not None:
         assert outcome.snapshot_id is not None, outcome
         # Nothing accepted is set aside.
