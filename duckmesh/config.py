@@ -105,6 +105,8 @@ class Config:
     batch_max_records: int = 100_000
     batch_max_bytes: int = 64 * 1024 * 1024
     lease_ms: int = 10_000
+    commit_backoff_ms: int = 500
+    commit_backoff_max_ms: int = 30_000
     # query
     query_memory_limit_mb: int = 512
     query_threads: int = 2
@@ -167,6 +169,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "batch_max_records": _int(1, 10_000_000),
     "batch_max_bytes": _int(1024, 1 << 34),
     "lease_ms": _int(500, 3_600_000),
+    "commit_backoff_ms": _int(10, 600_000),
+    "commit_backoff_max_ms": _int(10, 3_600_000),
     "query_memory_limit_mb": _int(16, 1 << 20),
     "query_threads": _int(1, 256),
     "query_timeout_ms": _int(10, 3_600_000),

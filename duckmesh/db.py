@@ -24,6 +24,9 @@ Conn = psycopg.Connection[Any]
 
 def connect(dsn: str) -> Conn:
     conn: Conn = psycopg.connect(dsn, autocommit=True)
+    # Timestamps load in UTC whatever the server's default: in another zone the
+    # valid instant 0001-01-01T00:00Z is year 0 there and fails to load.
+    conn.execute("SET TIME ZONE 'UTC'")
     return conn
 
 

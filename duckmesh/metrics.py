@@ -108,6 +108,22 @@ QUARANTINED = Counter(
     "Records that could never be committed and were set aside.",
     registry=REGISTRY,
 )
+TENANT_COMMIT_FAILURES = Counter(
+    "duckmesh_tenant_commit_failures_total",
+    "Commits of a tenant's batch that failed even after bisecting (the tenant backs off).",
+    ["tenant"],
+    registry=REGISTRY,
+)
+FAILING_TENANTS = Gauge(
+    "duckmesh_failing_tenants",
+    "Tenants whose latest commit attempt in this process failed.",
+    registry=REGISTRY,
+)
+BISECTED_COMMITS = Counter(
+    "duckmesh_bisected_commits_total",
+    "Failed commits bisected to find the records that make them fail.",
+    registry=REGISTRY,
+)
 
 # query
 QUERY_REQUESTS = Counter(

@@ -22,6 +22,7 @@ from duckmesh.catalog.model import ROLES
 from duckmesh.config import Config
 from duckmesh.coordinator.actor import CoordinatorActor
 from duckmesh.coordinator.committer import CommitSettings, Committer
+from duckmesh.coordinator.health import CommitHealth
 from duckmesh.db import Database
 from duckmesh.embedded import EmbeddedPostgres
 from duckmesh.files import prepare_data_dir
@@ -48,6 +49,7 @@ class Runtime:
     ingest: GroupCommitter
     embedded: EmbeddedPostgres | None = None
     extra: dict[str, Any] = attrs.field(factory=dict)
+    commit_health: CommitHealth = attrs.field(factory=CommitHealth)
 
     def close(self) -> None:
         self.queries.close()
@@ -102,11 +104,15 @@ def coordinator_actors(rt: Runtime) -> list[CoordinatorActor]:
         batch_max_records=cfg.batch_max_records,
         batch_max_bytes=cfg.batch_max_bytes,
         lease_s=cfg.lease_ms / 1000,
+        backoff_s=cfg.commit_backoff_ms / 1000,
+        backoff_max_s=cfg.commit_backoff_max_ms / 1000,
     )
     actors = []
     for n in range(cfg.coordinators):
         consumer = f"{os.uname().nodename}:{os.getpid()}:{n}:{secrets.token_hex(3)}"
-        committer = Committer(rt.db, rt.bus, rt.store, rt.faults, settings, consumer)
+        committer = Committer(
+            rt.db, rt.bus, rt.store, rt.faults, settings, consumer, rt.commit_health
+        )
         actors.append(
             CoordinatorActor(
                 f"coordinator-{n}",

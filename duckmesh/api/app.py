@@ -91,6 +91,15 @@ class _Validators:
         return tv
 
 
+def _public_stats(stats: dict[str, Any], path: str) -> dict[str, Any]:
+    """An actor's statistics for /v1/ready: the last error's class only, since
+    its text may quote payload values (the log keeps the full text)."""
+    error = stats.get("last_error")
+    if isinstance(error, str):
+        stats["last_error"] = error.split(":", 1)[0]
+    return dict(stats, path=path)
+
+
 def _code_for_status(status: int) -> str:
     """The error code of a Werkzeug/Quart HTTP error (unexpected exceptions
     arrive as a 500: never reported as the client's fault)."""
@@ -189,16 +198,21 @@ def create_app(rt: Runtime) -> QuartTrio:
         except OSError as exc:
             checks["object_store"] = f"not writable: {exc.strerror}"
         tree = rt.extra.get("tree")
-        actors = [dict(stats.as_dict(), path=path) for path, stats in tree()] if tree else []
+        actors = [_public_stats(stats.as_dict(), path) for path, stats in tree()] if tree else []
         failed = [a["path"] for a in actors if a["state"] == "failed"]
         if failed:
             checks["actors"] = f"failed: {', '.join(failed)}"
         ok = all(v == "ok" for v in checks.values())
+        # A tenant whose commits fail degrades the node but does not make it
+        # unready: it still serves every other tenant (docs/OPERATIONS.md).
+        failing = [f.as_dict() for f in rt.commit_health.failing()]
+        status = ("degraded" if failing else "ready") if ok else "not_ready"
         return json_response(
             {
-                "status": "ready" if ok else "not_ready",
+                "status": status,
                 "checks": checks,
                 "actors": actors,
+                "failing_tenants": failing,
                 "role": rt.config.role,
             },
             200 if ok else 503,

@@ -77,6 +77,18 @@ def _copy_line(tenant_id: str, token: int, rec: IngestRecord, stamp: str) -> str
     )
 
 
+# Postgres holds instants Python cannot (4713 BC .. 294276 AD): such an
+# event_time loads as NULL with a defect, so one record cannot fail the claim.
+_TIME_OK = "event_time >= '0001-01-01 00:00:00+00' AND event_time < '10000-01-01 00:00:00+00'"
+_CLAIM_RECORDS = (
+    "SELECT token, table_id, op, payload,"
+    f" CASE WHEN {_TIME_OK} THEN event_time END, ingested_at, schema_version,"
+    f" CASE WHEN NOT ({_TIME_OK}) THEN 'event_time outside 0001-01-01..9999-12-31 UTC' END"
+    " FROM bus_record WHERE tenant_id = %s AND token > %s AND token <= %s"
+    " ORDER BY token LIMIT %s"
+)
+
+
 class PostgresBus:
     """``IngestBus`` on the catalog's Postgres (tables ``bus_*``)."""
 
@@ -160,7 +172,8 @@ class PostgresBus:
             "  SELECT s.scope, c.last_token FROM bus_scope s"
             "  JOIN bus_token_counter c ON c.tenant_id = s.scope"
             "  WHERE c.last_token > s.acked_token"
-            "    AND (s.owner IS NULL OR s.owner = %(me)s OR s.lease_until < now())"
+            # A nacked scope may carry a back-off: owner NULL, lease_until ahead.
+            "    AND (s.lease_until IS NULL OR s.lease_until < now() OR s.owner = %(me)s)"
             "  ORDER BY (s.owner IS NOT DISTINCT FROM %(me)s) DESC, s.lease_until NULLS FIRST"
             "  LIMIT 1 FOR UPDATE OF s SKIP LOCKED)"
             " UPDATE bus_scope s SET owner = %(me)s,"
@@ -174,12 +187,7 @@ class PostgresBus:
         if row is None:
             return None
         scope, fence, acked, last = row
-        rows = conn.execute(
-            "SELECT token, table_id, op, payload, event_time, ingested_at, schema_version"
-            " FROM bus_record WHERE tenant_id = %s AND token > %s AND token <= %s"
-            " ORDER BY token LIMIT %s",
-            (scope, acked, last, limit),
-        ).fetchall()
+        rows = conn.execute(_CLAIM_RECORDS, (scope, acked, last, limit)).fetchall()
         size = 0
         for n, rec in enumerate(rows):
             payload: str = rec[3]  # max_bytes counts UTF-8 bytes, not characters
@@ -212,13 +220,15 @@ class PostgresBus:
         if cur.rowcount != 1:
             raise LeaseLost(batch.scope, batch.fence)
 
-    def nack(self, batch: Batch, reason: str) -> None:
-        """Give the scope back without advancing; another claim redoes it."""
+    def nack(self, batch: Batch, reason: str, *, retry_after_s: float = 0.0) -> None:
+        """Give the scope back without advancing; a claim redoes it, not before
+        ``retry_after_s`` (the owner is cleared, so no one holds it meanwhile)."""
         self.db.call(
             lambda conn: conn.execute(
-                "UPDATE bus_scope SET owner = NULL, lease_until = NULL"
+                "UPDATE bus_scope SET owner = NULL, lease_until = CASE WHEN %s > 0"
+                " THEN now() + make_interval(secs => %s) END"
                 " WHERE scope = %s AND owner = %s AND fence = %s",
-                (batch.scope, batch.consumer_id, batch.fence),
+                (retry_after_s, retry_after_s, batch.scope, batch.consumer_id, batch.fence),
             )
         )
 

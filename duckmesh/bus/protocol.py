@@ -11,7 +11,9 @@ Semantics (SPEC §2.3), identical for every backend:
   ``IDEMPOTENCY_CONFLICT``.
 - ``claim`` hands one consumer the next records of one scope (a tenant) under
   a lease with a fencing number; only that consumer may ``ack`` them, and only
-  while its fence is current.
+  while its fence is current. ``nack`` gives the scope back unchanged; with
+  ``retry_after_s`` no consumer claims it again before then (a failing tenant
+  backs off while the others go on).
 - ``ack`` advances the scope's committed position. ``tx`` is the catalog
   transaction that publishes the snapshot: a backend living in the catalog
   database (Postgres) joins it so publication and ack are one commit; a
@@ -59,6 +61,8 @@ class BusRecord(NamedTuple):
     event_time: dt.datetime | None
     ingested_at: dt.datetime
     schema_version: int
+    # Why the bus could not hand the record over intact (it is quarantined), or None.
+    defect: str | None = None
 
 
 @attrs.frozen
@@ -97,7 +101,7 @@ class IngestBus(Protocol):
 
     def ack(self, batch: Batch, *, tx: Any = None) -> None: ...
 
-    def nack(self, batch: Batch, reason: str) -> None: ...
+    def nack(self, batch: Batch, reason: str, *, retry_after_s: float = 0.0) -> None: ...
 
     def extend_lease(self, batch: Batch, lease_s: float) -> None: ...
 

@@ -188,6 +188,36 @@ def _parse_datetime(value: str) -> dt.datetime:
     return dt.datetime.fromisoformat(value)
 
 
+def text_problem(v: str) -> str | None:
+    """Why a string cannot be stored as UTF-8 (Postgres, Parquet), or None."""
+    if v.isascii():
+        return None
+    try:
+        v.encode()
+    except UnicodeEncodeError:
+        return "contains a lone surrogate (not valid Unicode)"
+    return None
+
+
+def _json_problem(v: Any) -> str | None:
+    """Why a JSON value cannot be stored and read back as JSON, or None."""
+    stack = [v]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is float and not math.isfinite(item):
+            return f"{item!r} is not a finite number"
+        if kind is str:
+            if reason := text_problem(item):
+                return reason
+        elif kind is list:
+            stack.extend(item)
+        elif kind is dict:
+            stack.extend(item.keys())
+            stack.extend(item.values())
+    return None
+
+
 def validator(t: ColumnType) -> Validator:
     """A fast check for one JSON value of type ``t`` (None is checked elsewhere)."""
     kind = t.kind
@@ -213,7 +243,10 @@ def validator(t: ColumnType) -> Validator:
             if type(v) is int:
                 if abs(v) > top:
                     return f"{_short(v)} is outside the {kind} range"
-            elif math.isfinite(v) and abs(v) > top:
+            elif not math.isfinite(v):
+                # JSON has no NaN or Infinity, and a NaN would never read back equal.
+                return f"{v!r} is not a finite number"
+            elif abs(v) > top:
                 return f"{v!r} is outside the {kind} range"
             return None
 
@@ -221,9 +254,9 @@ def validator(t: ColumnType) -> Validator:
     if kind == "BOOLEAN":
         return lambda v: None if type(v) is bool else "expected BOOLEAN (true or false)"
     if kind == "VARCHAR":
-        return lambda v: None if type(v) is str else "expected VARCHAR (a string)"
+        return lambda v: text_problem(v) if type(v) is str else "expected VARCHAR (a string)"
     if kind == "JSON":
-        return lambda v: None
+        return _json_problem
     if kind == "DECIMAL":
         limit = decimal.Decimal(10) ** (t.precision - t.scale)
         to_decimal = _decimal_converter(t)

@@ -41,7 +41,8 @@ class CoordinatorActor(Actor):
                     self.committer.commit_once, abandon_on_cancel=False
                 )
                 if outcome is not None:
-                    self.commits += 1
+                    # Given back (snapshot_id None): the scope backs off, others go on.
+                    self.commits += outcome.snapshot_id is not None
                     continue
                 await self.notifications.records.wait(seen, self.flush_interval_s)
                 if self.linger_s:

@@ -6,11 +6,19 @@ appends ``SnapshotPublished`` (expected stream version, lease fence), updates
 the projections, sets aside quarantined records and acks the bus batch. A
 crash anywhere before that commit changes nothing visible: the lease expires,
 another claim redoes the batch, and files already written are orphans for GC.
+
+A batch that fails to commit (other than by a lost lease) is bisected in
+memory until the records that fail on their own are found; those are
+quarantined and the rest commit in the same publish. When nothing record-
+specific is found (the catalog or the disk fails), the scope is given back
+with a growing back-off and the tenant is reported failing (``CommitHealth``):
+the actor goes on with the other tenants instead of crashing in a loop.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
 import secrets
 import threading
@@ -19,19 +27,21 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
+import pyarrow.parquet as pq
 import structlog
 
 from duckmesh import metrics
 from duckmesh.bus import Batch, BusRecord, IngestBus, LeaseLost
 from duckmesh.catalog import reads
 from duckmesh.catalog.commands import notify_snapshot, snapshots_stream
-from duckmesh.catalog.model import Snapshot
+from duckmesh.catalog.model import Snapshot, TableDef
+from duckmesh.coordinator.health import CommitHealth
 from duckmesh.coordinator.parquet import PartitionRows, Rejected, build_tables, write_parquet
 from duckmesh.db import Conn, Database
 from duckmesh.events import ConcurrencyConflict, append
 from duckmesh.events.types import SnapshotPublished
 from duckmesh.storage.local import LocalObjectStore
-from duckmesh.supervisors.faults import FaultPoints
+from duckmesh.supervisors.faults import POISON_MARKER, FaultPoints
 
 log = structlog.get_logger("duckmesh.coordinator")
 
@@ -53,6 +63,32 @@ class CommitSettings:
     batch_max_records: int = 100_000
     batch_max_bytes: int = 64 * 1024 * 1024
     lease_s: float = 10.0
+    backoff_s: float = 0.5  # a failing tenant's first back-off; doubles per failure
+    backoff_max_s: float = 30.0
+
+    def backoff(self, failures: int) -> float:
+        return float(min(self.backoff_s * 2 ** min(failures - 1, 32), self.backoff_max_s))
+
+
+@attrs.frozen
+class BatchPlan:
+    """What one batch needs from the catalog, read before building files."""
+
+    head: Snapshot | None
+    tables: dict[str, TableDef]
+    dropped: set[str]
+    records: list[BusRecord]  # the batch's records the catalog has not committed yet
+
+    @property
+    def watermark(self) -> int:
+        return self.head.max_visibility_token if self.head else 0
+
+
+def _by_table(records: Sequence[BusRecord]) -> dict[str, list[BusRecord]]:
+    by_table: dict[str, list[BusRecord]] = {}
+    for rec in records:
+        by_table.setdefault(rec.table_id, []).append(rec)
+    return by_table
 
 
 def object_key(tenant_id: str, rows: PartitionRows, snapshot_id: int, seq: int) -> str:
@@ -104,6 +140,7 @@ class Committer:
         faults: FaultPoints,
         settings: CommitSettings,
         consumer_id: str,
+        health: CommitHealth | None = None,
     ) -> None:
         self.db = db
         self.bus = bus
@@ -111,10 +148,17 @@ class Committer:
         self.faults = faults
         self.settings = settings
         self.consumer_id = consumer_id
+        self.health = health or CommitHealth()
 
     def commit_once(self) -> CommitOutcome | None:
-        """Commit the next pending batch of any scope; None when there is none."""
+        """Commit the next pending batch of any scope; None when there is none.
+
+        A batch that fails is bisected; one that still fails is given back
+        with a growing back-off for its tenant, so that one tenant's failure
+        neither crashes the actor nor stops the other tenants' commits.
+        """
         started = time.perf_counter()
+        self.faults.hit("coordinator.before_claim")
         batch = self.bus.claim(
             self.consumer_id,
             limit=self.settings.batch_max_records,
@@ -125,23 +169,65 @@ class Committer:
             return None
         try:
             with LeaseHeartbeat(self.bus, batch, self.settings.lease_s):
-                outcome = self._commit(batch)
+                outcome = self._commit_isolating(batch)
         except LeaseLost:
             metrics.PUBLISH_FAILURES.labels(reason="lease_lost").inc()
             log.warning("lease lost before publish; batch abandoned", tenant_id=batch.scope)
             return CommitOutcome(batch.scope, None, 0, 0, 0, batch.after_token)
-        except BaseException:
-            metrics.PUBLISH_FAILURES.labels(reason="error").inc()
-            try:
-                self.bus.nack(batch, "commit failed")
-            except Exception:  # the lease expires anyway
-                log.exception("nack failed", tenant_id=batch.scope)
+        except Exception as exc:
+            return self._back_off(batch, exc)
+        except BaseException:  # cancelled or exiting: give the batch back at once
+            self._nack(batch, "commit interrupted", 0.0)
             raise
+        self.health.succeeded(batch.scope)
         metrics.COMMIT_LATENCY.observe(time.perf_counter() - started)
         metrics.COMMIT_BATCH_RECORDS.observe(outcome.records)
         return outcome
 
-    def _commit(self, batch: Batch) -> CommitOutcome:
+    def _commit_isolating(self, batch: Batch) -> CommitOutcome:
+        """Commit; if that fails for a reason other than a lost lease, find the
+        records that make it fail and commit the rest with those quarantined."""
+        try:
+            return self._commit(batch)
+        except LeaseLost:
+            raise
+        except Exception as exc:
+            metrics.PUBLISH_FAILURES.labels(reason="error").inc()
+            metrics.BISECTED_COMMITS.inc()
+            log.warning(
+                "commit failed; bisecting the batch",
+                tenant_id=batch.scope,
+                records=len(batch.records),
+                error=type(exc).__name__,
+            )
+            poison = self._find_poison(self._plan(batch))
+            if not poison:
+                raise
+            return self._commit(batch, poison)
+
+    def _back_off(self, batch: Batch, exc: Exception) -> CommitOutcome:
+        error = type(exc).__name__
+        failures = self.health.failed(batch.scope, error)
+        delay = self.settings.backoff(failures)
+        # The text may quote payload values: it goes to the log, never to an API.
+        log.error(
+            "commit failed; the tenant backs off",
+            tenant_id=batch.scope,
+            error=error,
+            failures=failures,
+            retry_in_s=delay,
+            exc_info=exc,
+        )
+        self._nack(batch, error, delay)
+        return CommitOutcome(batch.scope, None, 0, 0, 0, batch.after_token)
+
+    def _nack(self, batch: Batch, reason: str, retry_after_s: float) -> None:
+        try:
+            self.bus.nack(batch, reason, retry_after_s=retry_after_s)
+        except Exception:  # the lease expires anyway
+            log.exception("nack failed", tenant_id=batch.scope)
+
+    def _plan(self, batch: Batch) -> BatchPlan:
         tenant = batch.scope
         table_ids = sorted({r.table_id for r in batch.records})
         head, tables, dropped = self.db.call(
@@ -155,23 +241,65 @@ class Committer:
         watermark = head.max_visibility_token if head else 0
         # The catalog is the truth: never commit a token twice (ADR 0006).
         records = [r for r in batch.records if r.token > watermark]
-        by_table: dict[str, list[BusRecord]] = {}
-        for rec in records:
-            by_table.setdefault(rec.table_id, []).append(rec)
+        return BatchPlan(head, tables, dropped, records)
+
+    def _build(
+        self, table: TableDef, records: Sequence[BusRecord]
+    ) -> tuple[list[PartitionRows], list[Rejected]]:
+        if self.faults.enabled:
+            for rec in records:
+                if POISON_MARKER in rec.payload:
+                    self.faults.hit("coordinator.poison_record")
+        return build_tables(table, records)
+
+    def _find_poison(self, plan: BatchPlan) -> list[Rejected]:
+        """The records that fail to build or encode on their own, found by
+        bisecting each table's records in memory (nothing is published)."""
+        poison: list[Rejected] = []
+        for table_id, recs in _by_table(plan.records).items():
+            table = plan.tables.get(table_id)
+            if table is not None and table_id not in plan.dropped:
+                poison.extend(self._bisect(table, recs))
+        return poison
+
+    def _bisect(self, table: TableDef, records: Sequence[BusRecord]) -> list[Rejected]:
+        try:
+            partitions, _ = self._build(table, records)
+            for rows in partitions:
+                pq.write_table(rows.arrow, io.BytesIO(), compression="zstd")
+            return []
+        except Exception as exc:
+            if len(records) == 1:
+                reason = f"commit failed: {type(exc).__name__}"
+                return [Rejected(records[0].token, table.table_id, reason)]
+        mid = len(records) // 2
+        return self._bisect(table, records[:mid]) + self._bisect(table, records[mid:])
+
+    def _commit(self, batch: Batch, poison: Sequence[Rejected] = ()) -> CommitOutcome:
+        tenant = batch.scope
+        plan = self._plan(batch)
+        head, watermark = plan.head, plan.watermark
+        rejected = list(poison)
+        excluded = {r.token for r in poison}
+        good = []
+        for rec in plan.records:
+            if rec.defect is not None:
+                rejected.append(Rejected(rec.token, rec.table_id, rec.defect))
+            elif rec.token not in excluded:
+                good.append(rec)
         next_id = (head.snapshot_id if head else 0) + 1
         files: list[dict[str, Any]] = []
-        rejected: list[Rejected] = []
         watermarks: dict[str, int] = {}
         seq = 0
-        for table_id, recs in by_table.items():
-            if table_id in dropped:
+        for table_id, recs in _by_table(good).items():
+            if table_id in plan.dropped:
                 continue  # the table is gone: its records are acknowledged, not written
-            table = tables.get(table_id)
+            table = plan.tables.get(table_id)
             if table is None:
                 rejected.extend(Rejected(r.token, table_id, "table not found") for r in recs)
                 continue
             watermarks[table_id] = recs[-1].token
-            partitions, bad = build_tables(table, recs)
+            partitions, bad = self._build(table, recs)
             rejected.extend(bad)
             for rows in partitions:
                 seq += 1
@@ -181,7 +309,7 @@ class Committer:
         new_watermark = max(batch.last_token, watermark)
         snapshot_id = self._publish(batch, head, files, watermarks, rejected, new_watermark)
         self.faults.hit("coordinator.after_publish_commit")
-        self._observe_visibility(records)
+        self._observe_visibility(good)
         if rejected:
             metrics.QUARANTINED.inc(len(rejected))
             log.warning(
@@ -191,7 +319,7 @@ class Committer:
                 first_reason=rejected[0].reason,
             )
         return CommitOutcome(
-            tenant, snapshot_id, len(records), len(files), len(rejected), new_watermark
+            tenant, snapshot_id, len(plan.records), len(files), len(rejected), new_watermark
         )
 
     def _write(

@@ -27,6 +27,7 @@ from duckmesh.bus import BusRecord
 from duckmesh.catalog.model import TableDef
 from duckmesh.catalog.types import ColumnType, arrow_type, converter, parse_type
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 TOKEN_COLUMN = "_dm_token"  # noqa: S105 (a column name, not a secret)
 OP_COLUMN = "_dm_op"
 
@@ -193,11 +194,13 @@ def build_tables(
         latest = {key: i for i, key in enumerate(keys)}
         indices = sorted(latest.values())
     seconds = _partition_seconds(table)
+    width = dt.timedelta(seconds=seconds)
     buckets: dict[int, list[int]] = {}
     for i in indices:
         rec = kept[i]
         when = rec.event_time or rec.ingested_at
-        buckets.setdefault(int(when.timestamp()) // seconds, []).append(i)
+        # Exact: a float timestamp() rounds 9999-12-31T23:59:59.999999 up to year 10000.
+        buckets.setdefault((when - _EPOCH) // width, []).append(i)
     out: list[PartitionRows] = []
     for bucket, rows in sorted(buckets.items()):
         part = full.take(pa.array(rows, pa.int64()))

@@ -19,7 +19,7 @@ import attrs
 
 from duckmesh.bus import IngestRecord
 from duckmesh.catalog.model import TableDef
-from duckmesh.catalog.types import validator
+from duckmesh.catalog.types import text_problem, validator
 from duckmesh.errors import DuckMeshError
 
 OPS = ("insert", "upsert", "delete")
@@ -69,11 +69,25 @@ def parse_options(body: dict[str, Any], max_timeout_ms: int) -> IngestOptions:
     return IngestOptions(wait, timeout)
 
 
-def _event_time(raw: Any) -> dt.datetime:
+def _event_time(raw: Any) -> dt.datetime | str:
+    """The event time in UTC, or the reason it cannot be one.
+
+    Only instants from 0001-01-01 to 9999-12-31 in UTC are accepted: Python,
+    psycopg and the partition names cannot hold others, although Postgres
+    would store them. ``0001-01-01T00:00:00+05:00`` is before year 1 in UTC.
+    """
     if type(raw) is not str:
-        raise ValueError("must be an ISO 8601 string")
-    value = dt.datetime.fromisoformat(raw)
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+        return "must be an ISO 8601 timestamp string"
+    try:
+        value = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        return "must be an ISO 8601 timestamp"
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:
+        return "must be from 0001-01-01 to 9999-12-31 in UTC"
 
 
 def validate_records(
@@ -113,6 +127,9 @@ def validate_records(
                 f"required: a string of 1..{MAX_KEY_LENGTH} characters without NUL",
             )
             continue
+        if reason := text_problem(key):
+            bad(index, "idempotency_key", reason)
+            continue
         op = rec.get("op", "insert")
         if op not in OPS:
             bad(index, "op", "must be insert, upsert or delete")
@@ -126,11 +143,11 @@ def validate_records(
             continue
         event_time = None
         if rec.get("event_time") is not None:
-            try:
-                event_time = _event_time(rec["event_time"])
-            except ValueError:
-                bad(index, "event_time", "must be an ISO 8601 timestamp")
+            parsed = _event_time(rec["event_time"])
+            if isinstance(parsed, str):
+                bad(index, "event_time", parsed)
                 continue
+            event_time = parsed
         ok = True
         for name, value in payload.items():
             spec = tv.checks.get(name)

@@ -22,6 +22,8 @@ import attrs
 FAULT_ACTIONS = ("raise", "kill", "delay")
 
 KNOWN_FAULT_POINTS: tuple[str, ...] = (
+    "coordinator.before_claim",
+    "coordinator.poison_record",
     "coordinator.after_parquet_write",
     "coordinator.before_publish_commit",
     "coordinator.inside_publish_commit",
@@ -29,6 +31,12 @@ KNOWN_FAULT_POINTS: tuple[str, ...] = (
     "compaction.after_write",
     "compaction.before_publish",
 )
+
+# ``coordinator.poison_record`` is hit once per record whose payload text contains
+# this marker, while the coordinator builds the record's table (at commit and
+# when bisecting a failed commit): armed, it makes exactly those records fail
+# to build, as a record no validation foresaw would. Test-only, like every point.
+POISON_MARKER = "dm-fault-poison"
 
 
 class FaultInjected(Exception):

@@ -65,3 +65,22 @@ def test_records_are_stored_once_with_their_receipt_token(pg_bus: PostgresBus, d
             "SELECT idempotency_key, token FROM bus_record WHERE tenant_id = 'acme' ORDER BY token"
         ).fetchall()
     assert rows == [("a", 1), ("b", 2), ("c", 3)]
+
+
+def test_a_nack_with_a_back_off_lets_other_scopes_go_first(pg_bus: PostgresBus) -> None:
+    """A failing tenant's scope is not claimed again before its back-off ends,
+    by anyone; the other scopes are claimed meanwhile."""
+    ok(pg_bus.publish("failing", [[rec("a")]])[0])
+    batch = pg_bus.claim("A", limit=10, max_bytes=1 << 20, lease_s=60)
+    assert batch is not None
+    assert batch.scope == "failing"
+    pg_bus.nack(batch, "commit failed", retry_after_s=3600)
+    ok(pg_bus.publish("healthy", [[rec("b")]])[0])
+    for consumer in ("A", "B"):
+        other = pg_bus.claim(consumer, limit=10, max_bytes=1 << 20, lease_s=60)
+        assert other is not None
+        assert other.scope == "healthy"
+        pg_bus.nack(other, "test")  # no back-off: claimable again at once
+    assert pg_bus.claim("C", limit=10, max_bytes=1 << 20, lease_s=60) is not None
+    retried = pg_bus.claim("D", limit=10, max_bytes=1 << 20, lease_s=60)
+    assert retried is None  # "healthy" is leased by C now; "failing" still backs off

@@ -12,6 +12,7 @@ import datetime as dt
 import decimal
 import itertools
 import json
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -519,3 +520,42 @@ def test_decimal_38_converts_without_context_overflow() -> None:
 )
 def test_arrow_types(type_text: str, arrow: pa.DataType) -> None:
     assert arrow_type(T(type_text)) == arrow
+
+
+@pytest.mark.parametrize(
+    ("type_text", "value", "reason"),
+    [
+        ("DOUBLE", math.nan, "nan is not a finite number"),
+        ("DOUBLE", -math.inf, "-inf is not a finite number"),
+        ("FLOAT", math.inf, "inf is not a finite number"),
+        ("DOUBLE[]", [1.0, math.nan], "[1]: nan is not a finite number"),
+        ("JSON", {"a": [1, math.inf]}, "inf is not a finite number"),
+        ("JSON", {"\ud800": 1}, "contains a lone surrogate (not valid Unicode)"),
+        ("JSON", ["ok", "x\udfff"], "contains a lone surrogate (not valid Unicode)"),
+        ("VARCHAR", "a\ud800", "contains a lone surrogate (not valid Unicode)"),
+        ("STRUCT(s VARCHAR)", {"s": "\udc00"}, ".s: contains a lone surrogate (not valid Unicode)"),
+        ("TIMESTAMP", "0001-01-01T00:00:00+05:00", "outside the TIMESTAMP range"),
+        ("TIMESTAMPTZ", "9999-12-31T23:59:59-05:00", "outside the TIMESTAMPTZ range"),
+    ],
+)
+def test_values_nothing_could_store_or_read_back_are_refused(
+    type_text: str, value: Any, reason: str
+) -> None:
+    """NaN, infinities and lone surrogates cannot be JSON, UTF-8 or read back
+    equal; instants past the ends of the range cannot be held in UTC."""
+    got = validator(T(type_text))(value)
+    assert got is not None
+    assert got.endswith(reason), got
+
+
+@pytest.mark.parametrize(
+    ("type_text", "value"),
+    [
+        ("VARCHAR", "a\x00b\uffff\U0010ffff"),
+        ("JSON", {"a": [10**30, -0.0, 5e-324, "\x00"]}),
+        ("TIMESTAMPTZ", "0001-01-01T00:00:00-05:00"),
+        ("TIMESTAMP", "9999-12-31T23:59:59.999999"),
+    ],
+)
+def test_odd_values_that_commit_are_accepted(type_text: str, value: Any) -> None:
+    assert validator(T(type_text))(value) is None

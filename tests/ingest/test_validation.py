@@ -36,7 +36,8 @@ def test_lone_surrogates_are_refused_not_crashing() -> None:
     with pytest.raises(DuckMeshError) as refused:
         _validate([{"idempotency_key": "a", "payload": {"id": 1, "note": "\ud800"}}])
     assert refused.value.error_code == "VALIDATION_FAILED"
-    assert refused.value.context["errors"][0]["field"] == "payload"
+    # Named down to the column (it was only "payload" before the column check).
+    assert refused.value.context["errors"][0]["field"] == "payload.note"
 
 
 def test_every_problem_is_listed_and_nothing_is_returned() -> None:
@@ -58,3 +59,15 @@ def test_same_payload_gives_same_hash_whatever_the_key_order() -> None:
     a = _validate([{"idempotency_key": "k", "payload": {"id": 1, "note": "x"}}])
     b = _validate([{"idempotency_key": "k", "payload": {"note": "x", "id": 1}}])
     assert a[0].payload_hash == b[0].payload_hash  # type: ignore[attr-defined]
+
+
+def test_a_lone_surrogate_in_the_idempotency_key_names_the_key() -> None:
+    with pytest.raises(DuckMeshError) as refused:
+        _validate([{"idempotency_key": "k\ud800", "payload": {"id": 1}}])
+    assert refused.value.context["errors"] == [
+        {
+            "index": 0,
+            "field": "idempotency_key",
+            "reason": "contains a lone surrogate (not valid Unicode)",
+        }
+    ]
