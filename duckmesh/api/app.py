@@ -27,6 +27,7 @@ from duckmesh.api.http import (
     json_body,
     json_response,
     log,
+    receive_body,
     require,
     start_trace,
 )
@@ -184,6 +185,7 @@ def create_app(rt: Runtime) -> QuartTrio:
     @app.before_request
     async def _trace() -> None:
         start_trace()
+        await receive_body()
 
     @app.errorhandler(DuckMeshError)
     async def _duckmesh_error(exc: DuckMeshError) -> Response:
