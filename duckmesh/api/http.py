@@ -10,6 +10,7 @@ and within ``KEY_CACHE_S`` elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -138,10 +139,8 @@ async def receive_body() -> None:
     The body is bounded by MAX_CONTENT_LENGTH; a larger one is refused
     (413) by the route that reads it.
     """
-    try:
+    with contextlib.suppress(RequestEntityTooLarge):
         await request.body
-    except RequestEntityTooLarge:
-        pass
 
 
 async def json_body() -> dict[str, Any]:
