@@ -8,7 +8,7 @@ examples per operation. Any 5xx, undocumented status code, wrong content
 type or response that does not match its schema fails the run; the report
 (and a pytest file reproducing each failure) is written to ``--report-dir``.
 
-    python -m scenarios.fuzz_api [--max-examples 20] [--seed 20261202]
+    python -m scenarios.fuzz_api [--max-examples 100] [--seed 20261202]
 """
 
 from __future__ import annotations
@@ -21,15 +21,14 @@ from pathlib import Path
 from scenarios.harness import KEY, ROOT, Server
 
 SCHEMA = ROOT / "duckmesh" / "api" / "openapi.json"
+CONFIG = Path(__file__).with_suffix(".toml")
 CHECKS = (
     "not_a_server_error",
     "status_code_conformance",
     "content_type_conformance",
     "response_schema_conformance",
 )
-# Operations that would end the run's own fixtures or need long background
-# work per call: ingest waits and maintenance runs stay fuzzed, but a dropped
-# table or a revoked state would only make later examples uninteresting.
+# The table the table and ingest routes are pointed at (see fuzz_api.toml).
 EVENTS = {
     "name": "events",
     "columns": [
@@ -43,7 +42,7 @@ EVENTS = {
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m scenarios.fuzz_api", description=__doc__)
-    parser.add_argument("--max-examples", type=int, default=20, help="per operation")
+    parser.add_argument("--max-examples", type=int, default=100, help="per operation")
     parser.add_argument("--seed", type=int, default=20261202)
     parser.add_argument("--phases", default="examples,coverage,fuzzing")
     parser.add_argument("--report-dir", type=Path, default=Path("reports") / "fuzz")
@@ -54,6 +53,8 @@ def schemathesis_command(args: argparse.Namespace, base_url: str) -> list[str]:
     cli = Path(sys.executable).with_name("schemathesis")
     return [
         str(cli),
+        "--config-file",
+        str(CONFIG),
         "run",
         str(SCHEMA),
         "--url",
@@ -68,7 +69,8 @@ def schemathesis_command(args: argparse.Namespace, base_url: str) -> list[str]:
         str(args.max_examples),
         "--seed",
         str(args.seed),
-        "--generation-deterministic",
+        "--generation-database",
+        "none",
         "--workers",
         "1",
         "--request-timeout",
