@@ -127,11 +127,11 @@ def _int_field(body: dict[str, Any], name: str, lo: int = 0) -> int | None:
     return value
 
 
-def _int_arg(name: str, default: int | None, lo: int = 0, hi: int = MAX_INT) -> int | None:
+def _int_arg(name: str, lo: int = 0, hi: int = MAX_INT) -> int | None:
     """An integer query-string parameter in ``lo..hi`` (ids are Postgres BIGINTs)."""
     raw = request.args.get(name)
     if raw is None:
-        return default
+        return None
     value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 19 else -1
     if not lo <= value <= hi:
         raise DuckMeshError(
@@ -418,9 +418,9 @@ def create_app(rt: Runtime) -> QuartTrio:
     @app.get("/v1/snapshots")
     @require(auth, "query_reader")
     async def list_snapshots(p: Principal) -> Response:
-        limit = _int_arg("limit", 50, 1, 1000)
-        assert limit is not None
-        before_id = _int_arg("before", None)
+        limit = _int_arg("limit", 1, 1000)
+        limit = 50 if limit is None else limit
+        before_id = _int_arg("before")
         snaps = await rt.db.run(
             lambda c: reads.list_snapshots(c, p.tenant_id, before_id, limit), transaction=False
         )

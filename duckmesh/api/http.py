@@ -132,12 +132,13 @@ def parse_json(data: bytes | str) -> Any:
 async def receive_body() -> None:
     """Wait until the whole request body has arrived, before any response.
 
-    Hypercorn (h11) closes a keep-alive connection whose response ended
-    before the request body did, and a client that sent the body in its own
-    packet then waits for a response that never comes (found by the API
-    fuzzer: 401/404/405 answered to a request with a body hung ~1 in 10).
-    The body is bounded by MAX_CONTENT_LENGTH; a larger one is refused
-    (413) by the route that reads it.
+    When a response ends before Hypercorn (h11) has taken in the request
+    body, it gives up the keep-alive connection, and a client (httpx,
+    requests) may wait for that response forever: found by the API fuzzer,
+    a 401/404/405 to a request with a body hung about one time in ten
+    (tests/api/test_keepalive.py). The body is bounded by
+    MAX_CONTENT_LENGTH; a larger one is refused (413) by the route that
+    reads it.
     """
     with contextlib.suppress(RequestEntityTooLarge):
         await request.body
