@@ -56,11 +56,16 @@ class StorageQuota:
     reads the catalog at most once per refresh interval, not per request."""
 
     def __init__(
-        self, db: Database, quota: int, latest_snapshot: Callable[[str], int | None]
+        self,
+        db: Database,
+        quota: int,
+        latest_snapshot: Callable[[str], int | None],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.db = db
         self.quota = quota
         self._latest_snapshot = latest_snapshot
+        self._clock = clock
         # tenant -> (bytes, snapshot id seen when read, monotonic time read)
         self._used: dict[str, tuple[int, int | None, float]] = {}
         self._locks: dict[str, trio.Lock] = {}
@@ -77,18 +82,18 @@ class StorageQuota:
         return used
 
     async def used(self, tenant: str) -> int:
-        used = self._fresh(tenant, time.monotonic())
+        used = self._fresh(tenant, self._clock())
         if used is not None:
             return used
         lock = self._locks.setdefault(tenant, trio.Lock())
         async with lock:  # one reader per tenant; the others take its result
-            used = self._fresh(tenant, time.monotonic())
+            used = self._fresh(tenant, self._clock())
             if used is None:
                 snapshot = self._latest_snapshot(tenant)
                 used = await self.db.run(lambda c: reads.stored_bytes(c, tenant), transaction=False)
                 if len(self._used) > 10_000:
                     self._used.clear()
-                self._used[tenant] = (used, snapshot, time.monotonic())
+                self._used[tenant] = (used, snapshot, self._clock())
         return used
 
     async def check(self, tenant: str) -> None:
