@@ -60,9 +60,33 @@ def _choice(*choices: str) -> Callable[[str, str], str]:
     return parse
 
 
+# Words of the placeholders in ops/ templates and docs (compared case-insensitively).
+PLACEHOLDER_WORDS = (
+    "replace_me",
+    "replace-me",
+    "changeme",
+    "change_me",
+    "change-me",
+    "placeholder",
+    "your_key",
+    "your-key",
+    "example",
+    "secret",
+)
+
+
 def _bootstrap_key(name: str, raw: str) -> str:
-    if raw and len(raw) < 32:
+    if not raw:
+        return raw
+    if len(raw) < 32:
         raise ConfigError(f"{name} must be at least 32 characters")
+    low = raw.lower()
+    if any(word in low for word in PLACEHOLDER_WORDS):
+        raise ConfigError(f"{name} is a placeholder; set at least 32 random characters")
+    # A random key of 32+ characters has many distinct characters and no
+    # character filling a third of it; "aaaa...", "0000..." or "abab..." do not.
+    if len(set(raw)) < 8 or max(raw.count(c) for c in set(raw)) * 3 > len(raw):
+        raise ConfigError(f"{name} is too weak; use at least 32 random characters")
     return raw
 
 
@@ -98,6 +122,7 @@ class Config:
     max_record_bytes: int = 1024 * 1024
     max_pending_records: int = 5_000_000
     ingest_rate_limit: int = 0  # records/s per tenant; 0 = unlimited
+    tenant_storage_quota_bytes: int = 0  # live data-file bytes per tenant; 0 = unlimited
     # commit
     coordinators: int = 1
     flush_interval_ms: int = 200
@@ -163,6 +188,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_record_bytes": _int(64, 64 << 20),
     "max_pending_records": _int(1, 1 << 40),
     "ingest_rate_limit": _int(0, 1 << 30),
+    "tenant_storage_quota_bytes": _int(0, 1 << 60),
     "coordinators": _int(1, 64),
     "flush_interval_ms": _int(10, 60_000),
     "commit_linger_ms": _int(0, 10_000),

@@ -38,7 +38,8 @@ from duckmesh.config import Config, load_config
 from duckmesh.embedded import EmbeddedPostgres
 from duckmesh.runtime import Runtime, build_runtime, migrate_and_bootstrap
 
-BOOTSTRAP_KEY = "dmk_test_" + "k" * 40
+# A fixed key that passes the weak-key check (it is public: tests only).
+BOOTSTRAP_KEY = "dmk_test_hdIKTV4c2RHBarDrhSuMRUs2gIDIZxVg-1oN06BQ"
 REPO = Path(__file__).resolve().parent.parent
 
 

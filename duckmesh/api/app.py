@@ -27,6 +27,8 @@ from duckmesh.api.http import (
     error_response,
     json_body,
     json_response,
+    log,
+    receive_body,
     require,
     start_trace,
 )
@@ -34,13 +36,14 @@ from duckmesh.catalog import audit, commands, reads
 from duckmesh.catalog.commands import stream_tenant
 from duckmesh.errors import DuckMeshError
 from duckmesh.events import acting_as, call_retrying
-from duckmesh.ingest.limits import RateLimiter
+from duckmesh.ingest.limits import RateLimiter, StorageQuota
 from duckmesh.ingest.validation import TableValidator, parse_options, validate_records
 from duckmesh.maintenance.actors import collector_for, compactor_for
 from duckmesh.maintenance.integrity import IntegrityChecker
 from duckmesh.query.barrier import wait_for_token
 from duckmesh.query.service import QueryRequest
 from duckmesh.runtime import Runtime
+from duckmesh.supervisors import ActorStatistics
 
 _HTTP_CODES = {
     400: "BAD_REQUEST",
@@ -55,7 +58,9 @@ _HTTP_CODES = {
 # Compiled ingest validators are dropped on every table event and, in case a
 # notification is lost, after this long at most.
 VALIDATOR_CACHE_S = 10.0
-MAX_POSITION = 2**63 - 1  # event log positions are Postgres bigints
+# Largest integer a request may give for an id, token, limit or timeout: the
+# catalog stores them as Postgres BIGINT.
+MAX_INT = 2**63 - 1
 
 
 class _Validators:
@@ -91,15 +96,6 @@ class _Validators:
         return tv
 
 
-def _public_stats(stats: dict[str, Any], path: str) -> dict[str, Any]:
-    """An actor's statistics for /v1/ready: the last error's class only, since
-    its text may quote payload values (the log keeps the full text)."""
-    error = stats.get("last_error")
-    if isinstance(error, str):
-        stats["last_error"] = error.split(":", 1)[0]
-    return dict(stats, path=path)
-
-
 def _code_for_status(status: int) -> str:
     """The error code of a Werkzeug/Quart HTTP error (unexpected exceptions
     arrive as a 500: never reported as the client's fault)."""
@@ -112,12 +108,36 @@ def load_openapi() -> dict[str, Any]:
     return doc
 
 
+def _actor_json(path: str, stats: ActorStatistics) -> dict[str, Any]:
+    """An actor's readiness entry. ``last_error`` is only the exception class:
+    its message may quote payload values (the full text is in the server log)."""
+    out = dict(stats.as_dict(), path=path)
+    if stats.last_error is not None:
+        out["last_error"] = stats.last_error.partition(":")[0]
+    return out
+
+
 def _int_field(body: dict[str, Any], name: str, lo: int = 0) -> int | None:
     value = body.get(name)
     if value is None:
         return None
-    if type(value) is not int or value < lo:
-        raise DuckMeshError("VALIDATION_FAILED", f"{name} must be an integer >= {lo}", field=name)
+    if type(value) is not int or not lo <= value <= MAX_INT:
+        raise DuckMeshError(
+            "VALIDATION_FAILED", f"{name} must be an integer from {lo} to {MAX_INT}", field=name
+        )
+    return value
+
+
+def _int_arg(name: str, lo: int = 0, hi: int = MAX_INT) -> int | None:
+    """An integer query-string parameter in ``lo..hi`` (ids are Postgres BIGINTs)."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    value = int(raw) if raw.isascii() and raw.isdigit() and len(raw) <= 19 else -1
+    if not lo <= value <= hi:
+        raise DuckMeshError(
+            "VALIDATION_FAILED", f"{name} must be an integer from {lo} to {hi}", field=name
+        )
     return value
 
 
@@ -142,6 +162,11 @@ def create_app(rt: Runtime) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     auth = Authenticator(rt.db)
     limiter = RateLimiter(rt.config.ingest_rate_limit)
+    storage = StorageQuota(
+        rt.db,
+        rt.config.tenant_storage_quota_bytes,
+        lambda tenant: rt.notifications.watermarks.get(tenant, (None, 0))[0],
+    )
     rt.notifications.on_event(auth.invalidate)
 
     async def _table(tenant: str, name: str) -> Any:
@@ -161,6 +186,7 @@ def create_app(rt: Runtime) -> QuartTrio:
     @app.before_request
     async def _trace() -> None:
         start_trace()
+        await receive_body()
 
     @app.errorhandler(DuckMeshError)
     async def _duckmesh_error(exc: DuckMeshError) -> Response:
@@ -168,6 +194,15 @@ def create_app(rt: Runtime) -> QuartTrio:
             # Refused ingest requests (validation, 409, 429, ...) are counted too.
             metrics.INGEST_REQUESTS.labels(status=exc.error_code).inc()
         return error_response(exc)
+
+    @app.errorhandler(RecursionError)
+    async def _too_deep(exc: RecursionError) -> Response:
+        # Only a hostile input nests deep enough to exhaust the stack (request
+        # JSON and type names have their own bounds): the client's fault, not a 500.
+        log.warning("recursion limit reached", path=request.path, exc_info=exc)
+        return error_response(
+            DuckMeshError("BAD_REQUEST", "the request is nested too deeply to process")
+        )
 
     @app.errorhandler(HTTPException)
     async def _http_error(exc: HTTPException) -> Response:
@@ -198,7 +233,7 @@ def create_app(rt: Runtime) -> QuartTrio:
         except OSError as exc:
             checks["object_store"] = f"not writable: {exc.strerror}"
         tree = rt.extra.get("tree")
-        actors = [_public_stats(stats.as_dict(), path) for path, stats in tree()] if tree else []
+        actors = [_actor_json(path, stats) for path, stats in tree()] if tree else []
         failed = [a["path"] for a in actors if a["state"] == "failed"]
         if failed:
             checks["actors"] = f"failed: {', '.join(failed)}"
@@ -306,6 +341,7 @@ def create_app(rt: Runtime) -> QuartTrio:
             max_record_bytes=rt.config.max_record_bytes,
         )
         _check_backpressure(rt, p.tenant_id)
+        await storage.check(p.tenant_id)
         limiter.take(p.tenant_id, len(records))
         receipts = await rt.ingest.submit(p.tenant_id, records)
         duplicates = sum(1 for r in receipts if r.duplicate)
@@ -391,14 +427,9 @@ def create_app(rt: Runtime) -> QuartTrio:
     @app.get("/v1/snapshots")
     @require(auth, "query_reader")
     async def list_snapshots(p: Principal) -> Response:
-        try:
-            limit = int(request.args.get("limit", "50"))
-            before = request.args.get("before")
-            before_id = int(before) if before is not None else None
-        except ValueError:
-            raise DuckMeshError("VALIDATION_FAILED", "limit and before must be integers") from None
-        if not 1 <= limit <= 1000:
-            raise DuckMeshError("VALIDATION_FAILED", "limit must be 1..1000", field="limit")
+        limit = _int_arg("limit", 1, 1000)
+        limit = 50 if limit is None else limit
+        before_id = _int_arg("before")
         snaps = await rt.db.run(
             lambda c: reads.list_snapshots(c, p.tenant_id, before_id, limit), transaction=False
         )
@@ -410,6 +441,13 @@ def create_app(rt: Runtime) -> QuartTrio:
     @app.get("/v1/snapshots/<int:snapshot_id>")
     @require(auth, "query_reader")
     async def get_snapshot(p: Principal, snapshot_id: int) -> Response:
+        if snapshot_id > MAX_INT:  # the route's converter takes any digits
+            raise DuckMeshError(
+                "VALIDATION_FAILED",
+                f"a snapshot id is an integer from 1 to {MAX_INT}",
+                field="snapshot_id",
+            )
+
         def load(c: Any) -> Any:
             snap = reads.get_snapshot(c, p.tenant_id, snapshot_id)
             if snap is None:
@@ -503,8 +541,8 @@ def create_app(rt: Runtime) -> QuartTrio:
     @app.get("/v1/audit")
     @require(auth, "ops_admin")
     async def audit_trail(p: Principal) -> Response:
-        after = _query_int("after", 0, 0, MAX_POSITION)
-        limit = _query_int("limit", 100, 1, 1000)
+        after = _int_arg("after") or 0
+        limit = _int_arg("limit", 1, 1000) or 100
         entries = await rt.db.run(
             lambda c: audit.read_audit(c, p.tenant_id, after, limit), transaction=False
         )
@@ -551,21 +589,6 @@ def _trace_id() -> str | None:
 def _acting(p: Principal) -> AbstractContextManager[None]:
     """Every event this request causes names its key and trace (audit trail)."""
     return acting_as(actor_key_id=p.key_id, trace_id=_trace_id())
-
-
-def _query_int(name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = lo - 1
-    if not lo <= value <= hi:
-        raise DuckMeshError(
-            "VALIDATION_FAILED", f"{name} must be an integer in {lo}..{hi}", field=name
-        )
-    return value
 
 
 def _check_backpressure(rt: Runtime, tenant: str) -> None:

@@ -10,6 +10,7 @@ and within ``KEY_CACHE_S`` elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -20,6 +21,7 @@ from typing import Any
 import attrs
 import structlog
 from quart import Response, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from duckmesh.auth import hash_key, key_id_for, matches
 from duckmesh.catalog import reads
@@ -28,6 +30,9 @@ from duckmesh.db import Database
 from duckmesh.errors import DuckMeshError
 
 KEY_CACHE_S = 30.0
+# Deepest array/object nesting a request body may have (a record's payload
+# sits at level 4; a JSON column value gets the remaining levels).
+MAX_JSON_DEPTH = 64
 # W3C trace context: version-trace_id-parent_id-flags; version ff and all-zero
 # ids are invalid (a future version may append fields after the flags).
 _TRACEPARENT = re.compile(
@@ -52,7 +57,7 @@ def error_response(exc: DuckMeshError) -> Response:
     """The spec's error body; also one log line with the code (trace and
     tenant ids come from the context). Never logs the request itself."""
     headers = {}
-    if exc.error_code == "RATE_LIMITED":
+    if exc.error_code in ("RATE_LIMITED", "QUOTA_EXCEEDED"):
         headers["Retry-After"] = str(exc.context.get("retry_after_s", 1))
     status = exc.http_status
     (log.error if status >= 500 else log.info)(
@@ -82,12 +87,65 @@ def start_trace() -> str:
     return trace_id
 
 
-async def json_body() -> dict[str, Any]:
-    data = await request.get_data(cache=False)
+def _refuse_constant(name: str) -> Any:
+    # Python's json reads NaN/Infinity/-Infinity, which are not JSON (RFC 8259).
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _nesting_within(value: Any, limit: int) -> bool:
+    """Whether no array or object in ``value`` is nested deeper than ``limit``
+    (iterative: a hostile body must not exhaust the stack here either)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return False
+        children = item.values() if type(item) is dict else item
+        stack.extend((v, depth + 1) for v in children if type(v) is dict or type(v) is list)
+    return True
+
+
+def parse_json(data: bytes | str) -> Any:
+    """Strict JSON of a request: no NaN/Infinity, at most ``MAX_JSON_DEPTH`` levels."""
     try:
-        body = json.loads(data)
+        value = json.loads(data, parse_constant=_refuse_constant)
+    except RecursionError:
+        value = None
+        deep = True
     except (ValueError, UnicodeDecodeError) as exc:
         raise DuckMeshError("BAD_REQUEST", f"the body is not valid JSON: {exc}") from None
+    else:
+        # Fewer brackets than the limit cannot nest deeper: skip the walk.
+        raw = data.encode() if isinstance(data, str) else data
+        deep = raw.count(b"[") + raw.count(b"{") > MAX_JSON_DEPTH and not _nesting_within(
+            value, MAX_JSON_DEPTH
+        )
+    if deep:
+        raise DuckMeshError(
+            "BAD_REQUEST",
+            f"the body nests arrays/objects deeper than {MAX_JSON_DEPTH} levels",
+            max_depth=MAX_JSON_DEPTH,
+        )
+    return value
+
+
+async def receive_body() -> None:
+    """Wait until the whole request body has arrived, before any response.
+
+    When a response ends before Hypercorn (h11) has taken in the request
+    body, it gives up the keep-alive connection, and a client (httpx,
+    requests) may wait for that response forever: found by the API fuzzer,
+    a 401/404/405 to a request with a body hung about one time in ten
+    (tests/api/test_keepalive.py). The body is bounded by
+    MAX_CONTENT_LENGTH; a larger one is refused (413) by the route that
+    reads it.
+    """
+    with contextlib.suppress(RequestEntityTooLarge):
+        await request.body
+
+
+async def json_body() -> dict[str, Any]:
+    body = parse_json(await request.get_data(cache=False))
     if not isinstance(body, dict):
         raise DuckMeshError("BAD_REQUEST", "the body must be a JSON object")
     return body

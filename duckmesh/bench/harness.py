@@ -26,7 +26,7 @@ import httpx
 from duckmesh.embedded import running_dsn
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-KEY = "dmk_bench_" + "b" * 40
+KEY = "dmk_bench_oepilNbD_A_T1nBSRJiO9QN8G8Wk9Z0XxCZxgrLM"  # public: local runs only
 
 
 EVENTS_TABLE: dict[str, Any] = {

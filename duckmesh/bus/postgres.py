@@ -89,6 +89,27 @@ _CLAIM_RECORDS = (
 )
 
 
+def _conflict(rec: IngestRecord, index: int, token: int, first_index: int | None) -> DuckMeshError:
+    """A key reused with another payload. Within one request (``first_index``
+    set) the first use's token was never committed, so it is not named."""
+    if first_index is not None:
+        return DuckMeshError(
+            "IDEMPOTENCY_CONFLICT",
+            f"records {first_index} and {index} of this request use idempotency key"
+            f" {rec.idempotency_key!r} with different payloads",
+            record_index=index,
+            first_record_index=first_index,
+            idempotency_key=rec.idempotency_key,
+        )
+    return DuckMeshError(
+        "IDEMPOTENCY_CONFLICT",
+        f"idempotency key {rec.idempotency_key!r} was already used with a different payload",
+        record_index=index,
+        idempotency_key=rec.idempotency_key,
+        original_token=token,
+    )
+
+
 class PostgresBus:
     """``IngestBus`` on the catalog's Postgres (tables ``bus_*``)."""
 
@@ -117,25 +138,20 @@ class PostgresBus:
             receipts: list[Receipt] = []
             staged: list[str] = []
             seen: dict[tuple[str, str], tuple[int, bytes]] = {}
+            first_index: dict[tuple[str, str], int] = {}  # record index of a key's first use
             conflict: DuckMeshError | None = None
             for index, rec in enumerate(req):
                 key = (rec.table_id, rec.idempotency_key)
                 prior = existing.get(key) or seen.get(key)
                 if prior is not None:
                     if prior[1] != rec.payload_hash:
-                        conflict = DuckMeshError(
-                            "IDEMPOTENCY_CONFLICT",
-                            f"idempotency key {rec.idempotency_key!r} was already used with a"
-                            " different payload",
-                            record_index=index,
-                            idempotency_key=rec.idempotency_key,
-                            original_token=prior[0],
-                        )
+                        conflict = _conflict(rec, index, prior[0], first_index.get(key))
                         break
                     receipts.append(Receipt(prior[0], True))
                     continue
                 token += 1
                 seen[key] = (token, rec.payload_hash)
+                first_index[key] = index
                 receipts.append(Receipt(token, False))
                 staged.append(_copy_line(tenant_id, token, rec, stamp))
             if conflict is not None:

@@ -27,7 +27,13 @@ from duckmesh.catalog.model import (
     parse_partition,
     parse_retention,
 )
-from duckmesh.catalog.types import can_widen, is_identifier, parse_type
+from duckmesh.catalog.types import (
+    RESERVED_TABLE_PREFIXES,
+    can_widen,
+    is_identifier,
+    is_reserved_table_name,
+    parse_type,
+)
 from duckmesh.errors import DuckMeshError
 from duckmesh.events import append, stream_version
 from duckmesh.events.types import (
@@ -275,6 +281,14 @@ def create_table(conn: Conn, tenant_id: str, body: Any, **meta: Any) -> TableDef
             "VALIDATION_FAILED",
             "name must be an identifier (letters, digits, _; at most 63; not starting with _dm_)",
             field="name",
+        )
+    if is_reserved_table_name(name):
+        raise DuckMeshError(
+            "VALIDATION_FAILED",
+            f"table name {name!r} is reserved: names starting with"
+            f" {', '.join(RESERVED_TABLE_PREFIXES)} (any case) are DuckDB's system catalogs",
+            field="name",
+            reserved_prefixes=list(RESERVED_TABLE_PREFIXES),
         )
     columns = parse_columns(body.get("columns"))
     pk_raw = body.get("primary_key") or []

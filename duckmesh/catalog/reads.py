@@ -155,6 +155,16 @@ def snapshot_files(conn: Conn, tenant_id: str, snapshot_id: int) -> list[DataFil
     return [DataFile(*r) for r in rows]
 
 
+def stored_bytes(conn: Conn, tenant_id: str) -> int:
+    """Bytes of the tenant's live data files (those of its latest snapshot)."""
+    row = conn.execute(
+        "SELECT coalesce(sum(size_bytes), 0) FROM data_file"
+        " WHERE tenant_id = %s AND removed_in IS NULL",
+        (tenant_id,),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def table_watermarks(conn: Conn, tenant_id: str, snapshot_id: int) -> dict[str, int]:
     """Per-table watermark as of ``snapshot_id`` (latest row at or before it)."""
     rows = conn.execute(

@@ -54,6 +54,12 @@ _SCALARS = {
     "JSON",
 }
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")  # use with fullmatch
+# Deepest LIST/STRUCT nesting of a column type (the parser recurses per level).
+MAX_TYPE_DEPTH = 32
+# Table-name prefixes of DuckDB's system catalogs; the query sandbox refuses
+# bare names with these prefixes (duckmesh/query/_sqlcheck.py), so they are
+# refused at create time too.
+RESERVED_TABLE_PREFIXES = ("duckdb_", "pg_", "sqlite_", "pragma_", "information_schema")
 
 
 class TypeError_(ValueError):
@@ -87,6 +93,13 @@ def is_identifier(name: str) -> bool:
     return bool(_IDENT.fullmatch(name)) and not name.lower().startswith("_dm_")
 
 
+def is_reserved_table_name(name: str) -> bool:
+    """Whether a bare table name would resolve to one of DuckDB's system
+    catalogs (``pg_class``, ``duckdb_tables``, ...) in a query, so the SQL
+    sandbox refuses it and a table of that name could never be read."""
+    return name.lower().startswith(RESERVED_TABLE_PREFIXES)
+
+
 def _split_top(text: str) -> list[str]:
     parts, depth, start = [], 0, 0
     for i, ch in enumerate(text):
@@ -101,16 +114,18 @@ def _split_top(text: str) -> list[str]:
     return [p.strip() for p in parts]
 
 
-def parse_type(text: str) -> ColumnType:
+def parse_type(text: str, _depth: int = 1) -> ColumnType:
     """Parse a DuckDB type name; raises TypeError_ with the offending text."""
+    if _depth > MAX_TYPE_DEPTH:
+        raise TypeError_(f"LIST/STRUCT types nest at most {MAX_TYPE_DEPTH} levels deep")
     raw = " ".join(text.strip().split())
     upper = raw.upper()
     if not raw:
         raise TypeError_("empty type")
     if upper.endswith("[]"):
-        return ColumnType("LIST", element=parse_type(raw[:-2]))
+        return ColumnType("LIST", element=parse_type(raw[:-2], _depth + 1))
     if upper.startswith("LIST(") and upper.endswith(")"):
-        return ColumnType("LIST", element=parse_type(raw[5:-1]))
+        return ColumnType("LIST", element=parse_type(raw[5:-1], _depth + 1))
     if upper.startswith("STRUCT(") and upper.endswith(")"):
         fields = []
         for part in _split_top(raw[7:-1]):
@@ -119,7 +134,7 @@ def parse_type(text: str) -> ColumnType:
                 name = name[1:-1]
             if not _IDENT.fullmatch(name) or not type_text:
                 raise TypeError_(f"bad STRUCT field {part!r}")
-            fields.append((name, parse_type(type_text)))
+            fields.append((name, parse_type(type_text, _depth + 1)))
         # DuckDB compares field names case-insensitively ("a" and "A" collide).
         if not fields or len({n.lower() for n, _ in fields}) != len(fields):
             raise TypeError_(f"STRUCT needs distinct fields: {raw!r}")

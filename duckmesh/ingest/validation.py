@@ -107,6 +107,8 @@ def validate_records(
     errors: list[dict[str, Any]] = []
     out: list[IngestRecord] = []
     too_large: list[int] = []
+    first_use: dict[str, tuple[int, bytes]] = {}  # key -> (index, payload hash) of its first record
+    conflict: tuple[int, int, str] | None = None
 
     def bad(index: int, field: str, reason: str) -> None:
         errors.append({"index": index, "field": field, "reason": reason})
@@ -183,6 +185,9 @@ def validate_records(
             # JSON allows lone surrogates (\ud800); UTF-8 text cannot hold them.
             bad(index, "payload", "contains text that is not valid Unicode (a lone surrogate)")
             continue
+        first = first_use.setdefault(key, (index, digest))
+        if first[1] != digest and conflict is None:
+            conflict = (first[0], index, key)
         out.append(
             IngestRecord(
                 table_id=table.table_id,
@@ -209,4 +214,19 @@ def validate_records(
             f"{len(errors)} invalid record field(s); nothing was written",
             errors=errors[:MAX_LISTED_ERRORS],
         )
+    if conflict is not None:
+        raise _conflict_within(*conflict)
     return out
+
+
+def _conflict_within(first_index: int, index: int, key: str) -> DuckMeshError:
+    """Two records of one request share a key but not a payload: refused
+    before the bus, so no token is named (none was ever committed)."""
+    return DuckMeshError(
+        "IDEMPOTENCY_CONFLICT",
+        f"records {first_index} and {index} of this request use idempotency key {key!r}"
+        " with different payloads; nothing was written",
+        record_index=index,
+        first_record_index=first_index,
+        idempotency_key=key,
+    )

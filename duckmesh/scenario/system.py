@@ -29,7 +29,7 @@ from psycopg.conninfo import make_conninfo
 
 from duckmesh.embedded import EmbeddedPostgres
 
-API_KEY = "dmk_scenario_" + "s" * 40
+API_KEY = "dmk_scenario_aIxJtXU_kXAtgDCV16n6-RSiZ8LpM1tvF7-hL081"  # public: local runs only
 # Settings every scenario process gets (the brief of issue 8): short leases so
 # a killed coordinator's work is reclaimed quickly, frequent flushes.
 BASE_ENV = {

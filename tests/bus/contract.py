@@ -182,6 +182,12 @@ class IngestBusContract:
         out = bus.publish("acme", [[rec("b"), rec("c", {"v": 1}), rec("c", {"v": 2})]])
         assert isinstance(out[0], DuckMeshError)
         assert out[0].error_code == "IDEMPOTENCY_CONFLICT"
+        # Both uses are in the refused request: no token of it was ever committed.
+        assert out[0].context == {
+            "record_index": 2,
+            "first_record_index": 1,
+            "idempotency_key": "c",
+        }
         assert bus.latest_token("acme") == 1
         assert ok(bus.publish("acme", [[rec("b")]])[0]) == [Receipt(2, False)]
 

@@ -15,7 +15,7 @@ import pytest
 from duckmesh import migrations
 from duckmesh.cli.main import main
 
-SECRET_KEY = "dmk_supersecret_" + "s" * 40
+SECRET_KEY = "dmk_XJIwWeJtJmRs6TK1RO7By4DMWvi9tY2DlTa8ezTf"  # strong enough to be accepted
 
 
 @pytest.fixture(autouse=True)

@@ -10,8 +10,13 @@ import trio
 
 from duckmesh.config import Config
 from duckmesh.errors import DuckMeshError
-from duckmesh.ingest.limits import RateLimiter
-from duckmesh.runtime import build_runtime, migrate_and_bootstrap
+from duckmesh.ingest.limits import (
+    STORAGE_REFRESH_MAX_S,
+    STORAGE_REFRESH_MIN_S,
+    RateLimiter,
+    StorageQuota,
+)
+from duckmesh.runtime import Runtime, build_runtime, migrate_and_bootstrap
 from tests.fixtures import EVENTS, start_server
 
 
@@ -78,3 +83,43 @@ async def test_lag_reports_quarantined_records(server: Any) -> None:
     assert lag["recent_quarantine"][0]["reason"] == "table not found"
     assert lag["recent_quarantine"][0]["idempotency_key"] == "k"
     assert lag["pending_records"] == 0
+
+
+async def test_storage_quota_reads_the_catalog_once_per_interval(runtime: Runtime) -> None:
+    """Stored bytes are cached: re-read only when the tenant's snapshot moved
+    (at most once a second) or after STORAGE_REFRESH_MAX_S, never per request."""
+    latest = {"default": 1}
+    now = [0.0]
+    quota = StorageQuota(runtime.db, 100, latest.get, clock=lambda: now[0])
+    assert await quota.used("default") == 0
+
+    def add_file(conn: Any) -> None:
+        conn.execute(
+            "INSERT INTO data_file (file_id, tenant_id, table_id, path, format, schema_version,"
+            " record_count, size_bytes, checksum, min_token, max_token, created_at, added_in)"
+            " VALUES ('f1', 'default', 't', 'p', 'parquet', 1, 1, 150, 'c', 1, 1, now(), 2)"
+        )
+
+    await runtime.db.run(add_file)
+    await quota.check("default")  # cached 0 bytes: no catalog read
+    latest["default"] = 2
+    now[0] = STORAGE_REFRESH_MIN_S / 2
+    assert await quota.used("default") == 0  # moved, but read too recently
+    now[0] = STORAGE_REFRESH_MIN_S + 0.1
+    assert await quota.used("default") == 150
+    with pytest.raises(DuckMeshError) as refused:
+        await quota.check("default")
+    assert refused.value.error_code == "QUOTA_EXCEEDED"
+    assert refused.value.context == {
+        "quota": "storage_bytes",
+        "used_bytes": 150,
+        "limit_bytes": 100,
+        "retry_after_s": 30,
+    }
+    await quota.check("other")  # another tenant stores nothing
+    await runtime.db.run(lambda c: c.execute("UPDATE data_file SET removed_in = 3"))
+    now[0] += STORAGE_REFRESH_MIN_S * 2  # snapshot unchanged: kept until the TTL
+    assert await quota.used("default") == 150
+    now[0] += STORAGE_REFRESH_MAX_S
+    assert await quota.used("default") == 0
+    await StorageQuota(runtime.db, 0, latest.get).check("default")  # 0 = unlimited
