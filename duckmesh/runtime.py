@@ -16,6 +16,7 @@ import attrs
 import structlog
 
 from duckmesh import migrations
+from duckmesh.bus import IngestBus
 from duckmesh.bus.postgres import PostgresBus
 from duckmesh.catalog import commands, reads
 from duckmesh.catalog.model import ROLES
@@ -31,6 +32,7 @@ from duckmesh.notify import Notifications
 from duckmesh.query import barrier
 from duckmesh.query.service import QueryService, QuerySettings
 from duckmesh.storage.local import LocalObjectStore
+from duckmesh.storage.protocol import ObjectStore
 from duckmesh.supervisors.faults import FaultPoints
 
 log = structlog.get_logger("duckmesh.runtime")
@@ -41,8 +43,8 @@ class Runtime:
     config: Config
     dsn: str
     db: Database
-    bus: PostgresBus
-    store: LocalObjectStore
+    bus: IngestBus  # the backends are chosen here and nowhere else
+    store: ObjectStore
     notifications: Notifications
     faults: FaultPoints
     queries: QueryService

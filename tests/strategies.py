@@ -38,6 +38,7 @@ import psycopg
 from hypothesis import strategies as st
 
 from duckmesh.catalog import commands, reads
+from duckmesh.catalog.journal import append
 from duckmesh.catalog.model import ROLES, Column, TableDef
 from duckmesh.catalog.types import (
     ColumnType,
@@ -46,7 +47,7 @@ from duckmesh.catalog.types import (
     parse_type,
 )
 from duckmesh.errors import DuckMeshError
-from duckmesh.events import append, stream_version
+from duckmesh.events import stream_version
 from duckmesh.events.types import (
     FilesCollected,
     MaintenanceCompleted,

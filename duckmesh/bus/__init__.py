@@ -4,6 +4,22 @@
 so far. The API and the coordinator use the protocol only.
 """
 
-from duckmesh.bus.protocol import Batch, BusRecord, IngestBus, IngestRecord, LeaseLost, Receipt
+from duckmesh.bus.protocol import (
+    Batch,
+    BusRecord,
+    IngestBus,
+    IngestRecord,
+    LeaseLost,
+    QuarantineEntry,
+    Receipt,
+)
 
-__all__ = ["Batch", "BusRecord", "IngestBus", "IngestRecord", "LeaseLost", "Receipt"]
+__all__ = [
+    "Batch",
+    "BusRecord",
+    "IngestBus",
+    "IngestRecord",
+    "LeaseLost",
+    "QuarantineEntry",
+    "Receipt",
+]

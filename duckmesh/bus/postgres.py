@@ -14,7 +14,14 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from duckmesh.bus.protocol import Batch, BusRecord, IngestRecord, LeaseLost, Receipt
+from duckmesh.bus.protocol import (
+    Batch,
+    BusRecord,
+    IngestRecord,
+    LeaseLost,
+    QuarantineEntry,
+    Receipt,
+)
 from duckmesh.db import Conn, Database
 from duckmesh.errors import DuckMeshError
 
@@ -320,6 +327,26 @@ class PostgresBus:
             transaction=False,
         )
         return {r[0]: r[1] for r in rows}
+
+    def quarantine(
+        self, batch: Batch, entries: Sequence[QuarantineEntry], *, tx: Any = None
+    ) -> None:
+        """Set records aside; ``tx`` is a psycopg connection in a transaction."""
+        if not entries:
+            return
+
+        def run(conn: Conn) -> None:
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO bus_quarantine (tenant_id, token, table_id, reason)"
+                    " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    [(batch.scope, e.token, e.table_id, e.reason) for e in entries],
+                )
+
+        if tx is None:
+            self.db.call(run)
+        else:
+            run(tx)
 
     def quarantined(self, tenant_id: str, recent: int = 10) -> tuple[int, list[dict[str, Any]]]:
         """How many records of a tenant were set aside, and the latest reasons."""

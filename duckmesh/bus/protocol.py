@@ -19,6 +19,13 @@ Semantics (SPEC §2.3), identical for every backend:
   database (Postgres) joins it so publication and ack are one commit; a
   backend that cannot (Kafka) acks after the catalog commit, and the catalog
   watermark stays the source of truth (ADR 0006).
+- ``quarantine`` sets records of a claimed batch aside with a reason (they
+  fail on their own); ``tx`` as for ``ack``, so the records are set aside
+  exactly when the snapshot that skips them is published. Setting a token
+  aside twice keeps the first reason. ``quarantined`` counts a tenant's
+  set-aside records and lists the latest.
+- ``lag`` gives every tenant's (latest, committed) token; ``ingested_at``
+  when given records were made durable (for the visibility-lag metric).
 
 Methods are synchronous: callers run them in worker threads.
 """
@@ -78,6 +85,15 @@ class Batch:
         return self.records[-1].token if self.records else self.after_token
 
 
+@attrs.frozen
+class QuarantineEntry:
+    """A record set aside: it cannot be committed on its own (SPEC §2.3)."""
+
+    token: int
+    table_id: str
+    reason: str
+
+
 class LeaseLost(DuckMeshError):
     """The consumer no longer holds the scope (another took it over)."""
 
@@ -112,3 +128,13 @@ class IngestBus(Protocol):
     def latest_token(self, tenant_id: str) -> int: ...
 
     def committed_token(self, tenant_id: str) -> int: ...
+
+    def quarantine(
+        self, batch: Batch, entries: Sequence[QuarantineEntry], *, tx: Any = None
+    ) -> None: ...
+
+    def quarantined(self, tenant_id: str, recent: int = 10) -> tuple[int, list[dict[str, Any]]]: ...
+
+    def lag(self) -> dict[str, tuple[int, int]]: ...
+
+    def ingested_at(self, tokens: dict[str, int]) -> dict[str, dt.datetime]: ...

@@ -1,4 +1,4 @@
-"""Catalog commands: validate, then append events (which update projections).
+"""Catalog commands: validate, then append events (``journal``: log and projections).
 
 Each command runs inside the caller's transaction on a sync connection and
 retries nothing itself: a ``ConcurrencyConflict`` propagates so the caller
@@ -9,24 +9,29 @@ from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
 from duckmesh.auth import generate_key, hash_key, key_id_for
 from duckmesh.catalog import reads
+from duckmesh.catalog.journal import append, append_current
 from duckmesh.catalog.model import (
     COMPATIBILITY_MODES,
     ROLES,
     Column,
-    DataFile,
     TableDef,
     parse_column,
     parse_columns,
     parse_partition,
     parse_retention,
 )
+
+# Re-exported: notify, the query service and tests find these here.
+from duckmesh.catalog.snapshots import SNAPSHOTS_CHANNEL as SNAPSHOTS_CHANNEL
+from duckmesh.catalog.snapshots import notify_snapshot as notify_snapshot
+from duckmesh.catalog.snapshots import publish_removal
+from duckmesh.catalog.snapshots import snapshots_stream as snapshots_stream
 from duckmesh.catalog.types import (
     RESERVED_TABLE_PREFIXES,
     can_widen,
@@ -35,13 +40,12 @@ from duckmesh.catalog.types import (
     parse_type,
 )
 from duckmesh.errors import DuckMeshError
-from duckmesh.events import append, stream_version
+from duckmesh.events import stream_version
 from duckmesh.events.types import (
     ApiKeyIssued,
     ApiKeyRevoked,
     Event,
     SnapshotPinned,
-    SnapshotPublished,
     SnapshotUnpinned,
     TableCreated,
     TableDropped,
@@ -51,7 +55,6 @@ from duckmesh.events.types import (
 )
 
 Conn = psycopg.Connection[Any]
-SNAPSHOTS_CHANNEL = "duckmesh_snapshots"
 _TENANT_ID = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # fullmatch: "$" allows a final "\n"
 _MAX_TEXT = 200
 
@@ -92,10 +95,6 @@ def tables_stream(tenant_id: str) -> str:
     return f"tables:{tenant_id}"
 
 
-def snapshots_stream(tenant_id: str) -> str:
-    return f"snapshots:{tenant_id}"
-
-
 def pins_stream(tenant_id: str) -> str:
     return f"pins:{tenant_id}"
 
@@ -107,14 +106,8 @@ def maintenance_stream(tenant_id: str) -> str:
 def record_maintenance(conn: Conn, tenant_id: str, event: Event, actor: str) -> None:
     """Append a maintenance event (expiry, collection, a run's summary) to the
     tenant's maintenance stream at its current version."""
-    stream = maintenance_stream(tenant_id)
-    append(
-        conn,
-        stream,
-        stream_version(conn, stream),
-        [event],
-        tenant_id=tenant_id,
-        metadata={"actor": actor},
+    append_current(
+        conn, maintenance_stream(tenant_id), event, tenant_id=tenant_id, metadata={"actor": actor}
     )
 
 
@@ -138,48 +131,6 @@ def publish_schema_snapshot(
         actor,
         "schema",
         lambda files: [f.file_id for f in files if f.table_id == dropped_table_id],
-    )
-
-
-def publish_removal(
-    conn: Conn,
-    tenant_id: str,
-    actor: str,
-    kind: str,
-    choose: Callable[[list[DataFile]], list[str]],
-) -> int:
-    """Publish a snapshot that keeps the watermark and removes the files
-    ``choose`` picks from the parent snapshot's files (possibly none)."""
-    head = reads.latest_snapshot(conn, tenant_id)
-    parent = head.snapshot_id if head else 0
-    files = reads.snapshot_files(conn, tenant_id, parent) if head else []
-    append(
-        conn,
-        snapshots_stream(tenant_id),
-        parent,
-        [
-            SnapshotPublished(
-                tenant_id=tenant_id,
-                snapshot_id=parent + 1,
-                kind=kind,
-                created_by=actor,
-                max_visibility_token=head.max_visibility_token if head else 0,
-                parent_id=parent or None,
-                table_watermarks={},
-                files_added=[],
-                files_removed=choose(files),
-            )
-        ],
-        tenant_id=tenant_id,
-    )
-    notify_snapshot(conn, tenant_id, parent + 1, head.max_visibility_token if head else 0)
-    return parent + 1
-
-
-def notify_snapshot(conn: Conn, tenant_id: str, snapshot_id: int, watermark: int) -> None:
-    """Announce a publication; delivered when the transaction commits."""
-    conn.execute(
-        "SELECT pg_notify(%s, %s)", (SNAPSHOTS_CHANNEL, f"{tenant_id}:{snapshot_id}:{watermark}")
     )
 
 

@@ -20,32 +20,28 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
-import secrets
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import attrs
 import pyarrow.parquet as pq
 import structlog
 
 from duckmesh import metrics
-from duckmesh.bus import Batch, BusRecord, IngestBus, LeaseLost
-from duckmesh.catalog import reads
-from duckmesh.catalog.commands import notify_snapshot, snapshots_stream
+from duckmesh.bus import Batch, BusRecord, IngestBus, LeaseLost, QuarantineEntry
+from duckmesh.catalog import reads, snapshots
 from duckmesh.catalog.model import Snapshot, TableDef
+from duckmesh.catalog.snapshots import ConflictPolicy, RebaseRefused, SnapshotChange
 from duckmesh.coordinator.health import CommitHealth
-from duckmesh.coordinator.parquet import PartitionRows, Rejected, build_tables, write_parquet
+from duckmesh.coordinator.parquet import PartitionRows, Rejected, build_tables
 from duckmesh.db import Conn, Database
-from duckmesh.events import ConcurrencyConflict, append
-from duckmesh.events.types import SnapshotPublished
-from duckmesh.storage.local import LocalObjectStore
+from duckmesh.storage import layout
+from duckmesh.storage.layout import DataFile
+from duckmesh.storage.protocol import ObjectStore
 from duckmesh.supervisors.faults import POISON_MARKER, FaultPoints
 
 log = structlog.get_logger("duckmesh.coordinator")
-
-_PUBLISH_ATTEMPTS = 5
 
 
 @attrs.frozen
@@ -91,13 +87,6 @@ def _by_table(records: Sequence[BusRecord]) -> dict[str, list[BusRecord]]:
     return by_table
 
 
-def object_key(tenant_id: str, rows: PartitionRows, snapshot_id: int, seq: int) -> str:
-    return (
-        f"{tenant_id}/{rows.table.table_id}/{rows.partition}/"
-        f"part-{snapshot_id:012d}-{seq:04d}-{secrets.token_hex(4)}.parquet"
-    )
-
-
 class LeaseHeartbeat:
     """Renews a batch's lease every third of its length while a commit runs,
     so a slow commit (a big batch, a slow disk) is not taken over half-way.
@@ -136,7 +125,7 @@ class Committer:
         self,
         db: Database,
         bus: IngestBus,
-        store: LocalObjectStore,
+        store: ObjectStore,
         faults: FaultPoints,
         settings: CommitSettings,
         consumer_id: str,
@@ -288,7 +277,7 @@ class Committer:
             elif rec.token not in excluded:
                 good.append(rec)
         next_id = (head.snapshot_id if head else 0) + 1
-        files: list[dict[str, Any]] = []
+        files: list[DataFile] = []
         watermarks: dict[str, int] = {}
         seq = 0
         for table_id, recs in _by_table(good).items():
@@ -322,99 +311,83 @@ class Committer:
             tenant, snapshot_id, len(plan.records), len(files), len(rejected), new_watermark
         )
 
-    def _write(
-        self, tenant: str, rows: PartitionRows, snapshot_id: int, seq: int
-    ) -> dict[str, Any]:
+    def _write(self, tenant: str, rows: PartitionRows, snapshot_id: int, seq: int) -> DataFile:
         scratch = self.store.scratch_path(".parquet")
         try:
-            size, checksum = write_parquet(rows.arrow, scratch)
-            key = object_key(tenant, rows, snapshot_id, seq)
+            size, checksum = layout.write_parquet(rows.arrow, scratch)
+            key = layout.object_key(tenant, rows.table.table_id, rows.partition, snapshot_id, seq)
             self.store.put_file(scratch, key)
         finally:
             if scratch.exists():
                 os.unlink(scratch)
-        return {
-            "file_id": secrets.token_hex(8),
-            "table_id": rows.table.table_id,
-            "path": key,
-            "schema_version": rows.table.schema_version,
-            "record_count": rows.arrow.num_rows,
-            "size_bytes": size,
-            "checksum": checksum,
-            "min_token": rows.min_token,
-            "max_token": rows.max_token,
-            "min_event_time": rows.min_event_time.isoformat() if rows.min_event_time else None,
-            "max_event_time": rows.max_event_time.isoformat() if rows.max_event_time else None,
-        }
+        return DataFile(
+            file_id=layout.new_file_id(),
+            table_id=rows.table.table_id,
+            path=key,
+            schema_version=rows.table.schema_version,
+            record_count=rows.arrow.num_rows,
+            size_bytes=size,
+            checksum=checksum,
+            min_token=rows.min_token,
+            max_token=rows.max_token,
+            min_event_time=rows.min_event_time,
+            max_event_time=rows.max_event_time,
+        )
 
     def _publish(
         self,
         batch: Batch,
         head: Snapshot | None,
-        files: list[dict[str, Any]],
+        files: list[DataFile],
         watermarks: dict[str, int],
         rejected: Sequence[Rejected],
         new_watermark: int,
     ) -> int:
+        """Publish with the REBASE policy: when compaction or a restore
+        published first and the watermark is unchanged, our files are still
+        exactly what is missing. Otherwise the batch is redone (``LeaseLost``)."""
         tenant = batch.scope
-        stream = snapshots_stream(tenant)
-        parent = head.snapshot_id if head else 0
-        for _attempt in range(_PUBLISH_ATTEMPTS):
-            event = SnapshotPublished(
-                tenant_id=tenant,
-                snapshot_id=parent + 1,
-                kind="commit",
-                created_by=self.consumer_id,
-                max_visibility_token=new_watermark,
-                parent_id=parent or None,
-                table_watermarks=watermarks,
-                files_added=files,
-                files_removed=[],
-                fence=batch.fence,
+        entries = [QuarantineEntry(r.token, r.table_id, r.reason) for r in rejected]
+        tables = {f.table_id for f in files}
+
+        def ack(conn: Conn, _snapshot_id: int) -> None:
+            # The ack takes the scope row lock first: a stale holder fails here.
+            self.bus.ack(batch, tx=conn)
+
+        def set_aside(conn: Conn, _snapshot_id: int) -> None:
+            self.bus.quarantine(batch, entries, tx=conn)
+            self.faults.hit("coordinator.inside_publish_commit")
+
+        def still_valid(conn: Conn, latest: Snapshot | None) -> bool:
+            metrics.CLAIM_RETRIES.inc()
+            if latest is None or latest.max_visibility_token != batch.after_token:
+                return False
+            # A table dropped meanwhile: redo the batch without it.
+            return not reads.dropped_table_ids(conn, tenant) & tables
+
+        change = SnapshotChange(
+            tenant_id=tenant,
+            kind="commit",
+            created_by=self.consumer_id,
+            files_added=files,
+            table_watermarks=watermarks,
+            max_visibility_token=new_watermark,
+            fence=batch.fence,
+            metadata={"actor": self.consumer_id},
+        )
+        try:
+            published = snapshots.publish(
+                self.db,
+                change,
+                head,
+                policy=ConflictPolicy.REBASE,
+                still_valid=still_valid,
+                before=ack,
+                after=set_aside,
             )
-
-            def publish(conn: Conn, event: SnapshotPublished = event, parent: int = parent) -> None:
-                # The ack takes the scope row lock first: a stale holder fails here.
-                self.bus.ack(batch, tx=conn)
-                append(
-                    conn,
-                    stream,
-                    parent,
-                    [event],
-                    tenant_id=tenant,
-                    metadata={"actor": self.consumer_id},
-                )
-                if rejected:
-                    with conn.cursor() as cur:
-                        cur.executemany(
-                            "INSERT INTO bus_quarantine (tenant_id, token, table_id, reason)"
-                            " VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                            [(tenant, r.token, r.table_id, r.reason) for r in rejected],
-                        )
-                notify_snapshot(conn, tenant, event.snapshot_id, new_watermark)
-                self.faults.hit("coordinator.inside_publish_commit")
-
-            try:
-                self.db.call(publish)
-                return event.snapshot_id
-            except ConcurrencyConflict:
-                # Compaction or a restore published first. If the watermark is
-                # unchanged our files are still exactly what is missing: rebase.
-                metrics.CLAIM_RETRIES.inc()
-                latest, dropped = self.db.call(
-                    lambda c: (
-                        reads.latest_snapshot(c, tenant),
-                        reads.dropped_table_ids(c, tenant),
-                    ),
-                    transaction=False,
-                )
-                if latest is None or latest.max_visibility_token != batch.after_token:
-                    raise LeaseLost(batch.scope, batch.fence) from None
-                if dropped & {f["table_id"] for f in files}:
-                    # A table was dropped meanwhile: redo the batch without it.
-                    raise LeaseLost(batch.scope, batch.fence) from None
-                parent = latest.snapshot_id
-        raise LeaseLost(batch.scope, batch.fence)
+        except RebaseRefused:
+            raise LeaseLost(batch.scope, batch.fence) from None
+        return published.snapshot_id
 
     @staticmethod
     def _observe_visibility(records: Sequence[BusRecord]) -> None:

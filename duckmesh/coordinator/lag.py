@@ -15,12 +15,12 @@ from typing import Any
 import trio
 
 from duckmesh import metrics
-from duckmesh.bus.postgres import PostgresBus
+from duckmesh.bus import IngestBus
 from duckmesh.supervisors import Actor
 
 
 class LagMonitor(Actor):
-    def __init__(self, bus: PostgresBus, interval_s: float = 1.0) -> None:
+    def __init__(self, bus: IngestBus, interval_s: float = 1.0) -> None:
         super().__init__("lag-monitor")
         self.bus = bus
         self.interval_s = interval_s

@@ -5,31 +5,28 @@ every record; keyed tables keep the newest record per key within the batch
 (deletes stay as tombstones so older files' rows are hidden at read time and
 compaction agrees). Every row carries ``_dm_token`` and ``_dm_op``. A record
 whose payload cannot be converted is returned as rejected with the reason,
-never dropped silently.
+never dropped silently. The file layout itself (system columns, schema,
+writing) is ``duckmesh.storage.layout``'s.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
 import pyarrow as pa
 import pyarrow.json as pa_json
-import pyarrow.parquet as pq
 
 from duckmesh.bus import BusRecord
 from duckmesh.catalog.model import TableDef
 from duckmesh.catalog.types import ColumnType, arrow_type, converter, parse_type
+from duckmesh.storage.layout import with_system_columns
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-TOKEN_COLUMN = "_dm_token"  # noqa: S105 (a column name, not a secret)
-OP_COLUMN = "_dm_op"
 
 
 @attrs.frozen
@@ -180,13 +177,7 @@ def build_tables(
         user, kept, rejected = _read_slow(table, records)
         if user is None:
             return [], rejected
-    full = user.append_column(
-        pa.field(TOKEN_COLUMN, pa.int64(), nullable=False),
-        pa.array([r.token for r in kept], pa.int64()),
-    ).append_column(
-        pa.field(OP_COLUMN, pa.string(), nullable=False),
-        pa.array([r.op for r in kept], pa.string()),
-    )
+    full = with_system_columns(user, [r.token for r in kept], [r.op for r in kept])
     indices = list(range(len(kept)))
     if table.primary_key:
         # Newest record per key within the batch (records are in token order).
@@ -217,13 +208,3 @@ def build_tables(
             )
         )
     return out, rejected
-
-
-def write_parquet(arrow: pa.Table, path: Path) -> tuple[int, str]:
-    """Write zstd-compressed Parquet with statistics; returns (size, sha256)."""
-    pq.write_table(arrow, path, compression="zstd", write_statistics=True)
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return path.stat().st_size, digest.hexdigest()

@@ -1,7 +1,7 @@
 """The event log: every catalog change is an append-only event in Postgres.
 
-Owns ``event_log`` and ``event_stream``. May import ``duckmesh.errors`` and,
-to project inside the append transaction, ``duckmesh.projections``.
+Owns ``event_log`` and ``event_stream``. Imports nothing of the catalog or
+its projections: ``duckmesh.catalog.journal`` appends and projects.
 """
 
 from duckmesh.events.store import (

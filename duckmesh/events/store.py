@@ -2,9 +2,10 @@
 
 Optimistic concurrency lives in ``event_stream``: appending checks and bumps
 the stream's version in one UPDATE, so two writers that read the same version
-cannot both append, and versions have no gaps. Projections are applied in the
-same transaction as the append (``duckmesh.projections.apply``), so the
-catalog never runs ahead of or behind its log. Call inside a transaction.
+cannot both append, and versions have no gaps. The store knows nothing of
+the tables derived from the log: ``duckmesh.catalog.journal.append`` appends
+here and applies the projections in the same transaction. Call inside a
+transaction.
 
 Who asked for a change: inside ``acting_as(actor_key_id=..., trace_id=...)``
 (the API wraps each change a request makes) every appended event's metadata
@@ -99,13 +100,12 @@ def append(
     tenant_id: str | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> list[RecordedEvent]:
-    """Append ``events`` after ``expected_version`` and project them.
+    """Append ``events`` after ``expected_version`` (projections are the
+    caller's: see ``duckmesh.catalog.journal``).
 
     Raises :class:`ConcurrencyConflict` when the stream has moved on. Must run
     inside a transaction (the caller's): a conflict leaves nothing written.
     """
-    from duckmesh.projections import apply  # projections import this module
-
     if not events:
         # Nothing to write, but the expectation still holds or fails. (Writing
         # a new stream at version 0 would make it look absent yet refuse
@@ -154,7 +154,6 @@ def append(
             event=event,
             metadata=metadata,
         )
-        apply(conn, rec)
         recorded.append(rec)
     conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, stream))
     return recorded

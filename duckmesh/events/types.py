@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 import attrs
 
+from duckmesh.storage.layout import DataFile, data_files
+
 JSON = dict[str, Any]
 
 
@@ -92,7 +94,8 @@ class SnapshotPublished(Event):
 
     ``kind`` says why: ``commit`` (new records), ``compaction`` (same data,
     fewer files), ``retention`` (old data dropped), ``restore`` (equal to an
-    older snapshot).
+    older snapshot). Built only by ``duckmesh.catalog.snapshots``, which
+    states the invariant ``snapshot_id == parent_id + 1 == stream version``.
     """
 
     event_type = "SnapshotPublished"
@@ -103,10 +106,14 @@ class SnapshotPublished(Event):
     max_visibility_token: int
     parent_id: int | None
     table_watermarks: dict[str, int]
-    files_added: list[JSON]
+    files_added: list[DataFile] = attrs.field(converter=data_files)
     files_removed: list[str]
     fence: int | None = None
     restored_from: int | None = None
+
+    def to_payload(self) -> JSON:
+        # The files' JSON form is the one stored since the first release.
+        return dict(super().to_payload(), files_added=[f.to_json() for f in self.files_added])
 
 
 @attrs.frozen

@@ -83,9 +83,9 @@ def maintenance_actors(rt: Runtime) -> list[Actor]:
     cfg = rt.config
     return [
         TenantPassActor(
-            "compactor", compactor_for(rt).compact_tenant, rt.db, cfg.compaction_interval_ms / 1000
+            "compactor", compactor_for(rt).compact, rt.db, cfg.compaction_interval_ms / 1000
         ),
         TenantPassActor(
-            "collector", collector_for(rt).run, rt.db, cfg.maintenance_interval_ms / 1000
+            "collector", collector_for(rt).retain, rt.db, cfg.maintenance_interval_ms / 1000
         ),
     ]

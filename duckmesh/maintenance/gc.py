@@ -28,11 +28,13 @@ import structlog
 
 from duckmesh import metrics
 from duckmesh.catalog import reads
-from duckmesh.catalog.commands import publish_removal, record_maintenance
+from duckmesh.catalog.commands import record_maintenance
+from duckmesh.catalog.snapshots import publish_removal
 from duckmesh.db import Conn, Database
-from duckmesh.events import call_retrying
+from duckmesh.events import Event, call_retrying
 from duckmesh.events.types import FilesCollected, MaintenanceCompleted, SnapshotsExpired
-from duckmesh.storage.local import LocalObjectStore
+from duckmesh.maintenance.results import RetentionSummary
+from duckmesh.storage.protocol import ObjectStore
 
 log = structlog.get_logger("duckmesh.gc")
 T = TypeVar("T")
@@ -49,7 +51,7 @@ class Collector:
     def __init__(
         self,
         db: Database,
-        store: LocalObjectStore,
+        store: ObjectStore,
         settings: RetentionSettings,
         actor: str = "retention",
     ) -> None:
@@ -59,22 +61,18 @@ class Collector:
         self.actor = actor
 
     def run(self, tenant: str) -> dict[str, Any]:
-        """Expire, then collect, for one tenant; returns a summary."""
+        """``retain`` as a JSON object (the API's shape until it takes the type)."""
+        return self.retain(tenant).to_json()
+
+    def retain(self, tenant: str) -> RetentionSummary:
+        """Apply retention, expire, then collect, for one tenant."""
         retired = self._call(lambda conn: self._apply_retention(conn, tenant))
         expired = self._call(lambda conn: self._expire(conn, tenant))
         collected, orphans = self._collect(tenant)
-        summary = {
-            "files_retired": retired,
-            "snapshots_expired": expired,
-            "files_deleted": collected,
-            "orphans_deleted": orphans,
-        }
-        if retired or expired or collected or orphans:
-            self._call(
-                lambda conn: self._record(
-                    conn, tenant, MaintenanceCompleted(tenant, "retention", summary)
-                )
-            )
+        summary = RetentionSummary(retired, expired, collected, orphans)
+        if summary.changed:
+            done = MaintenanceCompleted(tenant, "retention", summary.to_json())
+            self._call(lambda conn: self._record(conn, tenant, done))
         return summary
 
     def _call(self, fn: Callable[[Conn], T]) -> T:
@@ -82,7 +80,7 @@ class Collector:
         # maintenance stream first: then the step runs again.
         return call_retrying(self.db, fn)
 
-    def _record(self, conn: Conn, tenant: str, event: Any) -> None:
+    def _record(self, conn: Conn, tenant: str, event: Event) -> None:
         record_maintenance(conn, tenant, event, self.actor)
 
     def _apply_retention(self, conn: Conn, tenant: str) -> int:

@@ -9,7 +9,6 @@ kind ``integrity``) and reports problems; the API turns a failed check into
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 import structlog
@@ -21,25 +20,23 @@ from duckmesh.catalog.model import DataFile
 from duckmesh.db import Conn, Database
 from duckmesh.events import call_retrying
 from duckmesh.events.types import MaintenanceCompleted
-from duckmesh.storage.local import LocalObjectStore
+from duckmesh.maintenance.results import IntegrityReport
+from duckmesh.storage.layout import sha256_file
+from duckmesh.storage.protocol import ObjectStore
 
 log = structlog.get_logger("duckmesh.integrity")
 
 
-def _sha256(store: LocalObjectStore, key: str) -> str:
-    digest = hashlib.sha256()
-    with open(store.local_path(key), "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class IntegrityChecker:
-    def __init__(self, db: Database, store: LocalObjectStore) -> None:
+    def __init__(self, db: Database, store: ObjectStore) -> None:
         self.db = db
         self.store = store
 
     def check(self, tenant: str, *, checksums: bool = True) -> dict[str, Any]:
+        """``verify`` as a JSON object (the API's shape until it takes the type)."""
+        return self.verify(tenant, checksums=checksums).to_json()
+
+    def verify(self, tenant: str, *, checksums: bool = True) -> IntegrityReport:
         def load(conn: Conn) -> tuple[list[int], dict[str, DataFile]]:
             head = reads.latest_snapshot(conn, tenant)
             pinned = [
@@ -62,23 +59,21 @@ class IntegrityChecker:
                 missing.append(f.path)
             elif info.size != f.size_bytes:
                 wrong_size.append(f.path)
-            elif checksums and _sha256(self.store, f.path) != f.checksum:
+            elif checksums and sha256_file(self.store.local_path(f.path)) != f.checksum:
                 wrong_checksum.append(f.path)
         metrics.INTEGRITY_FILES_CHECKED.inc(len(files))
         metrics.INTEGRITY_MISSING.inc(len(missing))
         metrics.INTEGRITY_SIZE_MISMATCH.inc(len(wrong_size) + len(wrong_checksum))
-        ok = not (missing or wrong_size or wrong_checksum)
-        metrics.INTEGRITY_RUNS.labels(status="ok" if ok else "failed").inc()
-        summary: dict[str, Any] = {
-            "ok": ok,
-            "snapshots_checked": snapshot_ids,
-            "files_checked": len(files),
-            "missing": sorted(missing),
-            "size_mismatch": sorted(wrong_size),
-            "checksum_mismatch": sorted(wrong_checksum),
-        }
-        self._record(tenant, summary)
-        if not ok:
+        report = IntegrityReport(
+            snapshots_checked=snapshot_ids,
+            files_checked=len(files),
+            missing=sorted(missing),
+            size_mismatch=sorted(wrong_size),
+            checksum_mismatch=sorted(wrong_checksum),
+        )
+        metrics.INTEGRITY_RUNS.labels(status="ok" if report.ok else "failed").inc()
+        self._record(tenant, report)
+        if not report.ok:
             log.error(
                 "integrity check failed",
                 tenant_id=tenant,
@@ -87,8 +82,8 @@ class IntegrityChecker:
                 checksum_mismatch=len(wrong_checksum),
                 error_code="INTEGRITY_CHECK_FAILED",
             )
-        return summary
+        return report
 
-    def _record(self, tenant: str, summary: dict[str, Any]) -> None:
-        event = MaintenanceCompleted(tenant, "integrity", summary)
+    def _record(self, tenant: str, report: IntegrityReport) -> None:
+        event = MaintenanceCompleted(tenant, "integrity", report.to_json())
         call_retrying(self.db, lambda conn: record_maintenance(conn, tenant, event, "integrity"))

@@ -3,7 +3,11 @@
 Objects are written once (``put_file`` moves a finished local file into the
 store atomically: readers see the whole object or nothing) and never
 modified. ``local_path`` lets DuckDB read an object where it lies; a remote
-backend returns a path in its local cache.
+backend returns a path in its local cache. ``scratch_path`` names a new
+local file to write before ``put_file`` (on the same file system as the
+store's local files, so the move is atomic); scratch files are never listed.
+``directory`` is the private local directory holding a key prefix's objects
+(where DuckDB may read them), created if missing.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ class ObjectStore(Protocol):
 
     def local_path(self, key: str) -> Path: ...
 
+    def directory(self, prefix: str) -> Path: ...
+
     def stat(self, key: str) -> ObjectInfo | None: ...
 
     def delete(self, key: str) -> bool: ...
@@ -35,5 +41,7 @@ class ObjectStore(Protocol):
     def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
 
     def scratch_dir(self) -> Path: ...
+
+    def scratch_path(self, suffix: str = "") -> Path: ...
 
     def check_writable(self) -> None: ...

@@ -23,7 +23,14 @@ from typing import Any, TypeVar
 import attrs
 import pytest
 
-from duckmesh.bus.protocol import Batch, IngestBus, IngestRecord, LeaseLost, Receipt
+from duckmesh.bus.protocol import (
+    Batch,
+    IngestBus,
+    IngestRecord,
+    LeaseLost,
+    QuarantineEntry,
+    Receipt,
+)
 from duckmesh.errors import DuckMeshError
 
 T = TypeVar("T")
@@ -306,6 +313,38 @@ class IngestBusContract:
         bus.ack(rest)
         assert bus.committed_token("acme") == 5
         assert bus.latest_token("acme") == 5
+
+    # -- quarantine and lag ---------------------------------------------------
+
+    def test_quarantine_sets_records_aside_once_with_their_reason(self, bus: IngestBus) -> None:
+        ok(bus.publish("acme", [[rec("a"), rec("b"), rec("c")]])[0])
+        assert bus.quarantined("acme") == (0, [])
+        batch = self.claim(bus, "A")
+        assert batch is not None
+        bus.quarantine(batch, [QuarantineEntry(1, TABLE, "bad a"), QuarantineEntry(3, TABLE, "c")])
+        bus.quarantine(batch, [QuarantineEntry(1, TABLE, "again")])  # the first reason stays
+        count, recent = bus.quarantined("acme")
+        assert count == 2
+        assert [(q["token"], q["table_id"], q["reason"]) for q in recent] == [
+            (3, TABLE, "c"),
+            (1, TABLE, "bad a"),
+        ]
+        assert recent[1]["idempotency_key"] == "a"
+        assert bus.quarantined("acme", recent=1)[1][0]["token"] == 3
+        assert bus.quarantined("other") == (0, [])
+
+    def test_lag_and_ingested_at_follow_the_committed_position(self, bus: IngestBus) -> None:
+        ok(bus.publish("acme", [[rec(f"k{i}") for i in range(4)]])[0])
+        ok(bus.publish("beta", [[rec("x")]])[0])
+        assert bus.lag() == {"acme": (4, 0), "beta": (1, 0)}
+        batch = self.claim(bus, "A", limit=3)
+        assert batch is not None
+        bus.ack(batch)
+        assert bus.lag()[batch.scope] == (4 if batch.scope == "acme" else 1, batch.last_token)
+        when = bus.ingested_at({"acme": 4, "beta": 1})
+        assert set(when) == {"acme", "beta"}
+        assert all(t.tzinfo is not None for t in when.values())
+        assert bus.ingested_at({"acme": 99}) == {}
 
     # -- leases and fencing ---------------------------------------------------
 

@@ -17,9 +17,9 @@ from typing import Any
 import psycopg
 import pytest
 
+from duckmesh.catalog.journal import append
 from duckmesh.events import (
     ConcurrencyConflict,
-    append,
     decode,
     read_all,
     read_stream,

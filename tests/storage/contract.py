@@ -63,3 +63,20 @@ class ObjectStoreContract:
 
     def test_check_writable(self, store: ObjectStore) -> None:
         store.check_writable()
+
+    def test_scratch_paths_are_new_and_publishable(self, store: ObjectStore) -> None:
+        first, second = store.scratch_path(".parquet"), store.scratch_path(".parquet")
+        assert first != second
+        assert first.suffix == ".parquet"
+        assert not first.exists()
+        first.write_bytes(b"written before publishing")
+        assert list(store.list("")) == []  # scratch files are never listed
+        store.put_file(first, "t1/s.parquet")
+        assert store.local_path("t1/s.parquet").read_bytes() == b"written before publishing"
+
+    def test_directory_holds_the_prefix_objects(self, store: ObjectStore) -> None:
+        store.put_file(_scratch_file(store, b"d"), "t1/tab/x.parquet")
+        directory = store.directory("t1")
+        assert directory.is_dir()
+        assert store.local_path("t1/tab/x.parquet").is_relative_to(directory)
+        assert store.directory("t-new").is_dir()  # created when missing
