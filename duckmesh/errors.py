@@ -29,6 +29,7 @@ ERROR_CODES: dict[str, tuple[int, bool]] = {
     "CONCURRENCY_CONFLICT": (409, True),
     "PAYLOAD_TOO_LARGE": (413, False),
     "RATE_LIMITED": (429, True),
+    "QUOTA_EXCEEDED": (429, True),
     "QUERY_TIMEOUT": (400, False),
     "QUERY_MEMORY_EXCEEDED": (400, False),
     "INTERNAL": (500, True),

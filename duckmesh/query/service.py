@@ -4,6 +4,12 @@ A ``SnapshotDatabase`` is built once per (tenant, snapshot) and kept in a
 small LRU, so a query pays no setup that grows with history: views over the
 snapshot's exact files, Parquet metadata cached by DuckDB. Concurrency is
 bounded; past the queue limit callers get 429 instead of a collapse.
+
+Tenants are kept apart: a tenant runs at most ``tenant_concurrency`` queries
+at once (below the server-wide ``concurrency``, so others always find a free
+slot) and queues at most ``tenant_queue`` more (then 429 RATE_LIMITED for that
+tenant only); ``tenant_rate`` queries per second (0 = unlimited) is a quota
+answered with 429 QUOTA_EXCEEDED. On shutdown running queries are interrupted.
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ from duckmesh.catalog.commands import stream_tenant
 from duckmesh.catalog.model import DataFile, Snapshot, TableDef
 from duckmesh.db import Conn, Database
 from duckmesh.errors import DuckMeshError
+from duckmesh.ingest.limits import RateLimiter
 from duckmesh.notify import Notifications
 from duckmesh.query.barrier import wait_for_token
 from duckmesh.query.sandbox import (
     ColumnSpec,
     QueryLimits,
+    QueryResult,
     SnapshotDatabase,
     SnapshotNotLoaded,
     TableBinding,
@@ -48,6 +56,10 @@ class QuerySettings:
     consistency_timeout_s: float = 5.0
     max_consistency_timeout_s: float = 60.0
     cache_size: int = 8
+    max_sql_bytes: int = 64 * 1024
+    tenant_concurrency: int = 4
+    tenant_queue: int = 16
+    tenant_rate: int = 0  # queries per second per tenant; 0 = unlimited
 
 
 @attrs.frozen
@@ -118,6 +130,11 @@ class QueryService:
         self.notifications = notifications
         self.settings = settings
         self._limiter = trio.CapacityLimiter(settings.concurrency)
+        self._tenant_limiters: dict[str, trio.CapacityLimiter] = {}
+        self._quota = RateLimiter(
+            settings.tenant_rate, code="QUOTA_EXCEEDED", what="query", unit="queries"
+        )
+        self._stopping = False
         # One warm DuckDB database per tenant; each snapshot is a schema in it.
         self._tenants: OrderedDict[str, SnapshotDatabase] = OrderedDict()
         self._loaded: OrderedDict[tuple[str, int], None] = OrderedDict()
@@ -261,33 +278,44 @@ class QueryService:
             threads=s.threads,
             timeout_s=s.timeout_s,
             row_limit=rows,
+            max_sql_bytes=s.max_sql_bytes,
         )
 
-    async def execute(self, tenant: str, req: QueryRequest) -> dict[str, Any]:
-        started = time.perf_counter()
-        limits = self._limits(req.row_limit)
+    def _tenant_slots(self, tenant: str) -> trio.CapacityLimiter:
+        slots = self._tenant_limiters.get(tenant)
+        if slots is None:
+            share = min(self.settings.tenant_concurrency, self.settings.concurrency)
+            slots = self._tenant_limiters[tenant] = trio.CapacityLimiter(share)
+        return slots
+
+    def _admit(self, tenant: str) -> trio.CapacityLimiter:
+        """The tenant's slots, or 429 when its quota, its queue or the server's is full."""
+        if self._stopping:
+            raise DuckMeshError("NOT_READY", "the server is shutting down; retry elsewhere")
+        self._quota.take(tenant, 1)
+        slots = self._tenant_slots(tenant)
+        if slots.statistics().tasks_waiting >= self.settings.tenant_queue:
+            raise DuckMeshError(
+                "RATE_LIMITED",
+                f"this tenant already has {self.settings.tenant_queue} queries waiting; "
+                "retry shortly",
+                retry_after_s=1,
+                tenant_queue=self.settings.tenant_queue,
+            )
         if self._limiter.statistics().tasks_waiting >= self.settings.concurrency * 4:
-            metrics.QUERY_REQUESTS.labels(status="rejected").inc()
             raise DuckMeshError(
                 "RATE_LIMITED", "too many queries waiting; retry shortly", retry_after_s=1
             )
+        return slots
+
+    async def execute(self, tenant: str, req: QueryRequest) -> dict[str, Any]:
+        started = time.perf_counter()
         try:
+            limits = self._limits(req.row_limit)
+            slots = self._admit(tenant)
             snap = await self.resolve(tenant, req)
-            async with self._limiter:
-                while True:
-                    database, snapshot_id = await self._database(tenant, snap)
-                    try:
-                        result = await trio.to_thread.run_sync(
-                            database.execute,
-                            req.sql,
-                            req.params,
-                            limits,
-                            snapshot_id,
-                            abandon_on_cancel=False,
-                        )
-                        break
-                    except SnapshotNotLoaded:
-                        continue  # evicted between lookup and run: load it again
+            async with slots, self._limiter:
+                result = await self._run(tenant, snap, req, limits)
         except DuckMeshError as exc:
             metrics.QUERY_REQUESTS.labels(status=exc.error_code).inc()
             raise
@@ -310,6 +338,40 @@ class QueryService:
                 "scanned_bytes": result.scanned_bytes,
             },
         }
+
+    async def _run(
+        self, tenant: str, snap: Snapshot | None, req: QueryRequest, limits: QueryLimits
+    ) -> QueryResult:
+        while True:
+            if self._stopping:
+                raise DuckMeshError("NOT_READY", "the server is shutting down; retry elsewhere")
+            database, snapshot_id = await self._database(tenant, snap)
+            try:
+                return await trio.to_thread.run_sync(
+                    database.execute,
+                    req.sql,
+                    req.params,
+                    limits,
+                    snapshot_id,
+                    abandon_on_cancel=False,
+                )
+            except SnapshotNotLoaded:
+                continue  # evicted between lookup and run: load it again
+            except DuckMeshError as exc:
+                if exc.error_code == "QUERY_TIMEOUT" and self.stopping():
+                    raise DuckMeshError(
+                        "NOT_READY", "the query was stopped: the server is shutting down"
+                    ) from None
+                raise
+
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def stop(self) -> None:
+        """Refuse new queries and interrupt the running ones (shutdown)."""
+        self._stopping = True
+        for database in list(self._tenants.values()):
+            database.interrupt()
 
     def close(self) -> None:
         for database in self._tenants.values():
