@@ -182,7 +182,9 @@ def _check_function(expr: dict[str, Any]) -> None:
             function=name,
         )
     if name not in ALLOWED_FUNCTIONS:
-        reason = REFUSED_FUNCTIONS.get(name, "it is not on the sandbox's allow-list")
+        reason = REFUSED_FUNCTIONS.get(
+            name, "it is not on the sandbox's allow-list (or does not exist)"
+        )
         raise _reject(f"function {name!r} is refused: {reason}", function=name)
 
 

@@ -131,6 +131,9 @@ class QueryService:
         self.settings = settings
         self._limiter = trio.CapacityLimiter(settings.concurrency)
         self._tenant_limiters: dict[str, trio.CapacityLimiter] = {}
+        # Queries of a tenant between admission and answer (running or queued),
+        # counted at admission: a burst is refused at once, not after it queued.
+        self._in_flight: dict[str, int] = {}
         self._quota = RateLimiter(
             settings.tenant_rate, code="QUOTA_EXCEEDED", what="query", unit="queries"
         )
@@ -294,7 +297,7 @@ class QueryService:
             raise DuckMeshError("NOT_READY", "the server is shutting down; retry elsewhere")
         self._quota.take(tenant, 1)
         slots = self._tenant_slots(tenant)
-        if slots.statistics().tasks_waiting >= self.settings.tenant_queue:
+        if self._in_flight.get(tenant, 0) >= slots.total_tokens + self.settings.tenant_queue:
             raise DuckMeshError(
                 "RATE_LIMITED",
                 f"this tenant already has {self.settings.tenant_queue} queries waiting; "
@@ -313,9 +316,15 @@ class QueryService:
         try:
             limits = self._limits(req.row_limit)
             slots = self._admit(tenant)
-            snap = await self.resolve(tenant, req)
-            async with slots, self._limiter:
-                result = await self._run(tenant, snap, req, limits)
+            self._in_flight[tenant] = self._in_flight.get(tenant, 0) + 1
+            try:
+                snap = await self.resolve(tenant, req)
+                async with slots, self._limiter:
+                    result = await self._run(tenant, snap, req, limits)
+            finally:
+                self._in_flight[tenant] -= 1
+                if not self._in_flight[tenant]:
+                    del self._in_flight[tenant]
         except DuckMeshError as exc:
             metrics.QUERY_REQUESTS.labels(status=exc.error_code).inc()
             raise
