@@ -67,6 +67,9 @@ _FETCH_BATCH = 8192
 # every row is large; the first chunk is small because nothing is known yet.
 _FETCH_CHUNK_BYTES = 4 * 1024 * 1024
 _FIRST_FETCH_ROWS = 64
+# DuckDB converts nested parameter lists recursively and stalls on deep ones
+# (2,000 levels did not finish in a minute); no column type nests this deep.
+MAX_PARAM_DEPTH = 64
 _GLOB_CHARACTERS = frozenset("*?[]{}")
 
 
@@ -153,6 +156,25 @@ def _validate_binding(binding: TableBinding, allowed_dir: str) -> None:
             raise ValueError(f"{where}: file {path!r} is not under the data dir")
         if any(ch in path for ch in _GLOB_CHARACTERS):
             raise ValueError(f"{where}: file path contains glob characters")
+
+
+def check_params(params: Sequence[object]) -> None:
+    """Refuse parameters nested deeper than MAX_PARAM_DEPTH (VALIDATION_FAILED)."""
+    stack: list[tuple[object, int]] = [(value, 1) for value in params]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if not isinstance(value, (list, tuple)):
+            continue
+        if depth > MAX_PARAM_DEPTH:
+            raise DuckMeshError(
+                "VALIDATION_FAILED",
+                f"params are nested deeper than {MAX_PARAM_DEPTH} levels",
+                field="params",
+                limit=MAX_PARAM_DEPTH,
+            )
+        stack.extend((item, depth + 1) for item in value)
 
 
 def view_query(binding: TableBinding) -> str:
@@ -320,6 +342,8 @@ class SnapshotDatabase:
         tables = self._snapshots.get(snapshot_id)
         if tables is None:
             raise SnapshotNotLoaded(snapshot_id)
+        if params is not None:
+            check_params(params)
         cursor = self._open_cursor()
         # Armed before parsing: checking, planning and fetching all run under
         # the deadline (the interrupt reaches every step DuckDB lets it reach;
@@ -341,7 +365,7 @@ class SnapshotDatabase:
             raise self._map_error(exc, timed_out=timed_out, limits=limits) from exc
         except RecursionError:
             raise DuckMeshError(
-                "SQL_REJECTED", "statement refused: it is nested too deeply"
+                "SQL_REJECTED", "statement refused: it, or a value it returns, is nested too deeply"
             ) from None
         finally:
             alarm.disarm()

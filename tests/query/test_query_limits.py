@@ -19,6 +19,7 @@ from duckmesh.query._sqlcheck import (
     MAX_NESTING_DEPTH,
     MAX_SET_OPERATIONS,
 )
+from duckmesh.query.sandbox import MAX_PARAM_DEPTH
 
 LIMITS = QueryLimits(timeout_s=2.0)
 
@@ -146,3 +147,30 @@ def test_large_result_is_fetched_within_the_memory_limit_plus_a_margin(
     assert sum(len(row[0]) for row in result.rows) <= limits.max_result_bytes  # type: ignore[arg-type]
     margin = 256 * 1024 * 1024
     assert peak - base < limits.memory_limit_mb * 1024 * 1024 + margin, (peak - base) >> 20
+
+
+def test_deeply_nested_params_are_refused_before_duckdb_converts_them(
+    db: SnapshotDatabase,
+) -> None:
+    # 2,000 levels made DuckDB's parameter conversion stall for over a minute.
+    nested: object = 0
+    for _ in range(2000):
+        nested = [nested]
+    with pytest.raises(DuckMeshError) as info:
+        db.execute("SELECT ? AS p", [nested], LIMITS)
+    assert info.value.error_code == "VALIDATION_FAILED"
+    assert info.value.context == {"field": "params", "limit": MAX_PARAM_DEPTH}
+    shallow: object = 1
+    for _ in range(MAX_PARAM_DEPTH - 1):
+        shallow = [shallow]
+    assert db.execute("SELECT ? AS p", [shallow], LIMITS).rows == [[shallow]]
+
+
+def test_a_json_value_too_deep_for_python_is_rejected_not_a_recursion_error(
+    db: SnapshotDatabase,
+) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    error = refused(db, f"SELECT '{deep}'::JSON AS j")
+    assert "nested too deeply" in error.message
+    fine = "[" * 200 + "]" * 200
+    assert db.execute(f"SELECT '{fine}'::JSON AS j", None, LIMITS).rows[0][0] is not None
