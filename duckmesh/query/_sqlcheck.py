@@ -57,6 +57,9 @@ MAX_TOKENS = 20_000
 MAX_NESTING_DEPTH = 100
 MAX_SET_OPERATIONS = 500
 MAX_CTE_DEFINITIONS = 200
+# Join ordering is planned without interrupts: a chain of 50 joins plans in
+# 0.3 s, of 100 in over 1 s, of 200 in 26 s.
+MAX_JOINS = 64
 MAX_EXPANDED_REFERENCES = 2_000
 # DuckDB's own expression depth limit (default 1000) for parser and binder.
 MAX_EXPRESSION_DEPTH = 250
@@ -259,6 +262,7 @@ def _referenced_names(body: dict[str, Any]) -> list[str]:
 def _check_tree(statement: dict[str, Any]) -> SqlAnalysis:
     tables: set[str] = set()
     ctes = _Ctes()
+    joins = 0
     for node in _walk(statement):
         if "cte_map" in node:
             ctes.add_map(node["cte_map"])
@@ -273,6 +277,10 @@ def _check_tree(statement: dict[str, Any]) -> SqlAnalysis:
             ctes.references.append(str(node.get("table_name", "")).lower())
         elif kind == "TABLE_FUNCTION":
             _check_table_function(node)
+        elif kind == "JOIN":
+            joins += 1
+            if joins > MAX_JOINS:
+                raise _reject(f"statement refused: more than {MAX_JOINS} joins", limit=MAX_JOINS)
         elif kind == "SHOW_REF":
             raise _reject(f"statement refused: {_SHOW_HINT}")
         elif kind not in _KNOWN_NODE_TYPES:

@@ -14,9 +14,13 @@ answered with 429 QUOTA_EXCEEDED. On shutdown running queries are interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
+import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -43,6 +47,39 @@ from duckmesh.query.sandbox import (
 from duckmesh.storage.local import LocalObjectStore
 
 MAX_TENANT_DATABASES = 64
+# A query still running this long after its timeout is answered QUERY_TIMEOUT
+# while its thread finishes in the background (holding its slots).
+ANSWER_GRACE_S = 0.5
+
+
+class _Handover:
+    """Releases a query's slots exactly once: when its thread ends, or at once
+    if the thread never started (cancelled before it ran)."""
+
+    def __init__(self, slots: contextlib.ExitStack, token: trio.lowlevel.TrioToken) -> None:
+        self._slots = slots
+        self._token = token
+        self._lock = threading.Lock()
+        self._state = "new"  # -> "running" (the thread releases) or "abandoned"
+
+    def run(self, work: Callable[[], QueryResult]) -> QueryResult:
+        with self._lock:
+            if self._state == "abandoned":  # nobody waits for this answer any more
+                raise DuckMeshError("QUERY_TIMEOUT", "the query was abandoned before it ran")
+            self._state = "running"
+        try:
+            return work()
+        finally:
+            with contextlib.suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(self._slots.close, trio_token=self._token)
+
+    def abandon(self) -> None:
+        """Called in Trio when the caller stops waiting (answer, error or cancel)."""
+        with self._lock:
+            if self._state != "new":
+                return
+            self._state = "abandoned"
+        self._slots.close()
 
 
 @attrs.frozen
@@ -319,8 +356,7 @@ class QueryService:
             self._in_flight[tenant] = self._in_flight.get(tenant, 0) + 1
             try:
                 snap = await self.resolve(tenant, req)
-                async with slots, self._limiter:
-                    result = await self._run(tenant, snap, req, limits)
+                result = await self._run(tenant, snap, req, limits, slots)
             finally:
                 self._in_flight[tenant] -= 1
                 if not self._in_flight[tenant]:
@@ -349,20 +385,22 @@ class QueryService:
         }
 
     async def _run(
-        self, tenant: str, snap: Snapshot | None, req: QueryRequest, limits: QueryLimits
+        self,
+        tenant: str,
+        snap: Snapshot | None,
+        req: QueryRequest,
+        limits: QueryLimits,
+        slots: trio.CapacityLimiter,
     ) -> QueryResult:
         while True:
             if self._stopping:
                 raise DuckMeshError("NOT_READY", "the server is shutting down; retry elsewhere")
             database, snapshot_id = await self._database(tenant, snap)
             try:
-                return await trio.to_thread.run_sync(
-                    database.execute,
-                    req.sql,
-                    req.params,
-                    limits,
-                    snapshot_id,
-                    abandon_on_cancel=False,
+                return await self._in_thread(
+                    slots,
+                    functools.partial(database.execute, req.sql, req.params, limits, snapshot_id),
+                    limits.timeout_s,
                 )
             except SnapshotNotLoaded:
                 continue  # evicted between lookup and run: load it again
@@ -372,6 +410,31 @@ class QueryService:
                         "NOT_READY", "the query was stopped: the server is shutting down"
                     ) from None
                 raise
+
+    async def _in_thread(
+        self, slots: trio.CapacityLimiter, work: Callable[[], QueryResult], timeout_s: float
+    ) -> QueryResult:
+        """Run ``work`` in a thread holding a tenant slot and a server slot until
+        the thread ends, but answer QUERY_TIMEOUT at the deadline plus a grace
+        even if DuckDB has not stopped yet (planning does not always see the
+        interrupt): the slots stay taken, so abandoned work cannot pile up."""
+        borrower = object()
+        with contextlib.ExitStack() as stack:
+            await slots.acquire_on_behalf_of(borrower)
+            stack.callback(slots.release_on_behalf_of, borrower)
+            await self._limiter.acquire_on_behalf_of(borrower)
+            stack.callback(self._limiter.release_on_behalf_of, borrower)
+            handover = _Handover(stack.pop_all(), trio.lowlevel.current_trio_token())
+            try:
+                with trio.move_on_after(timeout_s + ANSWER_GRACE_S):
+                    return await trio.to_thread.run_sync(handover.run, work, abandon_on_cancel=True)
+            finally:
+                handover.abandon()
+        raise DuckMeshError(
+            "QUERY_TIMEOUT",
+            f"query exceeded the time limit of {timeout_s:g} s and is being stopped",
+            timeout_s=timeout_s,
+        )
 
     def stopping(self) -> bool:
         return self._stopping

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -144,4 +145,23 @@ async def test_query_rate_quota_is_per_tenant_with_retry_after(start_app: StartA
     assert int(r.headers["Retry-After"]) >= 1
     # Tenant B has its own bucket.
     r = await srv.client.post("/v1/query", json={"sql": "SELECT 2"}, headers=bearer(key_b))
+    assert r.status_code == 200, r.text
+
+
+async def test_query_is_answered_at_the_deadline_even_when_duckdb_cannot_be_interrupted(
+    start_app: StartApp,
+) -> None:
+    srv = await start_app(query_timeout_ms=300, max_request_bytes=64 << 20)
+    # DuckDB converts parameters before it looks at interrupts: seconds for this list.
+    content = json.dumps({"sql": "SELECT len(?) AS n", "params": [[0] * 8_000_000]}).encode()
+    started = time.monotonic()
+    r = await srv.client.post(
+        "/v1/query", content=content, headers={"Content-Type": "application/json"}
+    )
+    took = time.monotonic() - started
+    assert_error(r, 400, "QUERY_TIMEOUT")
+    # Without the deadline answer this took over 5 s; + 1 s for the 16 MB body.
+    assert took < 0.3 + 1.0 + 1.0, took
+    # The abandoned thread holds only its own slots: other queries still run.
+    r = await srv.query("SELECT 1 AS one")
     assert r.status_code == 200, r.text
