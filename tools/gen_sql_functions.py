@@ -9,16 +9,31 @@ land in ``NEW_UNREVIEWED``, which the checker refuses.
 
 from __future__ import annotations
 
+import sys
+import tempfile
 import textwrap
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from duckmesh.query import _functions
-from duckmesh.query.sandbox import sandbox_functions
+from duckmesh.query.sandbox import QueryLimits, SnapshotDatabase
+
+TABLE_KINDS = frozenset({"table", "table_macro", "pragma"})
 
 
 def main() -> None:
-    known = {name for group in _functions.ALLOWED.values() for name in group[1]}
-    known |= {name for group in _functions.REFUSED.values() for name in group[1]}
-    new = sorted({name for name, _kind in sandbox_functions()} - known)
+    with tempfile.TemporaryDirectory() as tenant_dir:
+        database = SnapshotDatabase([], allowed_dir=tenant_dir, limits=QueryLimits())
+        catalog = database.function_catalog()
+        database.close()
+    scalars = _functions.ALLOWED_FUNCTIONS | set(_functions.REFUSED_FUNCTIONS)
+    tables = _functions.ALLOWED_TABLE_FUNCTIONS | set(_functions.REFUSED_TABLE_FUNCTION_REASONS)
+    new = sorted(
+        f"{name} ({kind})"
+        for name, kind in catalog
+        if name not in (tables if kind in TABLE_KINDS else scalars)
+    )
     print("NEW_UNREVIEWED = [")
     for line in textwrap.wrap(" ".join(repr(n) + "," for n in new), 96):
         print("    " + line)
