@@ -139,6 +139,10 @@ class Config:
     query_row_limit: int = 10_000
     query_max_row_limit: int = 1_000_000
     query_concurrency: int = 8
+    query_max_sql_bytes: int = 64 * 1024
+    tenant_query_concurrency: int = 4  # at most query_concurrency (clamped)
+    tenant_query_queue: int = 16
+    tenant_query_rate: int = 0  # queries/s per tenant; 0 = unlimited
     consistency_timeout_ms: int = 5_000
     max_consistency_timeout_ms: int = 60_000
     snapshot_cache_size: int = 8
@@ -203,6 +207,10 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "query_row_limit": _int(1, 100_000_000),
     "query_max_row_limit": _int(1, 100_000_000),
     "query_concurrency": _int(1, 1024),
+    "query_max_sql_bytes": _int(1024, 1 << 20),
+    "tenant_query_concurrency": _int(1, 1024),
+    "tenant_query_queue": _int(0, 100_000),
+    "tenant_query_rate": _int(0, 1_000_000),
     "consistency_timeout_ms": _int(0, 3_600_000),
     "max_consistency_timeout_ms": _int(0, 3_600_000),
     "snapshot_cache_size": _int(1, 100_000),

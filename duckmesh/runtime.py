@@ -94,6 +94,10 @@ def build_runtime(config: Config, *, dsn: str | None = None) -> Runtime:
             consistency_timeout_s=config.consistency_timeout_ms / 1000,
             max_consistency_timeout_s=config.max_consistency_timeout_ms / 1000,
             cache_size=config.snapshot_cache_size,
+            max_sql_bytes=config.query_max_sql_bytes,
+            tenant_concurrency=config.tenant_query_concurrency,
+            tenant_queue=config.tenant_query_queue,
+            tenant_rate=config.tenant_query_rate,
         ),
     )
     ingest = GroupCommitter(bus, window_s=config.group_commit_window_ms / 1000)

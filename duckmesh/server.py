@@ -94,6 +94,9 @@ async def serve(rt: Runtime) -> int:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for signum in signals:
                 log.info("shutting down", signal=signal.Signals(signum).name)
+                # A running DuckDB query holds its worker thread until it ends:
+                # interrupt them all so that shutdown fits the grace period.
+                rt.queries.stop()
                 await root.stop()
                 return
 

@@ -57,7 +57,7 @@ def error_response(exc: DuckMeshError) -> Response:
     """The spec's error body; also one log line with the code (trace and
     tenant ids come from the context). Never logs the request itself."""
     headers = {}
-    if exc.error_code in ("RATE_LIMITED", "QUOTA_EXCEEDED"):
+    if exc.http_status == 429:  # RATE_LIMITED, QUOTA_EXCEEDED
         headers["Retry-After"] = str(exc.context.get("retry_after_s", 1))
     status = exc.http_status
     (log.error if status >= 500 else log.info)(

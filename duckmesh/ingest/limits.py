@@ -28,8 +28,16 @@ STORAGE_RETRY_AFTER_S = 30
 
 
 class RateLimiter:
-    def __init__(self, rate: int) -> None:
+    """Token buckets per tenant; ``code``/``what``/``unit`` word the refusal
+    (ingest: RATE_LIMITED in records/s, queries: QUOTA_EXCEEDED in queries/s)."""
+
+    def __init__(
+        self, rate: int, *, code: str = "RATE_LIMITED", what: str = "ingest", unit: str = "records"
+    ) -> None:
         self.rate = rate
+        self.code = code
+        self.what = what
+        self.unit = unit
         self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
 
     def take(self, tenant: str, records: int, now: float | None = None) -> None:
@@ -43,9 +51,9 @@ class RateLimiter:
             wait = (records - tokens) / self.rate
             self._buckets[tenant] = (tokens, now)
             raise DuckMeshError(
-                "RATE_LIMITED",
-                f"tenant ingest limit is {self.rate} records/s; retry in {wait:.2f} s",
-                limit_records_per_s=self.rate,
+                self.code,
+                f"tenant {self.what} limit is {self.rate} {self.unit}/s; retry in {wait:.2f} s",
+                **{f"limit_{self.unit}_per_s": self.rate},
                 retry_after_s=max(1, math.ceil(wait)),
             )
         self._buckets[tenant] = (tokens - records, now)

@@ -13,11 +13,21 @@ tree, walked in full, contains
   no system catalog such as ``pg_*``/``duckdb_*``/``sqlite_*``), subqueries,
   joins, VALUES lists, PIVOT/UNPIVOT, or one of the allow-listed table
   functions (``range``, ``generate_series``, ``unnest``);
-* function calls that are unqualified and not on the deny-list of functions
-  that reveal configuration, the environment or the catalog.
+* function calls (scalar, aggregate, window) that are unqualified and on the
+  reviewed allow-list in ``_functions`` (everything else, including plan and
+  SQL serialization, settings, catalog and file functions, is refused);
+* expression classes from an explicit list.
+
+Before DuckDB parses anything, ``precheck`` bounds the text (bytes, tokens,
+parenthesis depth, set operations) with DuckDB's own tokenizer, because
+DuckDB's parser and planner cannot be interrupted and grow without bound on
+pathological text; after parsing, the expansion of CTEs referenced several
+times is bounded too (planning inlines them: a chain of CTEs each reading the
+previous one twice plans 2^n scans). A parse tree too deep for Python is
+refused, never a RecursionError.
 
 Any construct the walker does not know is refused (fail closed). No regular
-expression ever looks at the SQL text: only DuckDB's parse tree is inspected.
+expression ever looks at the SQL text: only DuckDB's tokens and parse tree.
 """
 
 from __future__ import annotations
@@ -31,52 +41,57 @@ from typing import Any
 import attrs
 import duckdb
 
+from duckmesh.catalog.types import RESERVED_TABLE_PREFIXES
 from duckmesh.errors import DuckMeshError
+from duckmesh.query._functions import (
+    ALLOWED_FUNCTIONS,
+    ALLOWED_TABLE_FUNCTIONS,
+    REFUSED_FUNCTIONS,
+    REFUSED_TABLE_FUNCTION_REASONS,
+)
 
-ALLOWED_TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
-
-# Scalar functions and macros that touch configuration, the environment or the
-# catalog. Table functions never appear here: every table function outside the
-# allow-list above is refused wherever it is used.
-DENIED_FUNCTIONS = frozenset(
+# Structural limits, measured on DuckDB 2.0 (docs/SECURITY.md, "Query sandbox"):
+# 4,000 UNION ALL branches plan for 2 s and 500 MB that no interrupt reaches,
+# 1,000 plan in 0.1 s; parenthesis depth 1,000 is DuckDB's own parser limit.
+DEFAULT_MAX_SQL_BYTES = 64 * 1024
+MAX_TOKENS = 20_000
+MAX_NESTING_DEPTH = 100
+MAX_SET_OPERATIONS = 500
+MAX_CTE_DEFINITIONS = 200
+# Join ordering is planned without interrupts: a chain of 50 joins plans in
+# 0.3 s, of 100 in over 1 s, of 200 in 26 s.
+MAX_JOINS = 64
+MAX_EXPANDED_REFERENCES = 2_000
+# DuckDB's own expression depth limit (default 1000) for parser and binder.
+MAX_EXPRESSION_DEPTH = 250
+_SET_OPERATION_KEYWORDS = frozenset({"union", "intersect", "except"})
+_EXPRESSION_CLASSES = frozenset(
     {
-        "current_setting",
-        "getenv",
-        "getvariable",
-        "write_log",
-        "read_text",
-        "read_blob",
-        "read_csv",
-        "read_csv_auto",
-        "read_parquet",
-        "parquet_scan",
-        "read_json",
-        "read_json_auto",
-        "read_ndjson",
-        "glob",
-        "query",
-        "query_table",
-        "sniff_csv",
-        "json_execute_serialized_sql",
-        "pg_get_viewdef",
-        "pg_get_constraintdef",
-        "pg_get_expr",
-        "pg_get_indexdef",
-        "pg_get_functiondef",
-        "format_type",
-        "get_block_size",
-        "col_description",
-        "obj_description",
-        "shobj_description",
-        "which_secret",
-        "parse_duckdb_log_message",
+        "BETWEEN",
+        "CASE",
+        "CAST",
+        "COLLATE",
+        "COLUMN_REF",
+        "COMPARISON",
+        "CONJUNCTION",
+        "CONSTANT",
+        "FUNCTION",
+        "LAMBDA",
+        "LAMBDA_REF",
+        "OPERATOR",
+        "PARAMETER",
+        "POSITIONAL_REFERENCE",
+        "STAR",
+        "SUBQUERY",
+        "TYPE",
+        "WINDOW",
     }
 )
-DENIED_FUNCTION_PREFIXES = ("duckdb_", "pragma_", "read_", "parquet_", "__internal", "pg_get_")
 
 # Bare names that would resolve to DuckDB's system catalogs through the
-# default search path (pg_catalog.pg_settings, main.duckdb_tables, ...).
-DENIED_TABLE_PREFIXES = ("duckdb_", "pg_", "sqlite_", "pragma_", "information_schema")
+# default search path (pg_catalog.pg_settings, main.duckdb_tables, ...); the
+# catalog refuses tables with these names, so no tenant table is hidden.
+DENIED_TABLE_PREFIXES = RESERVED_TABLE_PREFIXES
 
 # Characters that make a table name a file path or glob (replacement scans).
 _PATH_CHARACTERS = frozenset("/\\.~:*?[]{}")
@@ -107,10 +122,6 @@ class SqlAnalysis:
 
 def _reject(message: str, **context: Any) -> DuckMeshError:
     return DuckMeshError("SQL_REJECTED", message, **context)
-
-
-def _is_denied_function(name: str) -> bool:
-    return name in DENIED_FUNCTIONS or name.startswith(DENIED_FUNCTION_PREFIXES)
 
 
 def _walk(node: Any) -> Iterator[dict[str, Any]]:
@@ -160,9 +171,10 @@ def _check_table_function(ref: dict[str, Any]) -> None:
             function=name,
         )
     if name not in ALLOWED_TABLE_FUNCTIONS:
+        reason = REFUSED_TABLE_FUNCTION_REASONS.get(name, "it is not on the sandbox's allow-list")
         raise _reject(
-            f"table function {name!r} is refused: only range(), generate_series() and "
-            "unnest() are allowed in FROM (files, catalogs and settings are not reachable)",
+            f"table function {name!r} is refused: {reason}; only range(), "
+            "generate_series() and unnest() are allowed in FROM",
             function=name,
         )
 
@@ -174,33 +186,103 @@ def _check_function(expr: dict[str, Any]) -> None:
             f"function {name!r} is refused: qualified function names are not allowed",
             function=name,
         )
-    if _is_denied_function(name):
-        raise _reject(
-            f"function {name!r} is refused: it exposes configuration, the environment, "
-            "files or the catalog",
-            function=name,
+    if name not in ALLOWED_FUNCTIONS:
+        reason = REFUSED_FUNCTIONS.get(
+            name, "it is not on the sandbox's allow-list (or does not exist)"
         )
+        raise _reject(f"function {name!r} is refused: {reason}", function=name)
+
+
+def _check_expression(node: dict[str, Any]) -> None:
+    klass = node["class"]
+    if klass not in _EXPRESSION_CLASSES:
+        raise _reject(
+            f"statement refused: the expression {klass} is not supported in queries",
+            construct=klass,
+        )
+    if klass == "FUNCTION" or (klass == "WINDOW" and node.get("function_name")):
+        _check_function(node)
+
+
+@attrs.define
+class _Ctes:
+    """CTE definitions and table references, to bound how far planning inlines them."""
+
+    bodies: list[tuple[str, dict[str, Any]]] = attrs.Factory(list)
+    references: list[str] = attrs.Factory(list)
+
+    def add_map(self, cte_map: dict[str, Any]) -> None:
+        for entry in cte_map.get("map", []):
+            self.bodies.append((str(entry.get("key", "")).lower(), entry.get("value") or {}))
+        if len(self.bodies) > MAX_CTE_DEFINITIONS:
+            raise _reject(
+                f"statement refused: more than {MAX_CTE_DEFINITIONS} CTE definitions",
+                limit=MAX_CTE_DEFINITIONS,
+            )
+
+    def names(self) -> frozenset[str]:
+        return frozenset(name for name, _ in self.bodies)
+
+    def check_expansion(self) -> None:
+        """Refuse when inlining CTEs would plan more than MAX_EXPANDED_REFERENCES scans.
+
+        A CTE's weight is 1 plus the weights of the CTEs its body references;
+        weights saturate at the limit, so the fixed point (at most one pass per
+        definition) is reached quickly even for recursive or shadowed names.
+        """
+        if not self.bodies:
+            return
+        cap = MAX_EXPANDED_REFERENCES + 1
+        refs = [(name, _referenced_names(body)) for name, body in self.bodies]
+        weight = dict.fromkeys(self.names(), 1)
+        for _ in range(len(refs)):
+            changed = False
+            for name, used in refs:
+                total = min(cap, 1 + sum(weight.get(r, 0) for r in used if r != name))
+                if total > weight[name]:
+                    weight[name], changed = total, True
+            if not changed:
+                break
+        expanded = sum(weight.get(name, 1) for name in self.references)
+        if expanded > MAX_EXPANDED_REFERENCES:
+            raise _reject(
+                "statement refused: its CTEs reference each other so often that planning "
+                f"would inline more than {MAX_EXPANDED_REFERENCES} table scans "
+                "(reference each CTE fewer times, or aggregate earlier)",
+                limit=MAX_EXPANDED_REFERENCES,
+            )
+
+
+def _referenced_names(body: dict[str, Any]) -> list[str]:
+    return [
+        str(node.get("table_name", "")).lower()
+        for node in _walk(body)
+        if node.get("type") == "BASE_TABLE" and "class" not in node
+    ]
 
 
 def _check_tree(statement: dict[str, Any]) -> SqlAnalysis:
     tables: set[str] = set()
-    ctes: set[str] = set()
+    ctes = _Ctes()
+    joins = 0
     for node in _walk(statement):
         if "cte_map" in node:
-            for entry in node["cte_map"].get("map", []):
-                ctes.add(str(entry.get("key", "")).lower())
+            ctes.add_map(node["cte_map"])
         kind = node.get("type")
         if not isinstance(kind, str):
             continue
         if "class" in node:
-            # An expression. Only function calls can reach outside the query.
-            if node["class"] == "FUNCTION":
-                _check_function(node)
+            _check_expression(node)
             continue
         if kind == "BASE_TABLE":
             _check_base_table(node, tables)
+            ctes.references.append(str(node.get("table_name", "")).lower())
         elif kind == "TABLE_FUNCTION":
             _check_table_function(node)
+        elif kind == "JOIN":
+            joins += 1
+            if joins > MAX_JOINS:
+                raise _reject(f"statement refused: more than {MAX_JOINS} joins", limit=MAX_JOINS)
         elif kind == "SHOW_REF":
             raise _reject(f"statement refused: {_SHOW_HINT}")
         elif kind not in _KNOWN_NODE_TYPES:
@@ -208,7 +290,56 @@ def _check_tree(statement: dict[str, Any]) -> SqlAnalysis:
                 f"statement refused: the construct {kind} is not supported in queries",
                 construct=kind,
             )
-    return SqlAnalysis(table_names=frozenset(tables), cte_names=frozenset(ctes))
+    ctes.check_expansion()
+    return SqlAnalysis(table_names=frozenset(tables), cte_names=ctes.names())
+
+
+def precheck(sql: str, max_sql_bytes: int = DEFAULT_MAX_SQL_BYTES) -> None:
+    """Refuse text that DuckDB's (uninterruptible) parser and planner should never see.
+
+    Uses DuckDB's tokenizer (linear, allocation-light), so string literals,
+    quoted names and comments are told apart from the brackets and keywords
+    that count.
+    """
+    size = len(sql.encode("utf-8", "surrogatepass"))
+    if size > max_sql_bytes:
+        raise _reject(
+            f"statement refused: the SQL text is {size} bytes, over the limit of "
+            f"{max_sql_bytes} bytes",
+            sql_bytes=size,
+            limit=max_sql_bytes,
+        )
+    tokens = duckdb.tokenize(sql)
+    if len(tokens) > MAX_TOKENS:
+        raise _reject(
+            f"statement refused: {len(tokens)} tokens, over the limit of {MAX_TOKENS}",
+            tokens=len(tokens),
+            limit=MAX_TOKENS,
+        )
+    depth = set_operations = 0
+    ends = [position for position, _ in tokens[1:]] + [len(sql)]
+    for (start, kind), end in zip(tokens, ends, strict=True):
+        if kind == duckdb.token_type.operator:
+            text = sql[start:end]
+            depth += text.count("(") - text.count(")")
+            if depth > MAX_NESTING_DEPTH:
+                raise _reject(
+                    f"statement refused: brackets nested deeper than {MAX_NESTING_DEPTH}",
+                    limit=MAX_NESTING_DEPTH,
+                )
+        elif (
+            kind == duckdb.token_type.keyword
+            and end - start <= 9
+            and sql[start:end].strip().lower() in _SET_OPERATION_KEYWORDS
+        ):
+            set_operations += 1
+    if set_operations > MAX_SET_OPERATIONS:
+        raise _reject(
+            f"statement refused: {set_operations} UNION/INTERSECT/EXCEPT operations, "
+            f"over the limit of {MAX_SET_OPERATIONS}",
+            set_operations=set_operations,
+            limit=MAX_SET_OPERATIONS,
+        )
 
 
 # The verdict depends on the text alone, and parsing costs about as much as a
@@ -219,12 +350,16 @@ _cache_lock = threading.Lock()
 _cache: OrderedDict[str, SqlAnalysis | DuckMeshError] = OrderedDict()
 
 
-def analyze(conn: duckdb.DuckDBPyConnection, sql: str) -> SqlAnalysis:
+def analyze(
+    conn: duckdb.DuckDBPyConnection, sql: str, max_sql_bytes: int = DEFAULT_MAX_SQL_BYTES
+) -> SqlAnalysis:
     """Check ``sql`` using ``conn`` for parsing only; raise SQL_REJECTED / SQL_ERROR.
 
     ``conn`` is never asked to bind or run ``sql``: only DuckDB's parser and
     ``json_serialize_sql`` (a pure function of the text) are used.
     """
+    if len(sql) > max_sql_bytes:  # cheap first cut; precheck counts UTF-8 bytes
+        precheck(sql, max_sql_bytes)
     cacheable = len(sql) <= _CACHE_MAX_SQL
     if cacheable:
         with _cache_lock:
@@ -236,7 +371,13 @@ def analyze(conn: duckdb.DuckDBPyConnection, sql: str) -> SqlAnalysis:
         if verdict is not None:
             raise DuckMeshError(verdict.error_code, verdict.message, **verdict.context)
     try:
+        precheck(sql, max_sql_bytes)
         analysis = _analyze(conn, sql)
+    except RecursionError:
+        # A parse tree deeper than Python's stack: refused, never a 500.
+        exc = _reject("statement refused: it is nested too deeply")
+        _remember(sql, DuckMeshError(exc.error_code, exc.message), cacheable)
+        raise exc from None
     except DuckMeshError as exc:
         # Cache a copy: the raised instance carries its traceback.
         _remember(sql, DuckMeshError(exc.error_code, exc.message, **exc.context), cacheable)
@@ -258,6 +399,11 @@ def _analyze(conn: duckdb.DuckDBPyConnection, sql: str) -> SqlAnalysis:
     try:
         statements = conn.extract_statements(sql)
     except duckdb.ParserException as exc:
+        if "expression depth" in str(exc):
+            raise _reject(
+                f"statement refused: expressions nested deeper than {MAX_EXPRESSION_DEPTH}",
+                limit=MAX_EXPRESSION_DEPTH,
+            ) from None
         raise DuckMeshError("SQL_ERROR", str(exc)) from None
     if not statements:
         raise _reject("statement refused: the query is empty")
@@ -297,6 +443,7 @@ def _parser_cursor() -> duckdb.DuckDBPyConnection:
         if _parser is None:
             conn = duckdb.connect(":memory:")
             for statement in (
+                f"SET max_expression_depth = {MAX_EXPRESSION_DEPTH}",
                 "SET autoinstall_known_extensions = false",
                 "SET autoload_known_extensions = false",
                 "SET enable_external_access = false",

@@ -40,8 +40,16 @@ import duckdb
 
 from duckmesh.errors import DuckMeshError
 from duckmesh.query._convert import ROW_OVERHEAD, column_plan, convert_column, row_size
-from duckmesh.query._sqlcheck import SqlAnalysis, analyze, check_sql
+from duckmesh.query._sqlcheck import (
+    DEFAULT_MAX_SQL_BYTES,
+    MAX_EXPRESSION_DEPTH,
+    SqlAnalysis,
+    analyze,
+    check_sql,
+)
 from duckmesh.query._watchdog import WATCHDOG
+from duckmesh.storage import layout
+from duckmesh.storage.layout import SYSTEM_COLUMN_PREFIX, quote_ident, quote_literal
 
 __all__ = [
     "ColumnSpec",
@@ -52,10 +60,15 @@ __all__ = [
     "check_sql",
 ]
 
-SYSTEM_COLUMN_PREFIX = "_dm_"
-TOKEN_COLUMN = "_dm_token"  # noqa: S105 - a column name, not a secret
-OP_COLUMN = "_dm_op"
 _FETCH_BATCH = 8192
+# Rows are fetched in chunks of about this many bytes (estimated from the rows
+# seen so far), so that the Python objects of one chunk stay small even when
+# every row is large; the first chunk is small because nothing is known yet.
+_FETCH_CHUNK_BYTES = 4 * 1024 * 1024
+_FIRST_FETCH_ROWS = 64
+# DuckDB converts nested parameter lists recursively and stalls on deep ones
+# (2,000 levels did not finish in a minute); no column type nests this deep.
+MAX_PARAM_DEPTH = 64
 _GLOB_CHARACTERS = frozenset("*?[]{}")
 
 
@@ -93,6 +106,7 @@ class QueryLimits:
     timeout_s: float = 30.0
     row_limit: int = 10_000
     max_result_bytes: int = 64 * 1024 * 1024
+    max_sql_bytes: int = DEFAULT_MAX_SQL_BYTES
 
 
 @attrs.frozen
@@ -105,14 +119,6 @@ class QueryResult:
     scanned_files: int
     scanned_bytes: int
     duration_ms: float
-
-
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def quote_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _validate_binding(binding: TableBinding, allowed_dir: str) -> None:
@@ -143,35 +149,33 @@ def _validate_binding(binding: TableBinding, allowed_dir: str) -> None:
             raise ValueError(f"{where}: file path contains glob characters")
 
 
+def check_params(params: Sequence[object]) -> None:
+    """Refuse parameters nested deeper than MAX_PARAM_DEPTH (VALIDATION_FAILED)."""
+    stack: list[tuple[object, int]] = [(value, 1) for value in params]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if not isinstance(value, (list, tuple)):
+            continue
+        if depth > MAX_PARAM_DEPTH:
+            raise DuckMeshError(
+                "VALIDATION_FAILED",
+                f"params are nested deeper than {MAX_PARAM_DEPTH} levels",
+                field="params",
+                limit=MAX_PARAM_DEPTH,
+            )
+        stack.extend((item, depth + 1) for item in value)
+
+
 def view_query(binding: TableBinding) -> str:
     """The SELECT behind a binding's view (see the module docstring)."""
-    present = {name.lower() for name in binding.file_columns}
-    projection = ", ".join(
-        f"CAST({quote_ident(column.name) if column.name.lower() in present else 'NULL'} "
-        f"AS {column.type}) AS {quote_ident(column.name)}"
-        for column in binding.columns
-    )
-    if not binding.files:
-        null_projection = ", ".join(
-            f"CAST(NULL AS {column.type}) AS {quote_ident(column.name)}"
-            for column in binding.columns
-        )
-        return f"SELECT {null_projection} WHERE false"
-    files = ", ".join(quote_literal(os.path.abspath(path)) for path in binding.files)
-    if binding.uniform:
-        projection = ", ".join(quote_ident(column.name) for column in binding.columns)
-        source = f"read_parquet([{files}])"
-    else:
-        source = f"read_parquet([{files}], union_by_name = true)"
-    if not binding.primary_key:
-        return f"SELECT {projection} FROM {source}"
-    keys = ", ".join(quote_ident(key) for key in binding.primary_key)
-    return (
-        f"SELECT {projection} FROM ("
-        f"SELECT * FROM {source} "
-        f"QUALIFY row_number() OVER (PARTITION BY {keys} "
-        f"ORDER BY {quote_ident(TOKEN_COLUMN)} DESC) = 1"
-        f") AS latest WHERE latest.{quote_ident(OP_COLUMN)} <> 'delete'"
+    return layout.view_sql(
+        [(column.name, column.type) for column in binding.columns],
+        binding.primary_key,
+        [os.path.abspath(path) for path in binding.files],
+        binding.file_columns,
+        uniform=binding.uniform,
     )
 
 
@@ -267,6 +271,7 @@ class SnapshotDatabase:
             "SET autoload_known_extensions = false",
             "SET allow_community_extensions = false",
             "SET parquet_metadata_cache = true",
+            f"SET max_expression_depth = {MAX_EXPRESSION_DEPTH}",
             # Must precede enable_external_access = false (DuckDB refuses it after).
             f"SET allowed_directories = [{allowed}]",
             "SET enable_external_access = false",
@@ -307,26 +312,33 @@ class SnapshotDatabase:
         tables = self._snapshots.get(snapshot_id)
         if tables is None:
             raise SnapshotNotLoaded(snapshot_id)
+        if params is not None:
+            check_params(params)
         cursor = self._open_cursor()
+        # Armed before parsing: checking, planning and fetching all run under
+        # the deadline (the interrupt reaches every step DuckDB lets it reach;
+        # ``_sqlcheck.precheck`` bounds the ones it does not).
+        alarm = WATCHDOG.arm(limits.timeout_s, cursor.interrupt)
         try:
             # The session's schema selects the snapshot; user SQL cannot change
             # it (SET/USE are refused by the checker) nor name another schema.
             cursor.execute(f"USE {self._schema(snapshot_id)}")
-            analysis = analyze(cursor, sql)
+            analysis = analyze(cursor, sql, limits.max_sql_bytes)
             referenced = self._referenced(analysis, tables)
-            alarm = WATCHDOG.arm(limits.timeout_s, cursor.interrupt)
-            try:
-                if params is None:
-                    cursor.execute(sql)
-                else:
-                    cursor.execute(sql, list(params))
-                columns, rows, truncated = self._fetch(cursor, limits)
-            except duckdb.Error as exc:
-                timed_out = alarm.disarm()
-                raise self._map_error(exc, timed_out=timed_out, limits=limits) from exc
-            finally:
-                alarm.disarm()
+            if params is None:
+                cursor.execute(sql)
+            else:
+                cursor.execute(sql, list(params))
+            columns, rows, truncated = self._fetch(cursor, limits)
+        except duckdb.Error as exc:
+            timed_out = alarm.disarm()
+            raise self._map_error(exc, timed_out=timed_out, limits=limits) from exc
+        except RecursionError:
+            raise DuckMeshError(
+                "SQL_REJECTED", "statement refused: it, or a value it returns, is nested too deeply"
+            ) from None
         finally:
+            alarm.disarm()
             self._release(cursor)
         return QueryResult(
             columns=columns,
@@ -367,32 +379,36 @@ class SnapshotDatabase:
         rows: list[list[object]] = []
         size = 0
         truncated = False
+        chunk = _FIRST_FETCH_ROWS
         while len(rows) < wanted:
-            batch = cursor.fetchmany(min(wanted - len(rows), _FETCH_BATCH))
+            batch = cursor.fetchmany(min(wanted - len(rows), chunk))
             if not batch:
                 break
             if not plans:
                 rows.extend([] for _ in batch)
+                chunk = _FETCH_BATCH
                 continue
             values: list[Sequence[Any]] = list(zip(*batch, strict=True))
+            del batch
             for index, convert in converters:
                 values[index] = convert_column(values[index], convert)
             batch_rows: list[list[object]] = list(map(list, zip(*values, strict=True)))
-            batch_size = ROW_OVERHEAD * len(batch) + sum(
+            batch_size = ROW_OVERHEAD * len(batch_rows) + sum(
                 plan.size(column) for plan, column in zip(plans, values, strict=True)
             )
-            if size + batch_size <= budget:
-                rows.extend(batch_rows)
-                size += batch_size
-                continue
-            # Over budget somewhere in this batch: keep whole rows that fit.
-            truncated = True
-            for row in batch_rows:
-                size += row_size(row)
-                if size > budget:
-                    break
-                rows.append(row)
-            break
+            if size + batch_size > budget:
+                # Over budget somewhere in this chunk: keep whole rows that fit.
+                truncated = True
+                for row in batch_rows:
+                    size += row_size(row)
+                    if size > budget:
+                        break
+                    rows.append(row)
+                break
+            rows.extend(batch_rows)
+            size += batch_size
+            per_row = max(1, batch_size // len(batch_rows))
+            chunk = max(1, min(_FETCH_BATCH, _FETCH_CHUNK_BYTES // per_row))
         if len(rows) > limits.row_limit:
             del rows[max(limits.row_limit, 0) :]
             truncated = True
@@ -464,6 +480,14 @@ class SnapshotDatabase:
             self._closed = True
             if not self._active:
                 self._conn.close()
+
+    def function_catalog(self) -> set[tuple[str, str]]:
+        """(name, kind) of every function this database exposes (for the allow-list test)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT DISTINCT function_name, function_type FROM duckdb_functions()"
+            ).fetchall()
+        return {(str(name), str(kind)) for name, kind in rows}
 
     def table_names(self, snapshot_id: int) -> tuple[str, ...]:
         return tuple(binding.name for binding in self._snapshots[snapshot_id].values())

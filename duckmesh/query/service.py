@@ -4,13 +4,23 @@ A ``SnapshotDatabase`` is built once per (tenant, snapshot) and kept in a
 small LRU, so a query pays no setup that grows with history: views over the
 snapshot's exact files, Parquet metadata cached by DuckDB. Concurrency is
 bounded; past the queue limit callers get 429 instead of a collapse.
+
+Tenants are kept apart: a tenant runs at most ``tenant_concurrency`` queries
+at once (below the server-wide ``concurrency``, so others always find a free
+slot) and queues at most ``tenant_queue`` more (then 429 RATE_LIMITED for that
+tenant only); ``tenant_rate`` queries per second (0 = unlimited) is a quota
+answered with 429 QUOTA_EXCEEDED. On shutdown running queries are interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
+import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -23,18 +33,53 @@ from duckmesh.catalog.commands import stream_tenant
 from duckmesh.catalog.model import DataFile, Snapshot, TableDef
 from duckmesh.db import Conn, Database
 from duckmesh.errors import DuckMeshError
+from duckmesh.ingest.limits import RateLimiter
 from duckmesh.notify import Notifications
 from duckmesh.query.barrier import wait_for_token
 from duckmesh.query.sandbox import (
     ColumnSpec,
     QueryLimits,
+    QueryResult,
     SnapshotDatabase,
     SnapshotNotLoaded,
     TableBinding,
 )
-from duckmesh.storage.local import LocalObjectStore
+from duckmesh.storage.protocol import ObjectStore
 
 MAX_TENANT_DATABASES = 64
+# A query still running this long after its timeout is answered QUERY_TIMEOUT
+# while its thread finishes in the background (holding its slots).
+ANSWER_GRACE_S = 0.5
+
+
+class _Handover:
+    """Releases a query's slots exactly once: when its thread ends, or at once
+    if the thread never started (cancelled before it ran)."""
+
+    def __init__(self, slots: contextlib.ExitStack, token: trio.lowlevel.TrioToken) -> None:
+        self._slots = slots
+        self._token = token
+        self._lock = threading.Lock()
+        self._state = "new"  # -> "running" (the thread releases) or "abandoned"
+
+    def run(self, work: Callable[[], QueryResult]) -> QueryResult:
+        with self._lock:
+            if self._state == "abandoned":  # nobody waits for this answer any more
+                raise DuckMeshError("QUERY_TIMEOUT", "the query was abandoned before it ran")
+            self._state = "running"
+        try:
+            return work()
+        finally:
+            with contextlib.suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(self._slots.close, trio_token=self._token)
+
+    def abandon(self) -> None:
+        """Called in Trio when the caller stops waiting (answer, error or cancel)."""
+        with self._lock:
+            if self._state != "new":
+                return
+            self._state = "abandoned"
+        self._slots.close()
 
 
 @attrs.frozen
@@ -48,6 +93,10 @@ class QuerySettings:
     consistency_timeout_s: float = 5.0
     max_consistency_timeout_s: float = 60.0
     cache_size: int = 8
+    max_sql_bytes: int = 64 * 1024
+    tenant_concurrency: int = 4
+    tenant_queue: int = 16
+    tenant_rate: int = 0  # queries per second per tenant; 0 = unlimited
 
 
 @attrs.frozen
@@ -62,7 +111,7 @@ class QueryRequest:
 
 
 def _bindings(
-    store: LocalObjectStore, conn: Conn, tables: list[TableDef], files: list[DataFile]
+    store: ObjectStore, conn: Conn, tables: list[TableDef], files: list[DataFile]
 ) -> list[TableBinding]:
     by_table: dict[str, list[DataFile]] = {}
     for f in files:
@@ -108,7 +157,7 @@ class QueryService:
         self,
         db: Database,
         bus: IngestBus,
-        store: LocalObjectStore,
+        store: ObjectStore,
         notifications: Notifications,
         settings: QuerySettings,
     ) -> None:
@@ -118,6 +167,14 @@ class QueryService:
         self.notifications = notifications
         self.settings = settings
         self._limiter = trio.CapacityLimiter(settings.concurrency)
+        self._tenant_limiters: dict[str, trio.CapacityLimiter] = {}
+        # Queries of a tenant between admission and answer (running or queued),
+        # counted at admission: a burst is refused at once, not after it queued.
+        self._in_flight: dict[str, int] = {}
+        self._quota = RateLimiter(
+            settings.tenant_rate, code="QUOTA_EXCEEDED", what="query", unit="queries"
+        )
+        self._stopping = False
         # One warm DuckDB database per tenant; each snapshot is a schema in it.
         self._tenants: OrderedDict[str, SnapshotDatabase] = OrderedDict()
         self._loaded: OrderedDict[tuple[str, int], None] = OrderedDict()
@@ -260,33 +317,49 @@ class QueryService:
             threads=s.threads,
             timeout_s=s.timeout_s,
             row_limit=rows,
+            max_sql_bytes=s.max_sql_bytes,
         )
 
-    async def execute(self, tenant: str, req: QueryRequest) -> dict[str, Any]:
-        started = time.perf_counter()
-        limits = self._limits(req.row_limit)
+    def _tenant_slots(self, tenant: str) -> trio.CapacityLimiter:
+        slots = self._tenant_limiters.get(tenant)
+        if slots is None:
+            share = min(self.settings.tenant_concurrency, self.settings.concurrency)
+            slots = self._tenant_limiters[tenant] = trio.CapacityLimiter(share)
+        return slots
+
+    def _admit(self, tenant: str) -> trio.CapacityLimiter:
+        """The tenant's slots, or 429 when its quota, its queue or the server's is full."""
+        if self._stopping:
+            raise DuckMeshError("NOT_READY", "the server is shutting down; retry elsewhere")
+        self._quota.take(tenant, 1)
+        slots = self._tenant_slots(tenant)
+        if self._in_flight.get(tenant, 0) >= slots.total_tokens + self.settings.tenant_queue:
+            raise DuckMeshError(
+                "RATE_LIMITED",
+                f"this tenant already has {self.settings.tenant_queue} queries waiting; "
+                "retry shortly",
+                retry_after_s=1,
+                tenant_queue=self.settings.tenant_queue,
+            )
         if self._limiter.statistics().tasks_waiting >= self.settings.concurrency * 4:
-            metrics.QUERY_REQUESTS.labels(status="rejected").inc()
             raise DuckMeshError(
                 "RATE_LIMITED", "too many queries waiting; retry shortly", retry_after_s=1
             )
+        return slots
+
+    async def execute(self, tenant: str, req: QueryRequest) -> dict[str, Any]:
+        started = time.perf_counter()
         try:
-            snap = await self.resolve(tenant, req)
-            async with self._limiter:
-                while True:
-                    database, snapshot_id = await self._database(tenant, snap)
-                    try:
-                        result = await trio.to_thread.run_sync(
-                            database.execute,
-                            req.sql,
-                            req.params,
-                            limits,
-                            snapshot_id,
-                            abandon_on_cancel=False,
-                        )
-                        break
-                    except SnapshotNotLoaded:
-                        continue  # evicted between lookup and run: load it again
+            limits = self._limits(req.row_limit)
+            slots = self._admit(tenant)
+            self._in_flight[tenant] = self._in_flight.get(tenant, 0) + 1
+            try:
+                snap = await self.resolve(tenant, req)
+                result = await self._run(tenant, snap, req, limits, slots)
+            finally:
+                self._in_flight[tenant] -= 1
+                if not self._in_flight[tenant]:
+                    del self._in_flight[tenant]
         except DuckMeshError as exc:
             metrics.QUERY_REQUESTS.labels(status=exc.error_code).inc()
             raise
@@ -309,6 +382,67 @@ class QueryService:
                 "scanned_bytes": result.scanned_bytes,
             },
         }
+
+    async def _run(
+        self,
+        tenant: str,
+        snap: Snapshot | None,
+        req: QueryRequest,
+        limits: QueryLimits,
+        slots: trio.CapacityLimiter,
+    ) -> QueryResult:
+        while True:
+            if self._stopping:
+                raise DuckMeshError("NOT_READY", "the server is shutting down; retry elsewhere")
+            database, snapshot_id = await self._database(tenant, snap)
+            try:
+                return await self._in_thread(
+                    slots,
+                    functools.partial(database.execute, req.sql, req.params, limits, snapshot_id),
+                    limits.timeout_s,
+                )
+            except SnapshotNotLoaded:
+                continue  # evicted between lookup and run: load it again
+            except DuckMeshError as exc:
+                if exc.error_code == "QUERY_TIMEOUT" and self.stopping():
+                    raise DuckMeshError(
+                        "NOT_READY", "the query was stopped: the server is shutting down"
+                    ) from None
+                raise
+
+    async def _in_thread(
+        self, slots: trio.CapacityLimiter, work: Callable[[], QueryResult], timeout_s: float
+    ) -> QueryResult:
+        """Run ``work`` in a thread holding a tenant slot and a server slot until
+        the thread ends, but answer QUERY_TIMEOUT at the deadline plus a grace
+        even if DuckDB has not stopped yet (planning does not always see the
+        interrupt): the slots stay taken, so abandoned work cannot pile up."""
+        borrower = object()
+        with contextlib.ExitStack() as stack:
+            await slots.acquire_on_behalf_of(borrower)
+            stack.callback(slots.release_on_behalf_of, borrower)
+            await self._limiter.acquire_on_behalf_of(borrower)
+            stack.callback(self._limiter.release_on_behalf_of, borrower)
+            handover = _Handover(stack.pop_all(), trio.lowlevel.current_trio_token())
+            try:
+                with trio.move_on_after(timeout_s + ANSWER_GRACE_S):
+                    return await trio.to_thread.run_sync(handover.run, work, abandon_on_cancel=True)
+            finally:
+                handover.abandon()
+        raise DuckMeshError(
+            "QUERY_TIMEOUT",
+            f"query exceeded the time limit of {timeout_s:g} s and is being stopped",
+            timeout_s=timeout_s,
+        )
+
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def stop(self) -> None:
+        """Refuse new queries and interrupt the running ones (shutdown)."""
+        self._stopping = True
+        for database in list(self._tenants.values()):
+            database.interrupt()
 
     def close(self) -> None:
         for database in self._tenants.values():

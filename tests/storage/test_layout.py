@@ -60,25 +60,34 @@ def test_a_file_holds_the_columns_then_the_system_columns(files: list[str]) -> N
     assert not schema.field(layout.TOKEN_COLUMN).nullable
 
 
-@pytest.mark.parametrize("primary_key", [(), ("k",)], ids=["append-only", "keyed"])
-def test_view_sql_reads_like_the_query_sandbox(
-    files: list[str], primary_key: tuple[str, ...]
+@pytest.mark.parametrize(
+    ("primary_key", "expected"),
+    [
+        # Every row of both files; the old file's rows read v as NULL.
+        ((), [(1, None), (1, None), (2, "two"), (2, None), (3, "three")]),
+        # Key 1 was deleted, key 2 upserted.
+        (("k",), [(2, "two"), (3, "three")]),
+    ],
+    ids=["append-only", "keyed"],
+)
+def test_view_sql_reads_current_columns_newest_per_key(
+    files: list[str], primary_key: tuple[str, ...], expected: list[tuple[object, ...]]
 ) -> None:
-    mine = layout.view_sql(COLUMNS, primary_key, files, ["k", "v"], uniform=False)
-    sandbox = view_query(
-        TableBinding(
-            name="t",
-            columns=tuple(ColumnSpec(n, t) for n, t in COLUMNS),
-            primary_key=primary_key,
-            files=tuple(files),
-            file_columns=("k", "v"),
-        )
+    assert (
+        _rows(layout.view_sql(COLUMNS, primary_key, files, ["k", "v"], uniform=False)) == expected
     )
-    assert _rows(mine) == _rows(sandbox)
-    if primary_key:
-        # Key 1 was deleted, key 2 upserted; the old file's rows read v as NULL.
-        assert _rows(mine) == [(2, "two"), (3, "three")]
     assert _rows(layout.view_sql(COLUMNS, primary_key, [], [], uniform=True)) == []
+
+
+def test_the_query_sandbox_reads_through_the_layout(files: list[str]) -> None:
+    binding = TableBinding(
+        name="t",
+        columns=tuple(ColumnSpec(n, t) for n, t in COLUMNS),
+        primary_key=("k",),
+        files=tuple(files),
+        file_columns=("k", "v"),
+    )
+    assert _rows(view_query(binding)) == [(2, "two"), (3, "three")]
 
 
 def test_merge_keeps_the_newest_row_per_key_and_its_tombstone(
