@@ -198,9 +198,24 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     return 0 if body["status"] == "ready" else 1
 
 
+TESTING_EXTRA_HINT = (
+    "duckmesh {command}: needs the testing extra ({missing} is missing):"
+    " pip install 'duckmesh[testing]'"
+)
+
+
+def _missing_testing_extra(command: str, exc: ModuleNotFoundError) -> int:
+    """The harness commands live in ``duckmesh_testing``; its dependencies are optional."""
+    print(TESTING_EXTRA_HINT.format(command=command, missing=exc.name), file=sys.stderr)
+    return 2
+
+
 def cmd_bench(args: argparse.Namespace, config: Config) -> int:
-    from duckmesh.bench.harness import write_report
-    from duckmesh.bench.load import SCENARIOS, print_table, run
+    try:
+        from duckmesh_testing.bench.harness import write_report
+        from duckmesh_testing.bench.load import SCENARIOS, print_table, run
+    except ModuleNotFoundError as exc:
+        return _missing_testing_extra("bench", exc)
 
     names = args.scenario or ["steady"]
     unknown = [n for n in names if n not in SCENARIOS]
@@ -226,7 +241,10 @@ def cmd_scenario(args: argparse.Namespace, config: Config) -> int:
     """``duckmesh scenario replay FILE``: rerun a recorded scenario on a fresh system."""
     from pathlib import Path
 
-    from duckmesh import scenario
+    try:
+        from duckmesh_testing import scenario
+    except ModuleNotFoundError as exc:
+        return _missing_testing_extra("scenario", exc)
 
     try:
         recording = scenario.load_recording(Path(args.file))

@@ -21,7 +21,7 @@ from tests.maintenance.test_compaction import KV_TABLE, LOG_TABLE, log_with_comm
 
 
 def _collector(rt: Runtime, **kw: Any) -> Collector:
-    settings = {"retain_count": 2, "retain_s": 0.0, "safety_window_s": 0.0}
+    settings: dict[str, Any] = {"retain_count": 2, "retain_s": 0.0, "safety_window_s": 0.0}
     settings.update(kw)
     return Collector(rt.db, rt.store, RetentionSettings(**settings))
 
