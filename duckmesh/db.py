@@ -1,7 +1,7 @@
 """Postgres access for Trio code: sync psycopg connections run in worker threads.
 
 ADR 0002 explains the choice (measured faster here than psycopg's async API
-through trio-asyncio); ADR 0010 the pool (``psycopg_pool.ConnectionPool``:
+through trio-asyncio); ADR 0011 the pool (``psycopg_pool.ConnectionPool``:
 checks on checkout, a checkout timeout, statistics).
 
 There is one way to use a connection: :meth:`Database.call` runs a whole
