@@ -115,6 +115,7 @@ class Config:
     log_level: str = "info"
     # database
     db_pool_size: int = 8
+    db_pool_timeout_ms: int = 10_000  # a checkout waiting longer answers OVERLOADED
     # ingest
     group_commit_window_ms: int = 0
     max_request_bytes: int = 16 * 1024 * 1024
@@ -186,6 +187,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "log_format": _choice("auto", "json", "console"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "db_pool_size": _int(2, 256),
+    "db_pool_timeout_ms": _int(100, 600_000),
     "group_commit_window_ms": _int(0, 1000),
     "max_request_bytes": _int(1024, 1 << 30),
     "max_records_per_request": _int(1, 1_000_000),

@@ -1,89 +1,118 @@
 """Postgres access for Trio code: sync psycopg connections run in worker threads.
 
 ADR 0002 explains the choice (measured faster here than psycopg's async API
-through trio-asyncio). One call of :meth:`Database.run` is one thread hop that
-runs a whole function — usually a whole transaction — on a pooled
-connection, so the hot paths pay one hop per transaction, not per statement.
-Cancellation never abandons a thread mid-transaction: the call finishes or
-rolls back first.
+through trio-asyncio); ADR 0011 the pool (``psycopg_pool.ConnectionPool``:
+checks on checkout, a checkout timeout, statistics).
+
+There is one way to use a connection: :meth:`Database.call` runs a whole
+function — usually a whole transaction — on a pooled connection. Trio code
+reaches it through :meth:`Database.run` (one thread hop for that function)
+or, for a synchronous routine that calls ``call`` itself (the bus, the
+committer, maintenance jobs), :meth:`Database.in_thread`; both take the
+database's Trio-side limiter, so at most ``size`` Trio worker threads wait on
+the pool and the rest wait cheaply, cancellably, in Trio. Cancellation never
+abandons a thread mid-transaction: the call finishes or rolls back first.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import functools
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
 import trio
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from duckmesh import metrics
+from duckmesh.errors import DuckMeshError
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
 
+DEFAULT_POOL_TIMEOUT_S = 10.0
 
-def connect(dsn: str) -> Conn:
-    conn: Conn = psycopg.connect(dsn, autocommit=True)
+
+def configure(conn: Conn) -> None:
+    """Per-connection setup, run once when the pool opens a connection."""
     # Timestamps load in UTC whatever the server's default: in another zone the
     # valid instant 0001-01-01T00:00Z is year 0 there and fails to load.
     conn.execute("SET TIME ZONE 'UTC'")
+
+
+def connect(dsn: str) -> Conn:
+    """One unpooled autocommit connection set up like the pool's."""
+    conn: Conn = psycopg.connect(dsn, autocommit=True)
+    configure(conn)
     return conn
 
 
 class Database:
-    """A bounded pool of autocommit connections for use from Trio and threads."""
+    """A bounded pool of autocommit connections for use from Trio and threads.
 
-    def __init__(self, dsn: str, size: int = 8) -> None:
+    ``size`` is both the pool's maximum and the Trio limiter's tokens
+    (``DUCKMESH_DB_POOL_SIZE``). Connections open on demand. A checkout that
+    waits longer than ``timeout_s`` raises the retryable ``OVERLOADED`` error.
+    The DSN is used as given (an embedded server's carries its password).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        size: int = 8,
+        *,
+        timeout_s: float = DEFAULT_POOL_TIMEOUT_S,
+        name: str = "catalog",
+    ) -> None:
         self.dsn = dsn
         self.size = size
-        self._idle: list[Conn] = []
-        self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(size)
-        self._trio_slots = trio.CapacityLimiter(size)
-        self._closed = False
-
-    @contextmanager
-    def connection(self) -> Iterator[Conn]:
-        """Borrow a connection from a worker thread or synchronous code."""
-        self._slots.acquire()
-        try:
-            with self._lock:
-                conn = self._idle.pop() if self._idle else None
-            if conn is None or conn.closed:
-                conn = connect(self.dsn)
-            try:
-                yield conn
-            except BaseException:
-                if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-                    conn.close()
-                raise
-            finally:
-                if not conn.closed and not conn.broken and not self._closed:
-                    with self._lock:
-                        self._idle.append(conn)
-                else:
-                    conn.close()
-        finally:
-            self._slots.release()
+        self.name = name
+        self.timeout_s = timeout_s
+        self.limiter = trio.CapacityLimiter(size)
+        self.pool = ConnectionPool(
+            dsn,
+            min_size=0,
+            max_size=size,
+            kwargs={"autocommit": True},
+            configure=configure,
+            check=ConnectionPool.check_connection,
+            timeout=timeout_s,
+            name=name,
+            open=True,
+        )
+        metrics.DB_POOLS.track(self)
 
     def call(self, fn: Callable[[Conn], T], *, transaction: bool = True) -> T:
         """Run ``fn(conn)`` synchronously, inside one transaction by default."""
-        with self.connection() as conn:
-            if not transaction:
-                return fn(conn)
-            with conn.transaction():
-                return fn(conn)
+        try:
+            with self.pool.connection() as conn:
+                if not transaction:
+                    return fn(conn)
+                with conn.transaction():
+                    return fn(conn)
+        except PoolTimeout as exc:
+            raise DuckMeshError(
+                "OVERLOADED",
+                f"no catalog connection became free within {self.timeout_s:g} s; retry",
+                pool=self.name,
+                pool_size=self.size,
+            ) from exc
 
     async def run(self, fn: Callable[[Conn], T], *, transaction: bool = True) -> T:
         """Run ``fn(conn)`` in a worker thread; one hop for the whole function."""
-        async with self._trio_slots:
-            return await trio.to_thread.run_sync(
-                lambda: self.call(fn, transaction=transaction), abandon_on_cancel=False
-            )
+        return await self.in_thread(functools.partial(self.call, fn, transaction=transaction))
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a synchronous routine that uses :meth:`call` in a worker thread,
+        under this database's limiter; it is never abandoned on cancellation."""
+        return await trio.to_thread.run_sync(
+            fn, *args, limiter=self.limiter, abandon_on_cancel=False
+        )
+
+    def stats(self) -> dict[str, int]:
+        """The pool's counters and gauges (``ConnectionPool.get_stats``)."""
+        return self.pool.get_stats()
 
     def close(self) -> None:
-        self._closed = True
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        metrics.DB_POOLS.untrack(self)
+        self.pool.close()

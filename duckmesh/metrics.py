@@ -6,7 +6,13 @@ objects from here; nothing else creates metrics.
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -172,3 +178,81 @@ ACTOR_RESTARTS = Counter(
     "duckmesh_actor_restarts_total", "Actor restarts.", ["actor"], registry=REGISTRY
 )
 ACTOR_UP = Gauge("duckmesh_actor_up", "1 while the actor is running.", ["actor"], registry=REGISTRY)
+
+
+# catalog connection pools (psycopg_pool statistics, read at scrape time)
+class _Pool(Protocol):
+    name: str
+
+    def stats(self) -> dict[str, int]: ...
+
+
+# metric name -> (get_stats key, help, scale); gauges are current values,
+# counters count since the pool opened.
+_POOL_GAUGES: dict[str, tuple[str, str, float]] = {
+    "duckmesh_db_pool_max_connections": ("pool_max", "Most connections the pool may open.", 1),
+    "duckmesh_db_pool_connections": ("pool_size", "Connections open, idle or in use.", 1),
+    "duckmesh_db_pool_idle_connections": ("pool_available", "Connections idle in the pool.", 1),
+    "duckmesh_db_pool_requests_waiting": ("requests_waiting", "Checkouts waiting now.", 1),
+}
+_POOL_COUNTERS: dict[str, tuple[str, str, float]] = {
+    "duckmesh_db_pool_requests": ("requests_num", "Connection checkouts.", 1),
+    "duckmesh_db_pool_requests_queued": ("requests_queued", "Checkouts that had to wait.", 1),
+    "duckmesh_db_pool_wait_seconds": (
+        "requests_wait_ms",
+        "Time spent waiting for a checkout.",
+        1e-3,
+    ),
+    "duckmesh_db_pool_timeouts": ("requests_errors", "Checkouts that timed out (OVERLOADED).", 1),
+    "duckmesh_db_pool_connections_opened": ("connections_num", "Connections opened.", 1),
+    "duckmesh_db_pool_connection_errors": ("connections_errors", "Failed connection attempts.", 1),
+    "duckmesh_db_pool_connections_lost": (
+        "connections_lost",
+        "Connections found broken by the checkout check.",
+        1,
+    ),
+}
+
+
+class PoolStatsCollector:
+    """Exports every open ``Database`` pool's statistics, labelled by pool name
+    (pools sharing a name are summed), computed when Prometheus scrapes."""
+
+    def __init__(self) -> None:
+        self._pools: weakref.WeakSet[_Pool] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def track(self, pool: _Pool) -> None:
+        with self._lock:
+            self._pools.add(pool)
+
+    def untrack(self, pool: _Pool) -> None:
+        with self._lock:
+            self._pools.discard(pool)
+
+    def _totals(self) -> dict[str, dict[str, float]]:
+        with self._lock:
+            pools = list(self._pools)
+        totals: dict[str, dict[str, float]] = {}
+        for pool in pools:
+            into = totals.setdefault(pool.name, {})
+            for key, value in pool.stats().items():
+                into[key] = into.get(key, 0) + value
+        return totals
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self._totals()
+        for name, (key, text, scale) in _POOL_GAUGES.items():
+            gauge = GaugeMetricFamily(name, text, labels=["pool"])
+            for pool, stats in sorted(totals.items()):
+                gauge.add_metric([pool], stats.get(key, 0) * scale)
+            yield gauge
+        for name, (key, text, scale) in _POOL_COUNTERS.items():
+            counter = CounterMetricFamily(name, text, labels=["pool"])
+            for pool, stats in sorted(totals.items()):
+                counter.add_metric([pool], stats.get(key, 0) * scale)
+            yield counter
+
+
+DB_POOLS = PoolStatsCollector()
+REGISTRY.register(DB_POOLS)

@@ -74,7 +74,7 @@ def build_runtime(config: Config, *, dsn: str | None = None) -> Runtime:
     embedded = None
     if dsn is None:
         dsn, embedded = open_catalog(config)
-    db = Database(dsn, size=config.db_pool_size)
+    db = Database(dsn, size=config.db_pool_size, timeout_s=config.db_pool_timeout_ms / 1000)
     bus = PostgresBus(db)
     store = LocalObjectStore(config.data_dir / "objects")
     notifications = Notifications()
@@ -100,7 +100,7 @@ def build_runtime(config: Config, *, dsn: str | None = None) -> Runtime:
             tenant_rate=config.tenant_query_rate,
         ),
     )
-    ingest = GroupCommitter(bus, window_s=config.group_commit_window_ms / 1000)
+    ingest = GroupCommitter(bus, window_s=config.group_commit_window_ms / 1000, limiter=db.limiter)
     return Runtime(config, dsn, db, bus, store, notifications, faults, queries, ingest, embedded)
 
 

@@ -71,7 +71,7 @@ def build_tree(rt: Runtime) -> Supervisor:
     if role in ("all", "api"):
         children.append(rt.ingest)
     if role in ("all", "coordinator"):
-        commit: list[Actor] = [*coordinator_actors(rt), LagMonitor(rt.bus)]
+        commit: list[Actor] = [*coordinator_actors(rt), LagMonitor(rt.bus, limiter=rt.db.limiter)]
         children.append(Supervisor("commit", commit, COMMIT_POLICY))
     if role in ("all", "maintenance"):
         from duckmesh.maintenance.actors import maintenance_actors

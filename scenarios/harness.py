@@ -1,7 +1,7 @@
-"""Benchmark plumbing lives in ``duckmesh.bench.harness`` (shared with
+"""Benchmark plumbing lives in ``duckmesh_testing.bench.harness`` (shared with
 ``duckmesh bench``); re-exported here for the scripts in this folder."""
 
-from duckmesh.bench.harness import (
+from duckmesh_testing.bench.harness import (
     EVENTS_TABLE,
     KEY,
     ROOT,

@@ -3,13 +3,13 @@ against a real DuckMesh, with the consistency guarantees checked after every ste
 
     python -m scenarios.runner --budget SECONDS [--seed N] [--max-steps N]
 
-One :class:`~duckmesh.scenario.System` (Postgres, an API process, a
+One :class:`~duckmesh_testing.scenario.System` (Postgres, an API process, a
 coordinator process) is started for the whole run: starting processes per
 example would be far too slow. Each hypothesis example gets its own fresh
 tables (unique names) and its own model, so examples are independent of each
 other; the rules below generate the steps as plain action dicts and hand them
-to a :class:`~duckmesh.scenario.Executor`, which runs them and checks the
-invariants (see ``duckmesh/scenario/executor.py``).
+to a :class:`~duckmesh_testing.scenario.Executor`, which runs them and checks the
+invariants (see ``duckmesh_testing/scenario/executor.py``).
 
 Examples run until the budget is used (rounds of examples, each round seeded
 from ``--seed``; a scenario that is cut by the budget stops executing, which
@@ -49,9 +49,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from duckmesh.scenario import Executor, HarnessError, InvariantViolation, Stats, System
-from duckmesh.scenario import actions as A
-from duckmesh.scenario.system import forwarded_env
+from duckmesh_testing.scenario import Executor, HarnessError, InvariantViolation, Stats, System
+from duckmesh_testing.scenario import actions as A
+from duckmesh_testing.scenario.system import forwarded_env
 
 ROOT = Path(__file__).resolve().parent.parent
 FAILURE_FILE = ROOT / "reports" / "scenario-failure.json"

@@ -17,9 +17,7 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -37,6 +35,7 @@ from duckmesh import migrations
 from duckmesh.config import Config, load_config
 from duckmesh.embedded import EmbeddedPostgres
 from duckmesh.runtime import Runtime, build_runtime, migrate_and_bootstrap
+from duckmesh_testing.procs import free_port, server_env, spawn_serve
 
 # A fixed key that passes the weak-key check (it is public: tests only).
 BOOTSTRAP_KEY = "dmk_test_hdIKTV4c2RHBarDrhSuMRUs2gIDIZxVg-1oN06BQ"
@@ -86,13 +85,6 @@ def dsn(pg_dsn: str, template_db: str) -> Iterator[str]:
     finally:
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -218,14 +210,7 @@ class ServerProcess:
         self, *, role: str = "all", extra_env: dict[str, str] | None = None, wait: bool = True
     ) -> None:
         env = dict(self.env, **(extra_env or {}))
-        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "duckmesh.cli.main", "serve", "--role", role],
-                env=env,
-                stdout=log,
-                stderr=log,
-                cwd=REPO,
-            )
+        self.proc = spawn_serve(role, env, self.log_path, cwd=REPO)
         if wait:
             self.wait_ready()
 
@@ -264,8 +249,7 @@ def spawn_server(tmp_path: Path, dsn: str) -> Iterator[Callable[..., ServerProce
 
     def make(**env: str) -> ServerProcess:
         port = free_port()
-        base = {k: v for k, v in os.environ.items() if not k.startswith("DUCKMESH_")}
-        base.update(
+        base = server_env(
             DUCKMESH_DATA_DIR=str(tmp_path / "data"),
             DUCKMESH_CATALOG_DSN=dsn,
             DUCKMESH_HTTP_PORT=str(port),

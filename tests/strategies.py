@@ -49,6 +49,7 @@ from duckmesh.catalog.types import (
 from duckmesh.errors import DuckMeshError
 from duckmesh.events import stream_version
 from duckmesh.events.types import (
+    Event,
     FilesCollected,
     MaintenanceCompleted,
     SnapshotPublished,
@@ -181,7 +182,7 @@ def type_spellings(draw: st.DrawFn, t: ColumnType) -> str:
 
 _INT_BOUNDS = {"SMALLINT": 2**15, "INTEGER": 2**31, "BIGINT": 2**63}
 # Text that survives JSON, Postgres text and Parquet (no lone surrogates).
-_TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
 
 
 def _json_values() -> st.SearchStrategy[JSONValue]:
@@ -275,6 +276,11 @@ def values_for(t: ColumnType) -> st.SearchStrategy[JSONValue]:
     )
 
 
+def _field_of(name: str) -> Callable[[Any], dict[str, Any]]:
+    """``v -> {name: v}`` for one struct field (a closure, not a lambda default)."""
+    return lambda v: {name: v}
+
+
 def invalid_values_for(t: ColumnType) -> st.SearchStrategy[JSONValue]:
     """Non-null JSON values the ingest validator must reject for ``t``."""
     kind = t.kind
@@ -291,7 +297,12 @@ def invalid_values_for(t: ColumnType) -> st.SearchStrategy[JSONValue]:
         )
     if kind in ("FLOAT", "DOUBLE"):
         too_big = 2.0**128 if kind == "FLOAT" else None
-        options = [st.booleans(), _TEXT, wrong_shape, st.integers(min_value=2**1024)]
+        options: list[st.SearchStrategy[Any]] = [
+            st.booleans(),
+            _TEXT,
+            wrong_shape,
+            st.integers(min_value=2**1024),
+        ]
         if too_big is not None:
             options.append(st.floats(min_value=too_big, allow_infinity=False))
         return st.one_of(options)
@@ -327,10 +338,14 @@ def invalid_values_for(t: ColumnType) -> st.SearchStrategy[JSONValue]:
     if kind == "STRUCT":
         taken = {n.lower() for n, _ in t.fields}
         unknown = simple_names().filter(lambda n: n.lower() not in taken)
-        options = [st.just([1]), st.just("not an object"), unknown.map(lambda n: {n: 1})]
+        options = [
+            st.just([1]),
+            st.just("not an object"),
+            unknown.map(lambda n: {n: 1}),
+        ]
         for name, ft in t.fields:
             if ft.kind != "JSON":
-                options.append(invalid_values_for(ft).map(lambda v, name=name: {name: v}))
+                options.append(invalid_values_for(ft).map(_field_of(name)))
         return st.one_of(options)
     raise AssertionError(f"{kind} accepts every value")
 
@@ -372,7 +387,8 @@ def table_definitions(
         columns.append(column)
     body: dict[str, Any] = {"name": name, "columns": columns}
     keyable = [n for n, t, _ in cols if t.kind in KEYABLE_KINDS]
-    if keyable and draw(st.booleans()):
+    wants_key: bool = draw(st.booleans())
+    if keyable and wants_key:
         body["primary_key"] = draw(
             st.lists(st.sampled_from(keyable), min_size=1, max_size=2, unique=True)
         )
@@ -962,7 +978,7 @@ def _run(conn: Conn, cmd: Command, applied: Applied) -> None:
             commands.pin_snapshot(conn, tid, sid, pinned, reason, **meta)
         case Maintenance() as m:
             stream = f"maintenance:{m.tenant_id}"
-            events = []
+            events: list[Event] = []
             if m.expired:
                 events.append(SnapshotsExpired(m.tenant_id, list(m.expired)))
             if m.collected:

@@ -552,9 +552,9 @@ def create_app(rt: Runtime) -> QuartTrio:
     @app.get("/v1/lag")
     @require(auth, "ops_admin")
     async def lag(p: Principal) -> Response:
-        latest = await trio.to_thread.run_sync(rt.bus.latest_token, p.tenant_id)
+        latest = await rt.db.in_thread(rt.bus.latest_token, p.tenant_id)
         snap = await rt.db.run(lambda c: reads.latest_snapshot(c, p.tenant_id), transaction=False)
-        quarantined = await trio.to_thread.run_sync(rt.bus.quarantined, p.tenant_id)
+        quarantined = await rt.db.in_thread(rt.bus.quarantined, p.tenant_id)
         watermark = snap.max_visibility_token if snap else 0
         return json_response(
             {
@@ -577,7 +577,7 @@ def create_app(rt: Runtime) -> QuartTrio:
 
 async def _with_retries(rt: Runtime, fn: Any) -> Any:
     """Run a catalog command, again when a commit published first."""
-    return await trio.to_thread.run_sync(call_retrying, rt.db, fn, abandon_on_cancel=False)
+    return await rt.db.in_thread(call_retrying, rt.db, fn)
 
 
 def _trace_id() -> str | None:

@@ -15,15 +15,28 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from duckmesh.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from duckmesh.db import Conn
 
 
 def _runtime(config: Config) -> Any:
     from duckmesh.runtime import build_runtime
 
     return build_runtime(config)
+
+
+def _on_catalog(config: Config, body: Callable[[Conn], int]) -> int:
+    """Run a command's ``body`` on one pooled catalog connection (autocommit)."""
+    rt = _runtime(config)
+    try:
+        result: int = rt.db.call(body, transaction=False)
+        return result
+    finally:
+        rt.close()
 
 
 def cmd_serve(args: argparse.Namespace, config: Config) -> int:
@@ -47,127 +60,119 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
 def cmd_migrate(args: argparse.Namespace, config: Config) -> int:
     from duckmesh import migrations
 
-    rt = _runtime(config)
-    try:
-        with rt.db.connection() as conn:
-            if args.action == "up":
-                done = migrations.migrate_up(conn)
-                print(
-                    f"applied {len(done)} migration(s)"
-                    + "".join(f"\n  {m.version:04d} {m.name}" for m in done)
-                )
-            elif args.action == "down":
-                done = migrations.migrate_down(conn, args.steps)
-                print(
-                    f"reverted {len(done)} migration(s)"
-                    + "".join(f"\n  {m.version:04d} {m.name}" for m in done)
-                )
-            else:
-                applied = set(migrations.applied(conn))
-                for m in migrations.available():
-                    state = "applied" if m.version in applied else "pending"
-                    print(f"{m.version:04d} {m.name:<30} {state}")
-    finally:
-        rt.close()
-    return 0
+    def body(conn: Conn) -> int:
+        if args.action == "up":
+            done = migrations.migrate_up(conn)
+            print(
+                f"applied {len(done)} migration(s)"
+                + "".join(f"\n  {m.version:04d} {m.name}" for m in done)
+            )
+        elif args.action == "down":
+            done = migrations.migrate_down(conn, args.steps)
+            print(
+                f"reverted {len(done)} migration(s)"
+                + "".join(f"\n  {m.version:04d} {m.name}" for m in done)
+            )
+        else:
+            applied = set(migrations.applied(conn))
+            for m in migrations.available():
+                state = "applied" if m.version in applied else "pending"
+                print(f"{m.version:04d} {m.name:<30} {state}")
+        return 0
+
+    return _on_catalog(config, body)
 
 
 def cmd_replay(args: argparse.Namespace, config: Config) -> int:
     from duckmesh import events
     from duckmesh.projections import replay
 
-    rt = _runtime(config)
-    try:
-        with rt.db.connection() as conn:
-            total = events.count(conn)
+    def body(conn: Conn) -> int:
+        total = events.count(conn)
 
-            def progress(n: int) -> None:
-                width = 30
-                done = int(width * n / max(total, 1))
-                print(
-                    f"\r[{'#' * done}{'.' * (width - done)}] {n}/{total} events",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
+        def progress(n: int) -> None:
+            width = 30
+            done = int(width * n / max(total, 1))
+            print(
+                f"\r[{'#' * done}{'.' * (width - done)}] {n}/{total} events",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
 
-            if args.action == "verify":
-                diffs = replay.verify(conn, progress=progress)
-                print(file=sys.stderr)
-                bad = [d for d in diffs if not d.equal]
-                for d in diffs:
-                    mark = "ok  " if d.equal else "DIFF"
-                    print(f"{mark} {d.table:<26} live={d.live_rows} replay={d.replay_rows}")
-                    for row in d.only_live:
-                        print(f"       only in live:   {row}")
-                    for row in d.only_replay:
-                        print(f"       only in replay: {row}")
-                print(
-                    f"replayed {total} events: "
-                    + ("projections equal the log" if not bad else f"{len(bad)} table(s) differ")
-                )
-                return 1 if bad else 0
-            try:
-                applied = replay.rebuild(conn, progress=progress)
-            except replay.ReplayRefused as exc:
-                print(f"\nrebuild refused: {exc}", file=sys.stderr)
-                return 1
-            print(f"\nrebuilt projections from {applied} events")
-            return 0
-    finally:
-        rt.close()
+        if args.action == "verify":
+            diffs = replay.verify(conn, progress=progress)
+            print(file=sys.stderr)
+            bad = [d for d in diffs if not d.equal]
+            for d in diffs:
+                mark = "ok  " if d.equal else "DIFF"
+                print(f"{mark} {d.table:<26} live={d.live_rows} replay={d.replay_rows}")
+                for row in d.only_live:
+                    print(f"       only in live:   {row}")
+                for row in d.only_replay:
+                    print(f"       only in replay: {row}")
+            print(
+                f"replayed {total} events: "
+                + ("projections equal the log" if not bad else f"{len(bad)} table(s) differ")
+            )
+            return 1 if bad else 0
+        try:
+            applied = replay.rebuild(conn, progress=progress)
+        except replay.ReplayRefused as exc:
+            print(f"\nrebuild refused: {exc}", file=sys.stderr)
+            return 1
+        print(f"\nrebuilt projections from {applied} events")
+        return 0
+
+    return _on_catalog(config, body)
 
 
 def cmd_tenants(args: argparse.Namespace, config: Config) -> int:
     from duckmesh.catalog import commands
 
-    rt = _runtime(config)
-    try:
-        with rt.db.connection() as conn:
-            if args.action == "create":
-                with conn.transaction():
-                    commands.create_tenant(conn, args.tenant, args.name, actor="cli")
-                print(f"created tenant {args.tenant}")
-            elif args.action == "disable":
-                with conn.transaction():
-                    commands.disable_tenant(conn, args.tenant, actor="cli")
-                print(f"disabled tenant {args.tenant}")
-            else:
-                for row in conn.execute(
-                    "SELECT tenant_id, name, status, created_at FROM tenant ORDER BY 1"
-                ):
-                    print(f"{row[0]:<24} {row[1]:<24} {row[2]:<9} {row[3]:%Y-%m-%d %H:%M:%S}")
-    finally:
-        rt.close()
-    return 0
+    def body(conn: Conn) -> int:
+        if args.action == "create":
+            with conn.transaction():
+                commands.create_tenant(conn, args.tenant, args.name, actor="cli")
+            print(f"created tenant {args.tenant}")
+        elif args.action == "disable":
+            with conn.transaction():
+                commands.disable_tenant(conn, args.tenant, actor="cli")
+            print(f"disabled tenant {args.tenant}")
+        else:
+            for row in conn.execute(
+                "SELECT tenant_id, name, status, created_at FROM tenant ORDER BY 1"
+            ):
+                print(f"{row[0]:<24} {row[1]:<24} {row[2]:<9} {row[3]:%Y-%m-%d %H:%M:%S}")
+        return 0
+
+    return _on_catalog(config, body)
 
 
 def cmd_keys(args: argparse.Namespace, config: Config) -> int:
     from duckmesh.catalog import commands
 
-    rt = _runtime(config)
-    try:
-        with rt.db.connection() as conn:
-            if args.action == "create":
-                with conn.transaction():
-                    key_id, key = commands.issue_key(conn, args.tenant, args.role, actor="cli")
-                print(f"key id: {key_id}\nAPI key (shown once): {key}")
-            elif args.action == "revoke":
-                with conn.transaction():
-                    commands.revoke_key(conn, args.key_id, actor="cli")
-                print(f"revoked {args.key_id}")
-            else:
-                query = (
-                    "SELECT key_id, tenant_id, roles, created_at, revoked_at FROM api_key"
-                    + (" WHERE tenant_id = %s" if args.tenant else "")
-                    + " ORDER BY 2, 4"
-                )
-                for row in conn.execute(query, (args.tenant,) if args.tenant else ()):
-                    state = "revoked" if row[4] else "active"
-                    print(f"{row[0]}  {row[1]:<20} {','.join(row[2]):<55} {state}")
-    finally:
-        rt.close()
-    return 0
+    def body(conn: Conn) -> int:
+        if args.action == "create":
+            with conn.transaction():
+                key_id, key = commands.issue_key(conn, args.tenant, args.role, actor="cli")
+            print(f"key id: {key_id}\nAPI key (shown once): {key}")
+        elif args.action == "revoke":
+            with conn.transaction():
+                commands.revoke_key(conn, args.key_id, actor="cli")
+            print(f"revoked {args.key_id}")
+        else:
+            query = (
+                "SELECT key_id, tenant_id, roles, created_at, revoked_at FROM api_key"
+                + (" WHERE tenant_id = %s" if args.tenant else "")
+                + " ORDER BY 2, 4"
+            )
+            for row in conn.execute(query, (args.tenant,) if args.tenant else ()):
+                state = "revoked" if row[4] else "active"
+                print(f"{row[0]}  {row[1]:<20} {','.join(row[2]):<55} {state}")
+        return 0
+
+    return _on_catalog(config, body)
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
@@ -198,9 +203,24 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     return 0 if body["status"] == "ready" else 1
 
 
+TESTING_EXTRA_HINT = (
+    "duckmesh {command}: needs the testing extra ({missing} is missing):"
+    " pip install 'duckmesh[testing]'"
+)
+
+
+def _missing_testing_extra(command: str, exc: ModuleNotFoundError) -> int:
+    """The harness commands live in ``duckmesh_testing``; its dependencies are optional."""
+    print(TESTING_EXTRA_HINT.format(command=command, missing=exc.name), file=sys.stderr)
+    return 2
+
+
 def cmd_bench(args: argparse.Namespace, config: Config) -> int:
-    from duckmesh.bench.harness import write_report
-    from duckmesh.bench.load import SCENARIOS, print_table, run
+    try:
+        from duckmesh_testing.bench.harness import write_report
+        from duckmesh_testing.bench.load import SCENARIOS, print_table, run
+    except ModuleNotFoundError as exc:
+        return _missing_testing_extra("bench", exc)
 
     names = args.scenario or ["steady"]
     unknown = [n for n in names if n not in SCENARIOS]
@@ -226,7 +246,10 @@ def cmd_scenario(args: argparse.Namespace, config: Config) -> int:
     """``duckmesh scenario replay FILE``: rerun a recorded scenario on a fresh system."""
     from pathlib import Path
 
-    from duckmesh import scenario
+    try:
+        from duckmesh_testing import scenario
+    except ModuleNotFoundError as exc:
+        return _missing_testing_extra("scenario", exc)
 
     try:
         recording = scenario.load_recording(Path(args.file))

@@ -20,16 +20,25 @@ from duckmesh.supervisors import Actor
 
 
 class LagMonitor(Actor):
-    def __init__(self, bus: IngestBus, interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        bus: IngestBus,
+        interval_s: float = 1.0,
+        *,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
         super().__init__("lag-monitor")
         self.bus = bus
+        self.limiter = limiter  # the catalog's (``Database.limiter``): catalog reads only
         self.interval_s = interval_s
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         while not self.stop_requested.is_set():
-            positions = await trio.to_thread.run_sync(self.bus.lag)
-            oldest = await trio.to_thread.run_sync(self._oldest_pending, positions)
+            positions = await trio.to_thread.run_sync(self.bus.lag, limiter=self.limiter)
+            oldest = await trio.to_thread.run_sync(
+                self._oldest_pending, positions, limiter=self.limiter
+            )
             now = dt.datetime.now(dt.UTC)
             for tenant, (latest, committed) in positions.items():
                 metrics.INGEST_LAG.labels(tenant=tenant).set(latest - committed)

@@ -34,9 +34,19 @@ class _Pending:
 class GroupCommitter(Actor):
     """Owns the per-tenant flush tasks; ``submit`` is called by API handlers."""
 
-    def __init__(self, bus: IngestBus, *, window_s: float, max_group_records: int = 50_000) -> None:
+    def __init__(
+        self,
+        bus: IngestBus,
+        *,
+        window_s: float,
+        max_group_records: int = 50_000,
+        limiter: trio.CapacityLimiter | None = None,
+    ) -> None:
         super().__init__("ingest")
         self.bus = bus
+        # The catalog's Trio-side limiter (``Database.limiter``): a publish is
+        # one catalog transaction in a worker thread, like ``Database.run``.
+        self.limiter = limiter
         self.window_s = window_s
         self.max_group_records = max_group_records
         self.latest_token: dict[str, int] = {}
@@ -96,15 +106,26 @@ class GroupCommitter(Actor):
         metrics.INGEST_GROUP_SIZE.observe(len(group))
         try:
             results = await trio.to_thread.run_sync(
-                self.bus.publish, tenant, [p.records for p in group], abandon_on_cancel=False
+                self.bus.publish,
+                tenant,
+                [p.records for p in group],
+                limiter=self.limiter,
+                abandon_on_cancel=False,
             )
         except Exception as exc:  # the transaction rolled back: nothing was written
             log.exception("group commit failed", tenant_id=tenant, requests=len(group))
+            # A retryable catalog error (OVERLOADED: no pooled connection in
+            # time) reaches the client as it is; anything else is INTERNAL.
+            known = exc if isinstance(exc, DuckMeshError) and exc.retryable else None
             for p in group:
-                p.error = DuckMeshError(
-                    "INTERNAL",
-                    "the write failed and was not applied; retry",
-                    cause=type(exc).__name__,
+                p.error = (
+                    known
+                    if known is not None
+                    else DuckMeshError(
+                        "INTERNAL",
+                        "the write failed and was not applied; retry",
+                        cause=type(exc).__name__,
+                    )
                 )
                 p.done.set()
             return

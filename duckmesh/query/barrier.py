@@ -73,7 +73,7 @@ async def wait_for_token(
         if watermark >= token:
             return snap
         if not checked_issued:
-            issued = await trio.to_thread.run_sync(bus.latest_token, tenant)
+            issued = await db.in_thread(bus.latest_token, tenant)
             if token > issued:
                 raise DuckMeshError(
                     "VISIBILITY_TOKEN_INVALID",

@@ -21,13 +21,20 @@ import attrs
 
 FAULT_ACTIONS = ("raise", "kill", "delay")
 
-KNOWN_FAULT_POINTS: tuple[str, ...] = (
-    "coordinator.before_claim",
-    "coordinator.poison_record",
+# The points one commit of records passes, in order; all but the last are
+# before the snapshot is durable. Crash tests and the scenario runner kill the
+# coordinator at these (they import this tuple; it is the only list).
+COMMIT_FAULT_POINTS: tuple[str, ...] = (
     "coordinator.after_parquet_write",
     "coordinator.before_publish_commit",
     "coordinator.inside_publish_commit",
     "coordinator.after_publish_commit",
+)
+
+KNOWN_FAULT_POINTS: tuple[str, ...] = (
+    "coordinator.before_claim",
+    "coordinator.poison_record",
+    *COMMIT_FAULT_POINTS,
     "compaction.after_write",
     "compaction.before_publish",
 )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import httpx
@@ -265,7 +265,7 @@ def _find_in_catalog(dsn: str, needles: list[str]) -> list[tuple[str, str, str]]
 
 
 @pytest.fixture
-def all_logs() -> Iterator[tuple[list[dict[str, Any]], io.StringIO]]:
+def all_logs() -> Iterator[tuple[list[MutableMapping[str, Any]], io.StringIO]]:
     """Every structlog event (with its bound context) and every stdlib log line."""
     buffer = io.StringIO()
     handler = logging.StreamHandler(buffer)

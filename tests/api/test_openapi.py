@@ -323,7 +323,7 @@ async def test_required_roles_and_security_are_enforced(
     async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as anon:
         for path, method, op in _doc_operations(doc):
             url = _example_url(path)
-            body = {"json": {}} if "requestBody" in op else {}
+            body: dict[str, Any] = {"json": {}} if "requestBody" in op else {}
             r = await anon.request(method.upper(), url, **body)
             if op.get("security") == []:
                 assert r.status_code not in (401, 403), (path, method, r.text)
@@ -371,7 +371,7 @@ async def test_real_responses_match_the_schemas(doc: dict[str, Any], server: Liv
     assert_error(r, 409, "TABLE_EXISTS")
     check_response(doc, "/v1/tables", "post", r)
 
-    for method, path, kwargs in [
+    calls: list[tuple[str, str, dict[str, Any]]] = [
         ("get", "/v1/tables", {}),
         ("get", "/v1/tables/orders", {}),
         (
@@ -385,7 +385,8 @@ async def test_real_responses_match_the_schemas(doc: dict[str, Any], server: Liv
             "/v1/tables/orders",
             {"json": {"widen_columns": [{"name": "status", "type": "BIGINT"}]}},
         ),
-    ]:
+    ]
+    for method, path, kwargs in calls:
         r = await c.request(method.upper(), path, **kwargs)
         check_response(doc, path.replace("orders", "{name}").replace("nope", "{name}"), method, r)
 

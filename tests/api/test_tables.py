@@ -369,7 +369,7 @@ async def test_table_endpoints_need_a_valid_key(server: LiveServer) -> None:
     await server.create_table(ORDERS)
     async with httpx.AsyncClient(base_url=server.base_url) as anon:
         for method, path in TABLE_ENDPOINTS:
-            body = {"json": EVENTS} if method in ("POST", "PATCH") else {}
+            body: dict[str, Any] = {"json": EVENTS} if method in ("POST", "PATCH") else {}
             assert_error(await anon.request(method, path, **body), 401, "UNAUTHENTICATED")
             r = await anon.request(method, path, headers=bearer("dmk_" + "x" * 43), **body)
             assert_error(r, 401, "UNAUTHENTICATED")

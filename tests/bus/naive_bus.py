@@ -141,12 +141,14 @@ class HeldOpenDatabase(Database):
         self.release = threading.Event()
 
     def call(self, fn: Callable[[Conn], T], *, transaction: bool = True) -> T:
-        with self.connection() as conn, conn.transaction():
+        def held(conn: Conn) -> T:
             result = fn(conn)
             self.entered.set()
             if not self.release.wait(30):
                 raise TimeoutError("the test never released the held transaction")
             return result
+
+        return super().call(held)
 
 
 @attrs.frozen

@@ -21,13 +21,11 @@ import httpx
 import psycopg
 import pytest
 
+from duckmesh.supervisors.faults import COMMIT_FAULT_POINTS
 from tests.fixtures import BOOTSTRAP_KEY, EVENTS, ORDERS, REPO, ServerProcess
 
-FAULT_POINTS = (
-    "coordinator.after_parquet_write",
-    "coordinator.before_publish_commit",
-    "coordinator.inside_publish_commit",
-)
+# The commit-path points before the snapshot is durable.
+FAULT_POINTS = COMMIT_FAULT_POINTS[:-1]
 RANDOM_KILLS = 10
 
 

@@ -122,8 +122,7 @@ async def test_keyed_and_append_tables_compact_without_changing_answers(
     latest = await _rows(rt, "select k from kv order by k")
     assert [5] not in latest["rows"]
     assert compactor_for(rt).compact_tenant("default")["files_merged"] == 0  # below min
-    with rt.db.connection() as conn:
-        assert all(d.equal for d in replay.verify(conn))
+    assert all(d.equal for d in rt.db.call(replay.verify, transaction=False))
 
 
 async def test_interrupted_compaction_changes_nothing(runtime: Runtime) -> None:

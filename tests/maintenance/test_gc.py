@@ -21,7 +21,7 @@ from tests.maintenance.test_compaction import KV_TABLE, LOG_TABLE, log_with_comm
 
 
 def _collector(rt: Runtime, **kw: Any) -> Collector:
-    settings = {"retain_count": 2, "retain_s": 0.0, "safety_window_s": 0.0}
+    settings: dict[str, Any] = {"retain_count": 2, "retain_s": 0.0, "safety_window_s": 0.0}
     settings.update(kw)
     return Collector(rt.db, rt.store, RetentionSettings(**settings))
 
@@ -80,8 +80,7 @@ async def test_gc_deletes_only_unreferenced_files_after_compaction(runtime: Runt
         "files_deleted": 0,
         "orphans_deleted": 0,
     }
-    with rt.db.connection() as conn:
-        assert all(d.equal for d in replay.verify(conn))
+    assert all(d.equal for d in rt.db.call(replay.verify, transaction=False))
 
 
 def test_orphans_wait_for_the_safety_window(runtime: Runtime) -> None:
@@ -158,8 +157,7 @@ async def test_table_retention_drops_old_event_time_from_latest_only(runtime: Ru
     )
     assert again["rows"] == before["rows"]
     assert _collector(rt, retain_count=1000).run("default")["files_retired"] == 0
-    with rt.db.connection() as conn:
-        assert all(d.equal for d in replay.verify(conn))
+    assert all(d.equal for d in rt.db.call(replay.verify, transaction=False))
 
 
 async def test_retention_never_touches_keyed_tables(runtime: Runtime) -> None:

@@ -22,9 +22,9 @@ from duckmesh.config import Config, ConfigError, load_config
 from duckmesh.errors import DuckMeshError
 from duckmesh.query import barrier
 from duckmesh.runtime import Runtime, build_runtime, migrate_and_bootstrap
-from duckmesh.scenario import Executor, InvariantViolation, load_recording
-from duckmesh.scenario import actions as A
-from duckmesh.scenario.executor import TableModel, Write
+from duckmesh_testing.scenario import Executor, InvariantViolation, load_recording
+from duckmesh_testing.scenario import actions as A
+from duckmesh_testing.scenario.executor import TableModel, Write
 
 
 def _system(issued: int | None = 0) -> Any:
@@ -133,7 +133,11 @@ def test_answers_are_checked_against_the_model_at_their_watermark() -> None:
     ex._check_rows(table, "rows", one, "test")  # a prefix is right for watermark 1
     with pytest.raises(InvariantViolation, match="visibility"):
         ex._check_rows(table, "rows", dict(one, max_visibility_token=2), "test")
-    doubled = {"snapshot_id": 4, "max_visibility_token": 2, "rows": [[1, None, None]] * 2}
+    doubled: dict[str, Any] = {
+        "snapshot_id": 4,
+        "max_visibility_token": 2,
+        "rows": [[1, None, None]] * 2,
+    }
     doubled["rows"].append([2, None, None])
     with pytest.raises(InvariantViolation, match="duplicates"):
         ex._check_rows(table, "rows", doubled, "test")

@@ -16,7 +16,8 @@ import httpx
 import psutil
 import pytest
 
-from tests.fixtures import BOOTSTRAP_KEY, EVENTS, REPO, ServerProcess, free_port
+from duckmesh_testing.procs import free_port
+from tests.fixtures import BOOTSTRAP_KEY, EVENTS, REPO, ServerProcess
 
 
 def _metric(text: str, name: str, label: str) -> float:

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from duckmesh.bench.harness import EVENTS_TABLE, HttpClient, Server, run_threads, summary_ms
+from duckmesh_testing.bench.harness import EVENTS_TABLE, HttpClient, Server, run_threads, summary_ms
 
 
 @attrs.frozen

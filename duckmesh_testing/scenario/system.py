@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from duckmesh.embedded import EmbeddedPostgres
+from duckmesh_testing.procs import free_port, server_env, spawn_serve, stop
 
 API_KEY = "dmk_scenario_aIxJtXU_kXAtgDCV16n6-RSiZ8LpM1tvF7-hL081"  # public: local runs only
 # Settings every scenario process gets (the brief of issue 8): short leases so
@@ -48,13 +48,6 @@ FORWARDED_ENV = ("DUCKMESH_UNSAFE_BREAK", "DUCKMESH_ENABLE_FAULTS")
 
 class HarnessError(RuntimeError):
     """The system under test could not be started or driven (not a violation)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def forwarded_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -81,13 +74,7 @@ class Process:
         self.starts += 1
         with open(self.log_path, "ab") as log:
             log.write(f"\n--- start #{self.starts} {dict(extra_env or {})}\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "duckmesh.cli.main", "serve", "--role", self.role],
-                env=env,
-                stdout=log,
-                stderr=log,
-            )
+        self.proc = spawn_serve(self.role, env, self.log_path)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -102,14 +89,9 @@ class Process:
 
     def terminate(self, timeout: float = 30) -> int | None:
         """SIGTERM and wait; None if it did not stop in time (then it is killed)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return self.exit_code()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.proc is None:
             return None
+        return stop(self.proc, timeout)
 
     def wait_exit(self, timeout: float) -> int | None:
         if self.proc is None:
@@ -189,8 +171,7 @@ class System:
         return dsn
 
     def env_for(self, role: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DUCKMESH_")}
-        env.update(BASE_ENV)
+        env = server_env(**BASE_ENV)
         env.update(
             DUCKMESH_CATALOG_DSN=self.dsn,
             DUCKMESH_DATA_DIR=str(self.workdir / "data"),
@@ -293,8 +274,7 @@ class System:
 
     def replay_verify(self, timeout: float = 300) -> tuple[int, str]:
         """``duckmesh replay verify`` against this catalog: (exit code, output)."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DUCKMESH_")}
-        env.update(
+        env = server_env(
             DUCKMESH_CATALOG_DSN=self.dsn,
             DUCKMESH_DATA_DIR=str(self.workdir / "data"),
             DUCKMESH_LOG_LEVEL="warning",

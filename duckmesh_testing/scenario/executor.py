@@ -48,8 +48,8 @@ from typing import Any
 import attrs
 import httpx
 
-from duckmesh.scenario import actions as A
-from duckmesh.scenario.system import HarnessError, System
+from duckmesh_testing.scenario import actions as A
+from duckmesh_testing.scenario.system import HarnessError, System
 
 CONSISTENCY_TIMEOUT_MS = 30_000
 ROW_LIMIT = 1_000_000

@@ -37,15 +37,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from duckmesh.supervisors.faults import COMMIT_FAULT_POINTS
+
 Action = dict[str, Any]
 Record = dict[str, Any]
 
-FAULT_POINTS: tuple[str, ...] = (
-    "coordinator.after_parquet_write",
-    "coordinator.before_publish_commit",
-    "coordinator.inside_publish_commit",
-    "coordinator.after_publish_commit",
-)
+# ``kill_coordinator`` may die at any point of the commit path.
+FAULT_POINTS: tuple[str, ...] = COMMIT_FAULT_POINTS
 
 KINDS: tuple[str, ...] = (
     "create_table",

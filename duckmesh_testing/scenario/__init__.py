@@ -8,14 +8,14 @@ the consistency guarantees after every step, raising
 hypothesis; ``duckmesh scenario replay FILE`` reruns a recorded failure.
 """
 
-from duckmesh.scenario.executor import (
+from duckmesh_testing.scenario.executor import (
     Executor,
     InvariantViolation,
     Stats,
     load_recording,
     replay,
 )
-from duckmesh.scenario.system import HarnessError, System
+from duckmesh_testing.scenario.system import HarnessError, System
 
 __all__ = [
     "Executor",

@@ -10,10 +10,7 @@ import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,6 +21,7 @@ from typing import Any
 import httpx
 
 from duckmesh.embedded import running_dsn
+from duckmesh_testing.procs import free_port, server_env, spawn_serve, stop
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 KEY = "dmk_bench_oepilNbD_A_T1nBSRJiO9QN8G8Wk9Z0XxCZxgrLM"  # public: local runs only
@@ -87,13 +85,6 @@ def summary_ms(samples_s: Sequence[float]) -> dict[str, float]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class Server:
     """``duckmesh serve`` on a fresh data directory (embedded Postgres).
 
@@ -107,8 +98,7 @@ class Server:
         self.extra: list[subprocess.Popen[bytes]] = []
         self.dir = Path(tempfile.mkdtemp(prefix="dmb"))
         self.port = free_port()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DUCKMESH_")}
-        self.env.update(
+        self.env = server_env(
             DUCKMESH_DATA_DIR=str(self.dir / "data"),
             DUCKMESH_HTTP_PORT=str(self.port),
             DUCKMESH_BOOTSTRAP_API_KEY=KEY,
@@ -121,13 +111,7 @@ class Server:
         self.headers = {"Authorization": f"Bearer {KEY}"}
 
     def _spawn(self, role: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        with open(self.dir / f"server-{role}.log", "ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-m", "duckmesh.cli.main", "serve", "--role", role],
-                env=env,
-                stdout=log,
-                stderr=log,
-            )
+        return spawn_serve(role, env, self.dir / f"server-{role}.log")
 
     def __enter__(self) -> Server:
         self.proc = self._spawn("api" if self.split else "all", self.env)
@@ -151,12 +135,8 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         for proc in [*self.extra, self.proc]:
-            if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            if proc is not None:
+                stop(proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def log(self) -> str:
