@@ -233,122 +233,163 @@ def _json_problem(v: Any) -> str | None:
     return None
 
 
+def _int_validator(t: ColumnType) -> Validator:
+    kind = t.kind
+    lo, hi = _INT_RANGES[kind]
+
+    def check_int(v: Any) -> str | None:
+        if type(v) is not int:
+            return f"expected {kind} (an integer)"
+        if not lo <= v <= hi:
+            return f"{_short(v)} is outside the {kind} range"
+        return None
+
+    return check_int
+
+
+def _float_validator(t: ColumnType) -> Validator:
+    kind = t.kind
+    top = _FLOAT32_MAX if kind == "FLOAT" else _FLOAT64_MAX
+
+    def check_float(v: Any) -> str | None:
+        if type(v) not in (int, float):
+            return f"expected {kind} (a number)"
+        # A finite number too large for the type would become infinity (or,
+        # for a huge JSON integer, fail at commit after the write was accepted).
+        if type(v) is int:
+            if abs(v) > top:
+                return f"{_short(v)} is outside the {kind} range"
+        elif not math.isfinite(v):
+            # JSON has no NaN or Infinity, and a NaN would never read back equal.
+            return f"{v!r} is not a finite number"
+        elif abs(v) > top:
+            return f"{v!r} is outside the {kind} range"
+        return None
+
+    return check_float
+
+
+def _boolean_validator(t: ColumnType) -> Validator:
+    return lambda v: None if type(v) is bool else "expected BOOLEAN (true or false)"
+
+
+def _varchar_validator(t: ColumnType) -> Validator:
+    return lambda v: text_problem(v) if type(v) is str else "expected VARCHAR (a string)"
+
+
+def _json_validator(t: ColumnType) -> Validator:
+    return _json_problem
+
+
+def _decimal_validator(t: ColumnType) -> Validator:
+    limit = decimal.Decimal(10) ** (t.precision - t.scale)
+    to_decimal = _decimal_converter(t)
+
+    def check_decimal(v: Any) -> str | None:
+        if type(v) not in (int, float, str):
+            return f"expected {t.render()} (a number or numeric string)"
+        try:
+            d = decimal.Decimal(str(v))
+        except decimal.InvalidOperation:
+            return f"{_short(v)} is not a decimal number"
+        # Checked after rounding to the scale, as it will be stored: 99.999
+        # does not fit DECIMAL(4,2) because it rounds to 100.00.
+        # copy_abs, not abs(): abs() rounds to the context's 28 digits.
+        if not d.is_finite() or d.copy_abs() >= limit or to_decimal(v).copy_abs() >= limit:
+            return f"{_short(v)} does not fit {t.render()}"
+        return None
+
+    return check_decimal
+
+
+def _date_validator(t: ColumnType) -> Validator:
+    def check_date(v: Any) -> str | None:
+        if type(v) is not str:
+            return "expected DATE (an ISO 8601 string)"
+        try:
+            dt.date.fromisoformat(v)
+        except ValueError:
+            return f"{v!r} is not an ISO 8601 date"
+        return None
+
+    return check_date
+
+
+def _timestamp_validator(t: ColumnType) -> Validator:
+    kind = t.kind
+    to_utc = _to_timestamp if kind == "TIMESTAMP" else _to_timestamptz
+
+    def check_ts(v: Any) -> str | None:
+        if type(v) is not str:
+            return f"expected {kind} (an ISO 8601 string)"
+        try:
+            _parse_datetime(v)
+        except ValueError:
+            return f"{v!r} is not an ISO 8601 timestamp"
+        try:
+            to_utc(v)  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        except OverflowError:
+            return f"{v!r} is outside the {kind} range"
+        return None
+
+    return check_ts
+
+
+def _list_validator(t: ColumnType) -> Validator:
+    assert t.element is not None
+    inner = validator(t.element)
+
+    def check_list(v: Any) -> str | None:
+        if type(v) is not list:
+            return f"expected {t.render()} (an array)"
+        for i, item in enumerate(v):
+            if item is not None and (reason := inner(item)):
+                return f"[{i}]: {reason}"
+        return None
+
+    return check_list
+
+
+def _struct_validator(t: ColumnType) -> Validator:
+    fields = {name: validator(ft) for name, ft in t.fields}
+
+    def check_struct(v: Any) -> str | None:
+        if type(v) is not dict:
+            return f"expected {t.render()} (an object)"
+        for key, item in v.items():
+            check = fields.get(key)
+            if check is None:
+                return f"unknown field {key!r}"
+            if item is not None and (reason := check(item)):
+                return f".{key}: {reason}"
+        return None
+
+    return check_struct
+
+
+# One validator builder per type family, by ``ColumnType.kind``.
+_VALIDATORS: dict[str, Callable[[ColumnType], Validator]] = {
+    **dict.fromkeys(_INT_RANGES, _int_validator),
+    "FLOAT": _float_validator,
+    "DOUBLE": _float_validator,
+    "BOOLEAN": _boolean_validator,
+    "VARCHAR": _varchar_validator,
+    "JSON": _json_validator,
+    "DECIMAL": _decimal_validator,
+    "DATE": _date_validator,
+    "TIMESTAMP": _timestamp_validator,
+    "TIMESTAMPTZ": _timestamp_validator,
+    "LIST": _list_validator,
+    "STRUCT": _struct_validator,
+}
+
+
 def validator(t: ColumnType) -> Validator:
     """A fast check for one JSON value of type ``t`` (None is checked elsewhere)."""
-    kind = t.kind
-    if kind in _INT_RANGES:
-        lo, hi = _INT_RANGES[kind]
-
-        def check_int(v: Any) -> str | None:
-            if type(v) is not int:
-                return f"expected {kind} (an integer)"
-            if not lo <= v <= hi:
-                return f"{_short(v)} is outside the {kind} range"
-            return None
-
-        return check_int
-    if kind in ("FLOAT", "DOUBLE"):
-        top = _FLOAT32_MAX if kind == "FLOAT" else _FLOAT64_MAX
-
-        def check_float(v: Any) -> str | None:
-            if type(v) not in (int, float):
-                return f"expected {kind} (a number)"
-            # A finite number too large for the type would become infinity (or,
-            # for a huge JSON integer, fail at commit after the write was accepted).
-            if type(v) is int:
-                if abs(v) > top:
-                    return f"{_short(v)} is outside the {kind} range"
-            elif not math.isfinite(v):
-                # JSON has no NaN or Infinity, and a NaN would never read back equal.
-                return f"{v!r} is not a finite number"
-            elif abs(v) > top:
-                return f"{v!r} is outside the {kind} range"
-            return None
-
-        return check_float
-    if kind == "BOOLEAN":
-        return lambda v: None if type(v) is bool else "expected BOOLEAN (true or false)"
-    if kind == "VARCHAR":
-        return lambda v: text_problem(v) if type(v) is str else "expected VARCHAR (a string)"
-    if kind == "JSON":
-        return _json_problem
-    if kind == "DECIMAL":
-        limit = decimal.Decimal(10) ** (t.precision - t.scale)
-        to_decimal = _decimal_converter(t)
-
-        def check_decimal(v: Any) -> str | None:
-            if type(v) not in (int, float, str):
-                return f"expected {t.render()} (a number or numeric string)"
-            try:
-                d = decimal.Decimal(str(v))
-            except decimal.InvalidOperation:
-                return f"{_short(v)} is not a decimal number"
-            # Checked after rounding to the scale, as it will be stored: 99.999
-            # does not fit DECIMAL(4,2) because it rounds to 100.00.
-            # copy_abs, not abs(): abs() rounds to the context's 28 digits.
-            if not d.is_finite() or d.copy_abs() >= limit or to_decimal(v).copy_abs() >= limit:
-                return f"{_short(v)} does not fit {t.render()}"
-            return None
-
-        return check_decimal
-    if kind == "DATE":
-
-        def check_date(v: Any) -> str | None:
-            if type(v) is not str:
-                return "expected DATE (an ISO 8601 string)"
-            try:
-                dt.date.fromisoformat(v)
-            except ValueError:
-                return f"{v!r} is not an ISO 8601 date"
-            return None
-
-        return check_date
-    if kind in ("TIMESTAMP", "TIMESTAMPTZ"):
-        to_utc = _to_timestamp if kind == "TIMESTAMP" else _to_timestamptz
-
-        def check_ts(v: Any) -> str | None:
-            if type(v) is not str:
-                return f"expected {kind} (an ISO 8601 string)"
-            try:
-                _parse_datetime(v)
-            except ValueError:
-                return f"{v!r} is not an ISO 8601 timestamp"
-            try:
-                to_utc(v)  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
-            except OverflowError:
-                return f"{v!r} is outside the {kind} range"
-            return None
-
-        return check_ts
-    if kind == "LIST":
-        assert t.element is not None
-        inner = validator(t.element)
-
-        def check_list(v: Any) -> str | None:
-            if type(v) is not list:
-                return f"expected {t.render()} (an array)"
-            for i, item in enumerate(v):
-                if item is not None and (reason := inner(item)):
-                    return f"[{i}]: {reason}"
-            return None
-
-        return check_list
-    if kind == "STRUCT":
-        fields = {name: validator(ft) for name, ft in t.fields}
-
-        def check_struct(v: Any) -> str | None:
-            if type(v) is not dict:
-                return f"expected {t.render()} (an object)"
-            for key, item in v.items():
-                check = fields.get(key)
-                if check is None:
-                    return f"unknown field {key!r}"
-                if item is not None and (reason := check(item)):
-                    return f".{key}: {reason}"
-            return None
-
-        return check_struct
-    raise AssertionError(kind)
+    build = _VALIDATORS.get(t.kind)
+    if build is None:
+        raise AssertionError(t.kind)
+    return build(t)
 
 
 # --- Parquet conversion ------------------------------------------------------

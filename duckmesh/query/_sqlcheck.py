@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,6 +42,7 @@ import duckdb
 
 from duckmesh.catalog.types import RESERVED_TABLE_PREFIXES
 from duckmesh.errors import DuckMeshError
+from duckmesh.lru import LRU
 from duckmesh.query._functions import (
     ALLOWED_FUNCTIONS,
     ALLOWED_TABLE_FUNCTIONS,
@@ -347,7 +347,7 @@ def precheck(sql: str, max_sql_bytes: int = DEFAULT_MAX_SQL_BYTES) -> None:
 _CACHE_ENTRIES = 2048
 _CACHE_MAX_SQL = 8192
 _cache_lock = threading.Lock()
-_cache: OrderedDict[str, SqlAnalysis | DuckMeshError] = OrderedDict()
+_cache: LRU[str, SqlAnalysis | DuckMeshError] = LRU(_CACHE_ENTRIES)
 
 
 def analyze(
@@ -364,8 +364,6 @@ def analyze(
     if cacheable:
         with _cache_lock:
             verdict = _cache.get(sql)
-            if verdict is not None:
-                _cache.move_to_end(sql)
         if isinstance(verdict, SqlAnalysis):
             return verdict
         if verdict is not None:
@@ -390,9 +388,7 @@ def _remember(sql: str, verdict: SqlAnalysis | DuckMeshError, cacheable: bool) -
     if not cacheable:
         return
     with _cache_lock:
-        _cache[sql] = verdict
-        while len(_cache) > _CACHE_ENTRIES:
-            _cache.popitem(last=False)
+        _cache.put(sql, verdict)
 
 
 def _analyze(conn: duckdb.DuckDBPyConnection, sql: str) -> SqlAnalysis:

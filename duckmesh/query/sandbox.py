@@ -230,6 +230,8 @@ class SnapshotDatabase:
             tables[key] = binding
         schema = self._schema(snapshot_id)
         with self._lock:
+            if self._closed:  # evicted while the caller loaded: it builds anew
+                raise SnapshotNotLoaded(snapshot_id)
             if snapshot_id in self._snapshots:
                 return
             self._conn.execute(f"CREATE SCHEMA {schema}")

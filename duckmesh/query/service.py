@@ -19,7 +19,6 @@ import datetime as dt
 import functools
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -30,14 +29,15 @@ from duckmesh import metrics
 from duckmesh.bus import IngestBus
 from duckmesh.catalog import reads
 from duckmesh.catalog.commands import stream_tenant
-from duckmesh.catalog.model import DataFile, Snapshot, TableDef
+from duckmesh.catalog.model import Snapshot
 from duckmesh.db import Conn, Database
 from duckmesh.errors import DuckMeshError
 from duckmesh.ingest.limits import RateLimiter
+from duckmesh.lru import LRU, LRUStatistics
 from duckmesh.notify import Notifications
+from duckmesh.query._bindings import table_bindings
 from duckmesh.query.barrier import wait_for_token
 from duckmesh.query.sandbox import (
-    ColumnSpec,
     QueryLimits,
     QueryResult,
     SnapshotDatabase,
@@ -110,46 +110,26 @@ class QueryRequest:
     row_limit: int | None = None
 
 
-def _bindings(
-    store: ObjectStore, conn: Conn, tables: list[TableDef], files: list[DataFile]
-) -> list[TableBinding]:
-    by_table: dict[str, list[DataFile]] = {}
-    for f in files:
-        by_table.setdefault(f.table_id, []).append(f)
-    newest = {
-        t.table_id: max((f.schema_version for f in by_table.get(t.table_id, [])), default=0)
-        for t in tables
-    }
-    # Files written with the table's current schema (the usual case) need no
-    # lookup; older ones are resolved for all tables in one query.
-    older = reads.column_names(
-        conn,
-        {
-            (t.table_id, newest[t.table_id])
-            for t in tables
-            if 0 < newest[t.table_id] != t.schema_version
-        },
-    )
-    out = []
-    for table in tables:
-        mine = by_table.get(table.table_id, [])
-        version = newest[table.table_id]
-        if version == table.schema_version:
-            present = {c.name for c in table.columns}
-        else:
-            present = older.get((table.table_id, version), set())
-        out.append(
-            TableBinding(
-                name=table.name,
-                columns=tuple(ColumnSpec(c.name, c.type, c.nullable) for c in table.columns),
-                primary_key=table.primary_key,
-                files=tuple(str(store.local_path(f.path)) for f in mine),
-                file_columns=tuple(c.name for c in table.columns if c.name in present),
-                total_bytes=sum(f.size_bytes for f in mine),
-                uniform=all(f.schema_version == table.schema_version for f in mine),
-            )
+class _TenantDatabase:
+    """A tenant's warm database and the snapshots loaded in it, least recent first.
+
+    A snapshot pushed out of ``loaded`` waits in ``stale`` until the load that
+    pushed it drops its schema (in a thread, as DuckDB work)."""
+
+    def __init__(self, database: SnapshotDatabase, cache_size: int) -> None:
+        self.database = database
+        self.stale: list[int] = []
+        self.loaded: LRU[int, None] = LRU(
+            cache_size, on_evict=lambda snapshot_id, _: self.stale.append(snapshot_id)
         )
-    return out
+
+
+@attrs.frozen
+class QueryStatistics:
+    databases_built: int  # DuckDB databases constructed since start (one per tenant load)
+    tenant_databases: LRUStatistics
+    snapshot_lookups: LRUStatistics  # the explicit snapshot-id lookup cache
+    loaded_snapshots: int  # snapshot schemas present in the tenants' databases
 
 
 class QueryService:
@@ -176,19 +156,32 @@ class QueryService:
         )
         self._stopping = False
         # One warm DuckDB database per tenant; each snapshot is a schema in it.
-        self._tenants: OrderedDict[str, SnapshotDatabase] = OrderedDict()
-        self._loaded: OrderedDict[tuple[str, int], None] = OrderedDict()
+        self._tenants: LRU[str, _TenantDatabase] = LRU(
+            MAX_TENANT_DATABASES, on_evict=lambda _, entry: entry.database.close()
+        )
+        # Loads in progress: one per (tenant, snapshot), and one database
+        # construction per tenant (a second would be built and leaked).
         self._building: dict[tuple[str, int], trio.Event] = {}
+        self._constructing: dict[str, trio.Event] = {}
+        self._databases_built = 0
         # Snapshots are immutable (but for expiry): explicit-id lookups are
         # cached, and forgotten when the tenant's maintenance stream moves.
-        self._snapshots: OrderedDict[tuple[str, int], Snapshot] = OrderedDict()
+        self._snapshots: LRU[tuple[str, int], Snapshot] = LRU(1024)
         notifications.on_event(self._forget_expired)
 
     def _forget_expired(self, stream: str) -> None:
         tenant = stream_tenant(stream, "maintenance")
         if tenant is not None:
             for key in [k for k in self._snapshots if k[0] == tenant]:
-                del self._snapshots[key]
+                self._snapshots.pop(key)
+
+    def statistics(self) -> QueryStatistics:
+        return QueryStatistics(
+            databases_built=self._databases_built,
+            tenant_databases=self._tenants.statistics(),
+            snapshot_lookups=self._snapshots.statistics(),
+            loaded_snapshots=sum(len(e.database.snapshot_ids()) for e in self._tenants.values()),
+        )
 
     def consistency_timeout(self, requested_ms: int | None) -> float:
         if requested_ms is None:
@@ -205,9 +198,7 @@ class QueryService:
                     transaction=False,
                 )
                 if snap is not None and not snap.expired:
-                    self._snapshots[(tenant, snap.snapshot_id)] = snap
-                    if len(self._snapshots) > 1024:
-                        self._snapshots.popitem(last=False)
+                    self._snapshots.put((tenant, snap.snapshot_id), snap)
             if snap is None or snap.expired:
                 raise DuckMeshError(
                     "SNAPSHOT_NOT_FOUND",
@@ -253,55 +244,63 @@ class QueryService:
         snapshot_id = snap.snapshot_id if snap else 0
         key = (tenant, snapshot_id)
         while True:
-            database = self._tenants.get(tenant)
-            if database is not None and database.has_snapshot(snapshot_id):
-                self._tenants.move_to_end(tenant)
-                self._touch(key)
-                return database, snapshot_id
+            entry = self._tenants.get(tenant)
+            if entry is not None and entry.database.has_snapshot(snapshot_id):
+                entry.loaded.get(snapshot_id)  # now the tenant's most recent
+                return entry.database, snapshot_id
             building = self._building.get(key)
             if building is None:
                 break
             await building.wait()
         done = self._building[key] = trio.Event()
         try:
-            database = await self._load(tenant, snap, snapshot_id)
-            self._touch(key)
-            return database, snapshot_id
+            return await self._load(tenant, snap, snapshot_id), snapshot_id
         finally:
             del self._building[key]
             done.set()
 
-    def _touch(self, key: tuple[str, int]) -> None:
-        self._loaded[key] = None
-        self._loaded.move_to_end(key)
-
     async def _load(self, tenant: str, snap: Snapshot | None, snapshot_id: int) -> SnapshotDatabase:
         def load(conn: Conn) -> list[TableBinding]:
             if snap is None:
-                return _bindings(self.store, conn, reads.list_tables(conn, tenant), [])
+                return table_bindings(self.store, conn, reads.list_tables(conn, tenant), [])
             tables = reads.tables_as_of(conn, tenant, snap.created_at)
             files = reads.snapshot_files(conn, tenant, snap.snapshot_id)
-            return _bindings(self.store, conn, tables, files)
+            return table_bindings(self.store, conn, tables, files)
 
         bindings = await self.db.run(load, transaction=False)
-        database = self._tenants.get(tenant)
-        if database is None:
+        entry = await self._tenant_database(tenant)
+        await trio.to_thread.run_sync(entry.database.add_snapshot, snapshot_id, bindings)
+        entry.loaded.put(snapshot_id, None)  # past cache_size, the least recent go
+        stale, entry.stale = entry.stale, []
+        with trio.CancelScope(shield=True):  # out of ``loaded``: dropped now or never
+            for old in stale:
+                await trio.to_thread.run_sync(entry.database.drop_snapshot, old)
+        return entry.database
+
+    async def _tenant_database(self, tenant: str) -> _TenantDatabase:
+        """The tenant's database, built at most once however many loads ask at once."""
+        while True:
+            entry = self._tenants.peek(tenant)
+            if entry is not None:
+                return entry
+            constructing = self._constructing.get(tenant)
+            if constructing is None:
+                break
+            await constructing.wait()
+        done = self._constructing[tenant] = trio.Event()
+        try:
             tenant_dir = self.store.directory(tenant)  # 0700, like every data directory
             limits = self._limits(None)
             database = await trio.to_thread.run_sync(
                 lambda: SnapshotDatabase(allowed_dir=str(tenant_dir), limits=limits)
             )
-            self._tenants[tenant] = database
-            while len(self._tenants) > MAX_TENANT_DATABASES:
-                _, old = self._tenants.popitem(last=False)
-                old.close()
-        await trio.to_thread.run_sync(database.add_snapshot, snapshot_id, bindings)
-        # Keep at most cache_size snapshots per tenant loaded (least recent out).
-        mine = [k for k in self._loaded if k[0] == tenant and k[1] != snapshot_id]
-        for old_key in mine[: max(0, len(mine) + 1 - self.settings.cache_size)]:
-            del self._loaded[old_key]
-            await trio.to_thread.run_sync(database.drop_snapshot, old_key[1])
-        return database
+            self._databases_built += 1
+            entry = _TenantDatabase(database, self.settings.cache_size)
+            self._tenants.put(tenant, entry)  # past the limit, the least recent is closed
+            return entry
+        finally:
+            del self._constructing[tenant]
+            done.set()
 
     def _limits(self, row_limit: int | None) -> QueryLimits:
         s = self.settings
@@ -394,15 +393,15 @@ class QueryService:
         while True:
             if self._stopping:
                 raise DuckMeshError("NOT_READY", "the server is shutting down; retry elsewhere")
-            database, snapshot_id = await self._database(tenant, snap)
             try:
+                database, snapshot_id = await self._database(tenant, snap)
                 return await self._in_thread(
                     slots,
                     functools.partial(database.execute, req.sql, req.params, limits, snapshot_id),
                     limits.timeout_s,
                 )
             except SnapshotNotLoaded:
-                continue  # evicted between lookup and run: load it again
+                continue  # evicted while loading or before the run: load it again
             except DuckMeshError as exc:
                 if exc.error_code == "QUERY_TIMEOUT" and self.stopping():
                     raise DuckMeshError(
@@ -441,11 +440,9 @@ class QueryService:
     def stop(self) -> None:
         """Refuse new queries and interrupt the running ones (shutdown)."""
         self._stopping = True
-        for database in list(self._tenants.values()):
-            database.interrupt()
+        for entry in self._tenants.values():
+            entry.database.interrupt()
 
     def close(self) -> None:
-        for database in self._tenants.values():
-            database.close()
-        self._tenants.clear()
-        self._loaded.clear()
+        for entry in self._tenants.clear():
+            entry.database.close()

@@ -1,0 +1,56 @@
+"""Table bindings of a snapshot: which Parquet files and columns each view reads.
+
+Built from catalog rows (tables as of the snapshot, its live data files) for
+``SnapshotDatabase.add_snapshot``; files are named by their local path in the
+object store.
+"""
+
+from __future__ import annotations
+
+from duckmesh.catalog import reads
+from duckmesh.catalog.model import DataFile, TableDef
+from duckmesh.db import Conn
+from duckmesh.query.sandbox import ColumnSpec, TableBinding
+from duckmesh.storage.protocol import ObjectStore
+
+
+def table_bindings(
+    store: ObjectStore, conn: Conn, tables: list[TableDef], files: list[DataFile]
+) -> list[TableBinding]:
+    by_table: dict[str, list[DataFile]] = {}
+    for f in files:
+        by_table.setdefault(f.table_id, []).append(f)
+    newest = {
+        t.table_id: max((f.schema_version for f in by_table.get(t.table_id, [])), default=0)
+        for t in tables
+    }
+    # Files written with the table's current schema (the usual case) need no
+    # lookup; older ones are resolved for all tables in one query.
+    older = reads.column_names(
+        conn,
+        {
+            (t.table_id, newest[t.table_id])
+            for t in tables
+            if 0 < newest[t.table_id] != t.schema_version
+        },
+    )
+    out = []
+    for table in tables:
+        mine = by_table.get(table.table_id, [])
+        version = newest[table.table_id]
+        if version == table.schema_version:
+            present = {c.name for c in table.columns}
+        else:
+            present = older.get((table.table_id, version), set())
+        out.append(
+            TableBinding(
+                name=table.name,
+                columns=tuple(ColumnSpec(c.name, c.type, c.nullable) for c in table.columns),
+                primary_key=table.primary_key,
+                files=tuple(str(store.local_path(f.path)) for f in mine),
+                file_columns=tuple(c.name for c in table.columns if c.name in present),
+                total_bytes=sum(f.size_bytes for f in mine),
+                uniform=all(f.schema_version == table.schema_version for f in mine),
+            )
+        )
+    return out
