@@ -20,7 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from duckmesh.api.app import create_app, load_openapi
+from duckmesh.api.app import create_app
+from duckmesh.api.openapi import load_openapi
 from duckmesh.catalog.model import ROLES
 from duckmesh.errors import ERROR_CODES
 from duckmesh.runtime import Runtime

@@ -11,9 +11,9 @@ from duckmesh.catalog import commands, reads
 from duckmesh.maintenance.actors import compactor_for
 from duckmesh.projections import replay
 from duckmesh.query.service import QueryRequest
-from duckmesh.runtime import Runtime, coordinator_actors
+from duckmesh.runtime import Runtime
 from duckmesh.supervisors.faults import FaultInjected, FaultPoints
-from tests.fixtures import LiveServer
+from tests.fixtures import LiveServer, shared_committer
 
 
 def _ingest_commits(rt: Runtime, table: str, batches: list[list[dict[str, Any]]]) -> None:
@@ -22,7 +22,7 @@ def _ingest_commits(rt: Runtime, table: str, batches: list[list[dict[str, Any]]]
     tdef = rt.db.call(lambda c: reads.get_table(c, "default", table))
     assert tdef is not None
     tv = TableValidator.for_table(tdef)
-    committer = rt.extra.setdefault("committer", coordinator_actors(rt)[0].committer)
+    committer = shared_committer(rt)
     for batch in batches:
         records = validate_records(tv, batch, max_records=1000, max_record_bytes=10_000)
         assert not isinstance(rt.bus.publish("default", [records])[0], Exception)
