@@ -3,8 +3,9 @@
 Each route turns its JSON object into one of these attrs types before
 calling a service; a bad field fails here with the spec's error body
 (``VALIDATION_FAILED`` naming the field), so nothing is half-applied.
-Table definitions are the exception: ``catalog.commands`` validates them,
-because the same rules apply to every way a table can be created.
+A new table's definition is ``catalog.table_requests.CreateTableRequest``
+(the catalog's own type, also used by other callers); a schema change is
+checked against the current schema by ``catalog.commands.evolve_table``.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from duckmesh.api.context import api, require
 from duckmesh.api.http import Principal, current_trace_id, json_body, json_response
 from duckmesh.api.validators import load_table
 from duckmesh.catalog import commands, reads
+from duckmesh.catalog.table_requests import CreateTableRequest
 
 bp = Blueprint("tables", __name__)
 
@@ -15,11 +16,11 @@ bp = Blueprint("tables", __name__)
 @bp.post("/v1/tables")
 @require("table_admin")
 async def create_table(p: Principal) -> Response:
-    body = await json_body()  # validated by commands.create_table
+    spec = CreateTableRequest.parse(await json_body())
     ctx = api()
     trace_id = current_trace_id()
     table = await ctx.run_command(
-        p, lambda c: commands.create_table(c, p.tenant_id, body, actor=p.key_id, trace_id=trace_id)
+        p, lambda c: commands.create_table(c, p.tenant_id, spec, actor=p.key_id, trace_id=trace_id)
     )
     ctx.validators.forget((p.tenant_id, table.name))
     return json_response(table.to_json(), 201)
@@ -41,7 +42,9 @@ async def get_table(p: Principal, name: str) -> Response:
 @bp.patch("/v1/tables/<name>")
 @require("table_admin")
 async def evolve_table(p: Principal, name: str) -> Response:
-    body = await json_body()  # validated by commands.evolve_table
+    # Validated by commands.evolve_table against the current schema: a body's
+    # problems are reported in order with the schema's (SCHEMA_INCOMPATIBLE).
+    body = await json_body()
     ctx = api()
     trace_id = current_trace_id()
     table = await ctx.run_command(
