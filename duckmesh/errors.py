@@ -7,10 +7,40 @@ from this module; the API turns it into the spec's error body
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
+
+# Every code a client can see; a typo in ``DuckMeshError("...")`` is a mypy error.
+ErrorCode = Literal[
+    "BAD_REQUEST",
+    "VALIDATION_FAILED",
+    "SQL_REJECTED",
+    "SQL_ERROR",
+    "VISIBILITY_TOKEN_INVALID",
+    "TOKEN_SCOPE_MISMATCH",
+    "SCHEMA_INCOMPATIBLE",
+    "UNAUTHENTICATED",
+    "FORBIDDEN",
+    "TABLE_NOT_FOUND",
+    "SNAPSHOT_NOT_FOUND",
+    "NOT_FOUND",
+    "TABLE_EXISTS",
+    "TENANT_EXISTS",
+    "IDEMPOTENCY_CONFLICT",
+    "CONCURRENCY_CONFLICT",
+    "PAYLOAD_TOO_LARGE",
+    "RATE_LIMITED",
+    "QUOTA_EXCEEDED",
+    "QUERY_TIMEOUT",
+    "QUERY_MEMORY_EXCEEDED",
+    "INTERNAL",
+    "NOT_READY",
+    "OVERLOADED",
+    "CONSISTENCY_TIMEOUT",
+    "INTEGRITY_CHECK_FAILED",
+]
 
 # code -> (HTTP status, retryable)
-ERROR_CODES: dict[str, tuple[int, bool]] = {
+ERROR_CODES: dict[ErrorCode, tuple[int, bool]] = {
     "BAD_REQUEST": (400, False),
     "VALIDATION_FAILED": (400, False),
     "SQL_REJECTED": (400, False),
@@ -38,12 +68,14 @@ ERROR_CODES: dict[str, tuple[int, bool]] = {
     "CONSISTENCY_TIMEOUT": (504, True),
     "INTEGRITY_CHECK_FAILED": (500, False),
 }
+if set(ERROR_CODES) != set(get_args(ErrorCode)):  # pragma: no cover - caught at import
+    raise RuntimeError("ERROR_CODES and ErrorCode list different codes")
 
 
 class DuckMeshError(Exception):
     """A failure with a stable, documented ``error_code``."""
 
-    def __init__(self, error_code: str, message: str, **context: Any) -> None:
+    def __init__(self, error_code: ErrorCode, message: str, **context: Any) -> None:
         if error_code not in ERROR_CODES:
             raise ValueError(f"unknown error code {error_code!r}")
         super().__init__(message)

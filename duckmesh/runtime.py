@@ -33,6 +33,7 @@ from duckmesh.query import barrier
 from duckmesh.query.service import QueryService, QuerySettings
 from duckmesh.storage.local import LocalObjectStore
 from duckmesh.storage.protocol import ObjectStore
+from duckmesh.supervisors import Supervisor
 from duckmesh.supervisors.faults import FaultPoints
 
 log = structlog.get_logger("duckmesh.runtime")
@@ -50,7 +51,8 @@ class Runtime:
     queries: QueryService
     ingest: GroupCommitter
     embedded: EmbeddedPostgres | None = None
-    extra: dict[str, Any] = attrs.field(factory=dict)
+    # The supervision tree, once ``server.serve`` has built it (readiness reads it).
+    root: Supervisor | None = None
     commit_health: CommitHealth = attrs.field(factory=CommitHealth)
 
     def close(self) -> None:

@@ -87,8 +87,7 @@ def build_tree(rt: Runtime) -> Supervisor:
 
 async def serve(rt: Runtime) -> int:
     root = build_tree(rt)
-    rt.extra["tree"] = root.tree
-    rt.extra["root"] = root
+    rt.root = root
 
     async def on_signals(stop: trio.CancelScope) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

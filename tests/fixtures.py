@@ -33,8 +33,9 @@ from psycopg.conninfo import make_conninfo
 
 from duckmesh import migrations
 from duckmesh.config import Config, load_config
+from duckmesh.coordinator.committer import Committer
 from duckmesh.embedded import EmbeddedPostgres
-from duckmesh.runtime import Runtime, build_runtime, migrate_and_bootstrap
+from duckmesh.runtime import Runtime, build_runtime, coordinator_actors, migrate_and_bootstrap
 from duckmesh_testing.procs import free_port, server_env, spawn_serve
 
 # A fixed key that passes the weak-key check (it is public: tests only).
@@ -166,7 +167,7 @@ async def server(runtime: Runtime, nursery: trio.Nursery) -> AsyncIterator[LiveS
         yield srv
     finally:
         await srv.client.aclose()
-        tree = runtime.extra.get("root")
+        tree = runtime.root
         if tree is not None:
             await tree.stop()
         nursery.cancel_scope.cancel()
@@ -268,3 +269,16 @@ def spawn_server(tmp_path: Path, dsn: str) -> Iterator[Callable[..., ServerProce
         if sp.proc is not None and sp.proc.poll() is None:
             sp.proc.kill()
             sp.proc.wait(10)
+
+
+# One committer per runtime for tests that commit by hand: a new one would wait
+# out the previous one's lease. Holding the runtime keeps its id from being reused.
+_COMMITTERS: dict[int, tuple[Runtime, Committer]] = {}
+
+
+def shared_committer(rt: Runtime) -> Committer:
+    cached = _COMMITTERS.get(id(rt))
+    if cached is None or cached[0] is not rt:
+        cached = (rt, coordinator_actors(rt)[0].committer)
+        _COMMITTERS[id(rt)] = cached
+    return cached[1]

@@ -15,7 +15,6 @@ import json
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -39,7 +38,7 @@ _TRACEPARENT = re.compile(
     r"^(?!ff)([0-9a-f]{2})-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$"
 )
 log = structlog.get_logger("duckmesh.api")
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 @attrs.frozen
@@ -50,7 +49,9 @@ class Principal:
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_encode(body), status=status, content_type="application/json", headers=headers)
+    return Response(
+        encode_json(body), status=status, content_type="application/json", headers=headers
+    )
 
 
 def error_response(exc: DuckMeshError) -> Response:
@@ -195,26 +196,3 @@ class Authenticator:
         if not usable or status != "active" or not matches(stored, digest):
             return None
         return Principal(tenant_id, frozenset(roles), key_id)
-
-
-Handler = Callable[..., Awaitable[Response]]
-
-
-def require(auth: Authenticator, *roles: str) -> Callable[[Handler], Handler]:
-    """Route decorator: authenticate, then allow only holders of one of ``roles``."""
-
-    def wrap(fn: Handler) -> Handler:
-        async def handler(**kwargs: Any) -> Response:
-            principal = await auth.principal()
-            if not principal.roles & set(roles):
-                raise DuckMeshError(
-                    "FORBIDDEN",
-                    f"this key lacks the role for this operation (needs one of {list(roles)})",
-                    required_roles=list(roles),
-                )
-            return await fn(principal, **kwargs)
-
-        handler.__name__ = fn.__name__
-        return handler
-
-    return wrap

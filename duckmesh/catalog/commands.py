@@ -17,14 +17,10 @@ from duckmesh.auth import generate_key, hash_key, key_id_for
 from duckmesh.catalog import reads
 from duckmesh.catalog.journal import append, append_current
 from duckmesh.catalog.model import (
-    COMPATIBILITY_MODES,
     ROLES,
     Column,
     TableDef,
     parse_column,
-    parse_columns,
-    parse_partition,
-    parse_retention,
 )
 
 # Re-exported: notify, the query service and tests find these here.
@@ -32,11 +28,9 @@ from duckmesh.catalog.snapshots import SNAPSHOTS_CHANNEL as SNAPSHOTS_CHANNEL
 from duckmesh.catalog.snapshots import notify_snapshot as notify_snapshot
 from duckmesh.catalog.snapshots import publish_removal
 from duckmesh.catalog.snapshots import snapshots_stream as snapshots_stream
+from duckmesh.catalog.table_requests import CreateTableRequest
 from duckmesh.catalog.types import (
-    RESERVED_TABLE_PREFIXES,
     can_widen,
-    is_identifier,
-    is_reserved_table_name,
     parse_type,
 )
 from duckmesh.errors import DuckMeshError
@@ -219,58 +213,12 @@ def revoke_key(conn: Conn, key_id: str, **meta: Any) -> None:
     )
 
 
-def create_table(conn: Conn, tenant_id: str, body: Any, **meta: Any) -> TableDef:
-    if not isinstance(body, dict):
-        raise DuckMeshError("VALIDATION_FAILED", "the body must be a JSON object")
-    allowed = {"name", "columns", "primary_key", "partition_by", "retention", "compatibility"}
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise DuckMeshError("VALIDATION_FAILED", f"unknown keys {unknown}", field=unknown[0])
-    name = body.get("name")
-    if not isinstance(name, str) or not is_identifier(name):
-        raise DuckMeshError(
-            "VALIDATION_FAILED",
-            "name must be an identifier (letters, digits, _; at most 63; not starting with _dm_)",
-            field="name",
-        )
-    if is_reserved_table_name(name):
-        raise DuckMeshError(
-            "VALIDATION_FAILED",
-            f"table name {name!r} is reserved: names starting with"
-            f" {', '.join(RESERVED_TABLE_PREFIXES)} (any case) are DuckDB's system catalogs",
-            field="name",
-            reserved_prefixes=list(RESERVED_TABLE_PREFIXES),
-        )
-    columns = parse_columns(body.get("columns"))
-    pk_raw = body.get("primary_key") or []
-    if not isinstance(pk_raw, list) or not all(isinstance(p, str) for p in pk_raw):
-        raise DuckMeshError(
-            "VALIDATION_FAILED", "primary_key must be an array of column names", field="primary_key"
-        )
-    by_name = {c.name: c for c in columns}
-    missing = [p for p in pk_raw if p not in by_name]
-    if missing or len(set(pk_raw)) != len(pk_raw):
-        raise DuckMeshError(
-            "VALIDATION_FAILED",
-            f"primary_key names unknown or repeated columns: {missing or pk_raw}",
-            field="primary_key",
-        )
-    for p in pk_raw:
-        if parse_type(by_name[p].type).kind in ("LIST", "STRUCT", "JSON"):
-            raise DuckMeshError(
-                "VALIDATION_FAILED", f"primary key column {p!r} must be scalar", field="primary_key"
-            )
-    # Key columns are never null.
-    columns = [Column(c.name, c.type, False) if c.name in pk_raw else c for c in columns]
-    compatibility = body.get("compatibility", "backward")
-    if compatibility not in COMPATIBILITY_MODES:
-        raise DuckMeshError(
-            "VALIDATION_FAILED",
-            f"compatibility must be one of {list(COMPATIBILITY_MODES)}",
-            field="compatibility",
-        )
-    partition = parse_partition(body.get("partition_by"))
-    retention = parse_retention(body.get("retention"))
+def create_table(
+    conn: Conn, tenant_id: str, body: CreateTableRequest | Any, **meta: Any
+) -> TableDef:
+    """Create a table from a parsed request (or the raw JSON object, parsed here)."""
+    spec = body if isinstance(body, CreateTableRequest) else CreateTableRequest.parse(body)
+    name = spec.name
     # DuckDB names are case-insensitive: "Orders" next to "orders" would make
     # the tenant's query views collide, so a live name is taken in any case.
     taken = conn.execute(
@@ -285,11 +233,11 @@ def create_table(conn: Conn, tenant_id: str, body: Any, **meta: Any) -> TableDef
         table_id,
         tenant_id,
         name,
-        [c.to_json() for c in columns],
-        list(pk_raw),
-        partition,
-        retention,
-        compatibility,
+        [c.to_json() for c in spec.columns],
+        list(spec.primary_key),
+        spec.partition_by,
+        spec.retention,
+        spec.compatibility,
     )
     _table_changed(conn, tenant_id, created, meta)
     table = reads.get_table(conn, tenant_id, name)

@@ -18,7 +18,7 @@ import trio
 
 from duckmesh.catalog import reads
 from duckmesh.db import Database
-from duckmesh.errors import DuckMeshError
+from duckmesh.errors import DuckMeshError, ErrorCode
 
 # Stored bytes are re-read at most this often per tenant while its snapshots
 # change, and at least this often (a drop, retention or another process).
@@ -32,7 +32,12 @@ class RateLimiter:
     (ingest: RATE_LIMITED in records/s, queries: QUOTA_EXCEEDED in queries/s)."""
 
     def __init__(
-        self, rate: int, *, code: str = "RATE_LIMITED", what: str = "ingest", unit: str = "records"
+        self,
+        rate: int,
+        *,
+        code: ErrorCode = "RATE_LIMITED",
+        what: str = "ingest",
+        unit: str = "records",
     ) -> None:
         self.rate = rate
         self.code = code

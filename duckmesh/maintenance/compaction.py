@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import attrs
 import duckdb
@@ -90,10 +89,6 @@ class Compactor:
         self.faults = faults
         self.settings = settings
         self.actor = actor
-
-    def compact_tenant(self, tenant: str) -> dict[str, Any]:
-        """``compact`` as a JSON object (the API's shape until it takes the type)."""
-        return self.compact(tenant).to_json()
 
     def compact(self, tenant: str) -> CompactionSummary:
         """Merge what is worth merging for one tenant; returns a summary."""

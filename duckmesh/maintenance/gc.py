@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import attrs
 import structlog
@@ -59,10 +59,6 @@ class Collector:
         self.store = store
         self.settings = settings
         self.actor = actor
-
-    def run(self, tenant: str) -> dict[str, Any]:
-        """``retain`` as a JSON object (the API's shape until it takes the type)."""
-        return self.retain(tenant).to_json()
 
     def retain(self, tenant: str) -> RetentionSummary:
         """Apply retention, expire, then collect, for one tenant."""

@@ -9,8 +9,6 @@ kind ``integrity``) and reports problems; the API turns a failed check into
 
 from __future__ import annotations
 
-from typing import Any
-
 import structlog
 
 from duckmesh import metrics
@@ -31,10 +29,6 @@ class IntegrityChecker:
     def __init__(self, db: Database, store: ObjectStore) -> None:
         self.db = db
         self.store = store
-
-    def check(self, tenant: str, *, checksums: bool = True) -> dict[str, Any]:
-        """``verify`` as a JSON object (the API's shape until it takes the type)."""
-        return self.verify(tenant, checksums=checksums).to_json()
 
     def verify(self, tenant: str, *, checksums: bool = True) -> IntegrityReport:
         def load(conn: Conn) -> tuple[list[int], dict[str, DataFile]]:

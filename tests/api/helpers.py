@@ -10,7 +10,7 @@ import httpx
 import trio
 
 from duckmesh.catalog import commands
-from duckmesh.errors import ERROR_CODES
+from duckmesh.errors import ERROR_CODES, ErrorCode
 from duckmesh.runtime import Runtime
 
 ERROR_KEYS = {"error_code", "message", "retryable", "context", "trace_id"}
@@ -30,7 +30,7 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def assert_error(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
+def assert_error(r: httpx.Response, status: int, code: ErrorCode) -> dict[str, Any]:
     """``r`` is an error response with the spec's body, ``status`` and ``code``."""
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/json"), r.headers

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from duckmesh.api.app import load_openapi
+from duckmesh.api.openapi import load_openapi
 from duckmesh.auth import hash_key, key_id_for
 from duckmesh.catalog.audit import NOT_AUDITED, SUMMARIES
 from duckmesh.catalog.model import ROLES

@@ -187,7 +187,7 @@ async def test_integer_parameters_past_bigint_are_400(server: LiveServer) -> Non
 
 
 async def test_ready_shows_the_error_class_not_its_text(
-    server: LiveServer, nursery: trio.Nursery
+    server: LiveServer, nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     secret = "payload value 4111-1111-1111-1111"
 
@@ -198,8 +198,12 @@ async def test_ready_shows_the_error_class_not_its_text(
     policy = RestartPolicy(backoff_initial=60, backoff_max=60)
     probe = Supervisor("probe", [FunctionActor("leaky", leaky)], policy)
     nursery.start_soon(probe.run)
-    root_tree = server.rt.extra["tree"]
-    server.rt.extra["tree"] = lambda: root_tree() + [(f"root/{p}", s) for p, s in probe.tree()]
+    root = server.rt.root
+    assert root is not None
+    root_tree = root.tree
+    monkeypatch.setattr(
+        root, "tree", lambda: root_tree() + [(f"root/{p}", s) for p, s in probe.tree()]
+    )
 
     async def crashed() -> bool:
         return probe.tree()[1][1].last_error is not None

@@ -20,7 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from duckmesh.api.app import create_app, load_openapi
+import duckmesh.api.openapi
+from duckmesh.api.app import create_app
+from duckmesh.api.openapi import load_openapi
 from duckmesh.catalog.model import ROLES
 from duckmesh.errors import ERROR_CODES
 from duckmesh.runtime import Runtime
@@ -480,6 +482,24 @@ async def test_real_responses_match_the_schemas(doc: dict[str, Any], server: Liv
     r = await c.delete("/v1/tables/orders")
     assert_error(r, 404, "TABLE_NOT_FOUND")
     check_response(doc, "/v1/tables/{name}", "delete", r)
+
+
+async def test_document_is_read_once_not_per_request(
+    doc: dict[str, Any], server: LiveServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await server.client.get("/v1/openapi.json")
+    assert first.status_code == 200
+
+    class Unreadable:
+        def files(self, package: str) -> Any:
+            raise AssertionError("the OpenAPI document was read again for a request")
+
+    monkeypatch.setattr(duckmesh.api.openapi, "resources", Unreadable())
+    for _ in range(3):
+        again = await server.client.get("/v1/openapi.json")
+        assert again.status_code == 200
+        assert again.content == first.content
+        assert again.json() == doc
 
 
 def test_fallback_validator_rejects_what_it_should(doc: dict[str, Any]) -> None:

@@ -39,7 +39,7 @@ async def start_app(
     for srv in made:
         await srv.client.aclose()
         srv.rt.queries.stop()
-        root = srv.rt.extra.get("root")
+        root = srv.rt.root
         if root is not None:
             await root.stop()
         srv.rt.close()

@@ -31,7 +31,8 @@ async def quota_server(
             yield srv
         finally:
             await srv.client.aclose()
-            await rt.extra["root"].stop()
+            assert rt.root is not None
+            await rt.root.stop()
             nursery.cancel_scope.cancel()
     finally:
         rt.close()

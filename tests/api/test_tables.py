@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from duckmesh.catalog import commands
+from duckmesh.errors import ErrorCode
 from duckmesh.events import EVENTS_CHANNEL
 from duckmesh.runtime import Runtime
 from tests.api.helpers import assert_error, bearer, create_tenant, eventually, issue_key
@@ -490,7 +491,7 @@ async def test_own_schema_change_applies_without_a_notification(server: LiveServ
     assert_error(r, 404, "TABLE_NOT_FOUND")
 
 
-BAD_EVOLVES: list[tuple[str, Any, str, str]] = [
+BAD_EVOLVES: list[tuple[str, Any, ErrorCode, str]] = [
     (
         "add-not-nullable",
         {"add_columns": [{"name": "x", "type": "INTEGER", "nullable": False}]},

@@ -31,7 +31,7 @@ async def second_api_node(
                 yield node
             finally:
                 await node.client.aclose()
-                root = rt.extra.get("root")
+                root = rt.root
                 if root is not None:
                     with trio.move_on_after(15):
                         await root.stop()

@@ -24,6 +24,7 @@ from psycopg.conninfo import make_conninfo
 from duckmesh import events
 from duckmesh.catalog import commands, reads
 from duckmesh.catalog.model import ROLES, Column, TableDef
+from duckmesh.catalog.table_requests import CreateTableRequest
 from duckmesh.errors import DuckMeshError
 from duckmesh.events.types import TableSchemaEvolved
 from tests.strategies import (
@@ -90,7 +91,7 @@ ORDERS: dict[str, Any] = {
 }
 
 
-def create(conn: Conn, tenant: str, body: dict[str, Any]) -> TableDef:
+def create(conn: Conn, tenant: str, body: dict[str, Any] | CreateTableRequest) -> TableDef:
     return tx(conn, lambda c: commands.create_table(c, tenant, body, actor="test"))
 
 
@@ -291,6 +292,25 @@ def test_key_columns_are_never_null(conn: Conn, tenant: str) -> None:
     table = create(conn, tenant, body)
     assert table.primary_key == ("b", "a")
     assert [c.nullable for c in table.columns] == [False, False]
+
+
+def test_a_parsed_request_creates_the_same_table_without_a_catalog_read(
+    conn: Conn, tenant: str
+) -> None:
+    """The API parses the body at the edge (no connection needed) and hands
+    ``create_table`` the typed request; the table is the one the raw body makes."""
+    spec = CreateTableRequest.parse(ORDERS)
+    assert spec.primary_key == ["order_id"]
+    assert spec.columns[0] == Column("order_id", "BIGINT", False)
+    assert spec.compatibility == "backward"
+    with pytest.raises(DuckMeshError) as bad:
+        CreateTableRequest.parse(dict(ORDERS, primary_key=["nope"]))
+    assert bad.value.error_code == "VALIDATION_FAILED"
+    assert bad.value.context == {"field": "primary_key"}
+    table = create(conn, tenant, spec)
+    raw = create(conn, tenant, dict(ORDERS, name="orders_raw"))
+    assert (table.columns, table.primary_key) == (raw.columns, raw.primary_key)
+    assert (table.partition_by, table.retention) == (raw.partition_by, raw.retention)
 
 
 def test_partition_and_retention_are_kept(conn: Conn, tenant: str) -> None:

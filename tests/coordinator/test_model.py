@@ -18,6 +18,7 @@ from duckmesh.catalog import commands
 from duckmesh.ingest.validation import TableValidator, validate_records
 from duckmesh.query.service import QueryRequest
 from duckmesh.runtime import Runtime, coordinator_actors
+from tests.fixtures import shared_committer
 
 _names = itertools.count()
 
@@ -73,7 +74,7 @@ async def test_keyed_table_matches_model(
         )
     )
     # One consumer for all examples: a new one would wait out the old lease.
-    committer = rt.extra.setdefault("committer", coordinator_actors(rt)[0].committer)
+    committer = shared_committer(rt)
     model: dict[int, int | None] = {}
     for i, batch in enumerate(batches):
         _publish(rt, table, batch, f"{name}-{i}")

@@ -50,7 +50,7 @@ async def faulty(
         yield srv
     finally:
         await srv.client.aclose()
-        tree = rt.extra.get("root")
+        tree = rt.root
         if tree is not None:
             await tree.stop()
         nursery.cancel_scope.cancel()

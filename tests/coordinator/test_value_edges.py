@@ -30,7 +30,8 @@ from duckmesh.catalog.model import TableDef
 from duckmesh.catalog.types import ColumnType, parse_type
 from duckmesh.errors import DuckMeshError
 from duckmesh.ingest.validation import TableValidator, validate_records
-from duckmesh.runtime import Runtime, coordinator_actors
+from duckmesh.runtime import Runtime
+from tests.fixtures import shared_committer
 
 COLUMNS = {
     "b": "BOOLEAN",
@@ -357,9 +358,7 @@ def test_every_accepted_value_commits_and_reads_back_equal(
     if not accepted:
         return
     # One committer for the whole run: a new one would wait out the lease.
-    if "edges-committer" not in rt.extra:
-        rt.extra["edges-committer"] = coordinator_actors(rt)[0].committer
-    committer = rt.extra["edges-committer"]
+    committer = shared_committer(rt)
     while (outcome := committer.commit_once()) is not None:
         assert outcome.snapshot_id is not None, outcome
         # Nothing accepted is set aside.

@@ -60,7 +60,8 @@ async def test_over_the_limit_is_429_and_writes_nothing(
         assert rt.bus.latest_token("default") == 15  # nothing of the refused request
     finally:
         await server.client.aclose()
-        await rt.extra["root"].stop()
+        assert rt.root is not None
+        await rt.root.stop()
         rt.close()
 
 

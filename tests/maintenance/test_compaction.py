@@ -11,9 +11,9 @@ from duckmesh.catalog import commands, reads
 from duckmesh.maintenance.actors import compactor_for
 from duckmesh.projections import replay
 from duckmesh.query.service import QueryRequest
-from duckmesh.runtime import Runtime, coordinator_actors
+from duckmesh.runtime import Runtime
 from duckmesh.supervisors.faults import FaultInjected, FaultPoints
-from tests.fixtures import LiveServer
+from tests.fixtures import LiveServer, shared_committer
 
 
 def _ingest_commits(rt: Runtime, table: str, batches: list[list[dict[str, Any]]]) -> None:
@@ -22,7 +22,7 @@ def _ingest_commits(rt: Runtime, table: str, batches: list[list[dict[str, Any]]]
     tdef = rt.db.call(lambda c: reads.get_table(c, "default", table))
     assert tdef is not None
     tv = TableValidator.for_table(tdef)
-    committer = rt.extra.setdefault("committer", coordinator_actors(rt)[0].committer)
+    committer = shared_committer(rt)
     for batch in batches:
         records = validate_records(tv, batch, max_records=1000, max_record_bytes=10_000)
         assert not isinstance(rt.bus.publish("default", [records])[0], Exception)
@@ -104,10 +104,10 @@ async def test_keyed_and_append_tables_compact_without_changing_answers(
     assert _live_files(rt, "kv") == 10
     # A keyed delete lives in a file outside the merge when min_files is hit
     # by part of the history only; all ten merge here, tombstones kept.
-    summary = compactor_for(rt).compact_tenant("default")
-    assert summary["files_merged"] == 19
-    assert summary["files_written"] == 2
-    assert summary["snapshot_id"] == old_snapshot + 1
+    summary = compactor_for(rt).compact("default")
+    assert summary.files_merged == 19
+    assert summary.files_written == 2
+    assert summary.snapshot_id == old_snapshot + 1
     assert _live_files(rt, "kv") == 1
     after_kv = await _rows(rt, "select k, v from kv order by k")
     assert after_kv["rows"] == before_kv["rows"]
@@ -121,7 +121,7 @@ async def test_keyed_and_append_tables_compact_without_changing_answers(
     _ingest_commits(rt, "kv", [[{"idempotency_key": "late", "op": "delete", "payload": {"k": 5}}]])
     latest = await _rows(rt, "select k from kv order by k")
     assert [5] not in latest["rows"]
-    assert compactor_for(rt).compact_tenant("default")["files_merged"] == 0  # below min
+    assert compactor_for(rt).compact("default").files_merged == 0  # below min
     assert all(d.equal for d in rt.db.call(replay.verify, transaction=False))
 
 
@@ -133,7 +133,7 @@ async def test_interrupted_compaction_changes_nothing(runtime: Runtime) -> None:
     compactor.faults = FaultPoints(enabled=True)
     compactor.faults.arm("compaction.before_publish", "raise")
     with pytest.raises(FaultInjected):
-        await trio.to_thread.run_sync(compactor.compact_tenant, "default")
+        await trio.to_thread.run_sync(compactor.compact, "default")
     after = rt.db.call(lambda c: reads.latest_snapshot(c, "default"), transaction=False)
     assert after == head
     assert _live_files(rt, "log") == 8
@@ -154,8 +154,8 @@ async def test_compaction_rebases_over_a_concurrent_commit(runtime: Runtime) -> 
         return out
 
     compactor._merge = merge_then_commit  # type: ignore[method-assign]
-    summary = await trio.to_thread.run_sync(compactor.compact_tenant, "default")
-    assert summary["snapshot_id"] is not None
+    summary = await trio.to_thread.run_sync(compactor.compact, "default")
+    assert summary.snapshot_id is not None
     result = await _rows(rt, "select count(*), max(id) from log")
     assert result["rows"] == [[9, 100]]
     assert _live_files(rt, "log") == 2  # the merged file and the concurrent commit's

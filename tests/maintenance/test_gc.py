@@ -13,6 +13,7 @@ from duckmesh.catalog import commands, reads
 from duckmesh.errors import DuckMeshError
 from duckmesh.maintenance.actors import compactor_for
 from duckmesh.maintenance.gc import Collector, RetentionSettings
+from duckmesh.maintenance.results import RetentionSummary
 from duckmesh.projections import replay
 from duckmesh.query.service import QueryRequest
 from duckmesh.runtime import Runtime
@@ -38,15 +39,15 @@ async def test_expiry_keeps_latest_newest_and_pinned(runtime: Runtime) -> None:
     pinned = ids[1]
     rt.db.call(lambda c: commands.pin_snapshot(c, "default", pinned, True, "audit"))
     # Nothing is old enough yet: the age rule keeps everything.
-    assert _collector(rt, retain_s=3600.0).run("default")["snapshots_expired"] == 0
-    summary = _collector(rt).run("default")
+    assert _collector(rt, retain_s=3600.0).retain("default").snapshots_expired == 0
+    summary = _collector(rt).retain("default")
     after = {
         s.snapshot_id: s.expired
         for s in rt.db.call(lambda c: reads.list_snapshots(c, "default", None, 100))
     }
     kept = {i for i, expired in after.items() if not expired}
     assert kept == {pinned, ids[-1], ids[-2]}
-    assert summary["snapshots_expired"] == len(ids) - 3
+    assert summary.snapshots_expired == len(ids) - 3
     old = await rt.queries.execute(
         "default", QueryRequest(sql="select count(*) from log", snapshot_id=pinned)
     )
@@ -61,25 +62,22 @@ async def test_gc_deletes_only_unreferenced_files_after_compaction(runtime: Runt
     rt = runtime
     log_with_commits(rt, 8, "k")
     before = _objects(rt)
-    assert compactor_for(rt).compact_tenant("default")["files_merged"] == 8
+    assert compactor_for(rt).compact("default").files_merged == 8
     # The pre-compaction snapshots still list the small files: nothing goes.
-    assert _collector(rt, retain_count=1000).run("default")["files_deleted"] == 0
+    assert _collector(rt, retain_count=1000).retain("default").files_deleted == 0
     assert before <= _objects(rt)
     # Once those snapshots expire the small files are collected, the merged one stays.
-    summary = _collector(rt, retain_count=1).run("default")
-    assert summary["files_deleted"] == 8
+    summary = _collector(rt, retain_count=1).retain("default")
+    assert summary.files_deleted == 8
     remaining = _objects(rt)
     assert not (before & remaining)
     assert len(remaining) == 1
     result = await rt.queries.execute("default", QueryRequest(sql="select count(*) from log"))
     assert result["rows"] == [[8]]
     # Idempotent: a second run finds nothing; projections still equal the log.
-    assert _collector(rt, retain_count=1).run("default") == {
-        "files_retired": 0,
-        "snapshots_expired": 0,
-        "files_deleted": 0,
-        "orphans_deleted": 0,
-    }
+    assert _collector(rt, retain_count=1).retain("default") == RetentionSummary(
+        files_retired=0, snapshots_expired=0, files_deleted=0, orphans_deleted=0
+    )
     assert all(d.equal for d in rt.db.call(replay.verify, transaction=False))
 
 
@@ -88,11 +86,11 @@ def test_orphans_wait_for_the_safety_window(runtime: Runtime) -> None:
     scratch = rt.store.scratch_path(".parquet")
     scratch.write_bytes(b"written by a commit that crashed before publishing")
     rt.store.put_file(scratch, "default/t-1/date=2026-11-26/hour=10/part-orphan.parquet")
-    assert _collector(rt, safety_window_s=3600.0).run("default")["orphans_deleted"] == 0
+    assert _collector(rt, safety_window_s=3600.0).retain("default").orphans_deleted == 0
     path = rt.store.local_path("default/t-1/date=2026-11-26/hour=10/part-orphan.parquet")
     old = time.time() - 7200
     os.utime(path, (old, old))
-    assert _collector(rt, safety_window_s=3600.0).run("default")["orphans_deleted"] == 1
+    assert _collector(rt, safety_window_s=3600.0).retain("default").orphans_deleted == 1
     assert not path.exists()
 
 
@@ -143,8 +141,8 @@ async def test_table_retention_drops_old_event_time_from_latest_only(runtime: Ru
         "default", QueryRequest(sql="select id from events order by 1")
     )
     assert before["rows"] == [[1], [2], [3]]
-    summary = _collector(rt, retain_count=1000).run("default")
-    assert summary["files_retired"] == 1
+    summary = _collector(rt, retain_count=1000).retain("default")
+    assert summary.files_retired == 1
     after = await rt.queries.execute(
         "default", QueryRequest(sql="select id from events order by 1")
     )
@@ -156,7 +154,7 @@ async def test_table_retention_drops_old_event_time_from_latest_only(runtime: Ru
         QueryRequest(sql="select id from events order by 1", snapshot_id=before["snapshot_id"]),
     )
     assert again["rows"] == before["rows"]
-    assert _collector(rt, retain_count=1000).run("default")["files_retired"] == 0
+    assert _collector(rt, retain_count=1000).retain("default").files_retired == 0
     assert all(d.equal for d in rt.db.call(replay.verify, transaction=False))
 
 
@@ -198,6 +196,6 @@ async def test_retention_never_touches_keyed_tables(runtime: Runtime) -> None:
             ],
         ],
     )
-    assert _collector(rt, retain_count=1000).run("default")["files_retired"] == 0
+    assert _collector(rt, retain_count=1000).retain("default").files_retired == 0
     result = await rt.queries.execute("default", QueryRequest(sql="select k from kv"))
     assert result["rows"] == []  # the delete still hides the key

@@ -24,9 +24,9 @@ def test_intact_then_damaged(runtime: Runtime) -> None:
     rt = runtime
     log_with_commits(rt, 3)
     checker = IntegrityChecker(rt.db, rt.store)
-    clean = checker.check("default")
-    assert clean["ok"] is True
-    assert clean["files_checked"] == 3
+    clean = checker.verify("default")
+    assert clean.ok is True
+    assert clean.files_checked == 3
     first, second, third = sorted(_paths(rt))
     rt.store.delete(first)
     path = rt.store.local_path(second)
@@ -34,11 +34,11 @@ def test_intact_then_damaged(runtime: Runtime) -> None:
     data = bytearray(rt.store.local_path(third).read_bytes())
     data[-20] ^= 0xFF  # same size, different bytes
     rt.store.local_path(third).write_bytes(bytes(data))
-    report = checker.check("default")
-    assert report["ok"] is False
-    assert report["missing"] == [first]
-    assert report["size_mismatch"] == [second]
-    assert report["checksum_mismatch"] == [third]
+    report = checker.verify("default")
+    assert report.ok is False
+    assert report.missing == [first]
+    assert report.size_mismatch == [second]
+    assert report.checksum_mismatch == [third]
     runs = rt.db.call(
         lambda c: c.execute(
             "SELECT summary->>'ok' FROM maintenance_run WHERE kind = 'integrity' ORDER BY position"
@@ -53,8 +53,8 @@ def test_pinned_snapshots_are_checked_too(runtime: Runtime) -> None:
     head = rt.db.call(lambda c: reads.latest_snapshot(c, "default"))
     assert head is not None
     rt.db.call(lambda c: commands.pin_snapshot(c, "default", head.snapshot_id - 1, True, "x"))
-    report = IntegrityChecker(rt.db, rt.store).check("default")
-    assert report["snapshots_checked"] == [head.snapshot_id - 1, head.snapshot_id]
+    report = IntegrityChecker(rt.db, rt.store).verify("default")
+    assert report.snapshots_checked == [head.snapshot_id - 1, head.snapshot_id]
 
 
 async def test_integrity_endpoint(server: LiveServer) -> None:

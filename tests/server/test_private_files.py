@@ -57,7 +57,8 @@ async def test_everything_written_is_private(
         assert (await server.query("select count(*) from log")).json()["rows"] == [[3]]
     finally:
         await server.client.aclose()
-        await rt.extra["root"].stop()
+        assert rt.root is not None
+        await rt.root.stop()
         rt.close()
         os.umask(old_umask)
     parquet = list(rt.config.data_dir.rglob("*.parquet"))

@@ -1,0 +1,89 @@
+"""``POST /v1/ingest/{table}``: validate a whole request, append it, answer a receipt.
+
+``accept`` is the service the route calls: validation against the table's
+current schema, backpressure, quotas and rate limits all come before the
+write, so a refused request writes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from quart import Blueprint, Response
+
+from duckmesh import metrics
+from duckmesh.api.bodies import IngestBody
+from duckmesh.api.context import ApiContext, api, require
+from duckmesh.api.http import Principal, json_body, json_response
+from duckmesh.errors import DuckMeshError
+from duckmesh.ingest.validation import validate_records
+from duckmesh.query.barrier import wait_for_token
+from duckmesh.runtime import Runtime
+
+bp = Blueprint("ingest", __name__)
+
+
+@bp.post("/v1/ingest/<table>")
+@require("ingest_writer")
+async def ingest(p: Principal, table: str) -> Response:
+    started = time.perf_counter()
+    ctx = api()
+    body = IngestBody.parse(await json_body(), ctx.rt.config.max_consistency_timeout_ms)
+    return json_response(await accept(ctx, p.tenant_id, table, body, started))
+
+
+async def accept(
+    ctx: ApiContext, tenant: str, table: str, body: IngestBody, started: float
+) -> dict[str, Any]:
+    """Validate, admit and append ``body``'s records; the receipt as JSON."""
+    rt = ctx.rt
+    tv = await ctx.validators.get(tenant, table)
+    records = validate_records(
+        tv,
+        body.records,
+        max_records=rt.config.max_records_per_request,
+        max_record_bytes=rt.config.max_record_bytes,
+    )
+    _check_backpressure(rt, tenant)
+    await ctx.storage_quota.check(tenant)
+    ctx.rate_limiter.take(tenant, len(records))
+    receipts = await rt.ingest.submit(tenant, records)
+    duplicates = sum(1 for r in receipts if r.duplicate)
+    accepted = len(receipts) - duplicates
+    top = max(r.token for r in receipts)
+    metrics.INGEST_ACK_LATENCY.observe(time.perf_counter() - started)
+    metrics.INGEST_RECORDS.inc(accepted)
+    metrics.INGEST_DUPLICATES.inc(duplicates)
+    metrics.INGEST_REQUESTS.labels(status="accepted").inc()
+    result: dict[str, Any] = {
+        "accepted_count": accepted,
+        "duplicate_count": duplicates,
+        "max_visibility_token": top,
+        "visible_snapshot_id": None,
+        "status": "partial_duplicate" if duplicates else "accepted",
+    }
+    if body.options.wait_for_visibility:
+        timeout_s = rt.queries.consistency_timeout(body.options.visibility_timeout_ms)
+        snap = await wait_for_token(
+            rt.db, rt.bus, rt.notifications, tenant, top, timeout_s, kind="ingest"
+        )
+        result["visible_snapshot_id"] = snap.snapshot_id if snap else None
+        result["status"] = "visible"
+    return result
+
+
+def _check_backpressure(rt: Runtime, tenant: str) -> None:
+    """429 before collapse: refuse ingest while too much is pending."""
+    latest = rt.ingest.latest_token.get(tenant)
+    known = rt.notifications.watermarks.get(tenant)
+    if latest is None or known is None:
+        return
+    pending = latest - known[1]
+    if pending > rt.config.max_pending_records:
+        raise DuckMeshError(
+            "RATE_LIMITED",
+            f"{pending} records are waiting to become visible; slow down",
+            pending_records=pending,
+            retry_after_s=1,
+        )
