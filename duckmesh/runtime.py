@@ -29,7 +29,6 @@ from duckmesh.embedded import EmbeddedPostgres
 from duckmesh.files import prepare_data_dir
 from duckmesh.ingest.group_commit import GroupCommitter
 from duckmesh.notify import Notifications
-from duckmesh.query import barrier
 from duckmesh.query.service import QueryService, QuerySettings
 from duckmesh.storage.local import LocalObjectStore
 from duckmesh.storage.protocol import ObjectStore
@@ -71,7 +70,12 @@ def open_catalog(config: Config) -> tuple[str, EmbeddedPostgres | None]:
 
 
 def build_runtime(config: Config, *, dsn: str | None = None) -> Runtime:
-    barrier.configure_unsafe_break(config.unsafe_break)  # test-only switch, see barrier.py
+    if config.unsafe_break:
+        log.warning(
+            "unsafe_break_armed",
+            unsafe_break=config.unsafe_break,
+            message="read-after-write is deliberately broken (DUCKMESH_UNSAFE_BREAK)",
+        )
     prepare_data_dir(config.data_dir, embedded_postgres=dsn is None and not config.catalog_dsn)
     embedded = None
     if dsn is None:
@@ -100,6 +104,7 @@ def build_runtime(config: Config, *, dsn: str | None = None) -> Runtime:
             tenant_concurrency=config.tenant_query_concurrency,
             tenant_queue=config.tenant_query_queue,
             tenant_rate=config.tenant_query_rate,
+            unsafe_skip_barrier=config.unsafe_break == "skip_barrier",
         ),
     )
     ingest = GroupCommitter(bus, window_s=config.group_commit_window_ms / 1000, limiter=db.limiter)

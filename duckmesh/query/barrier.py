@@ -6,15 +6,15 @@ issued to the tenant fails at once (``VISIBILITY_TOKEN_INVALID``); a token
 not visible by the deadline fails with ``CONSISTENCY_TIMEOUT`` and the
 current watermark, so the caller can retry or report.
 
-``UNSAFE_SKIP_BARRIER`` is a test-only switch (``DUCKMESH_UNSAFE_BREAK=skip_barrier``,
-accepted only with ``DUCKMESH_ENABLE_FAULTS=1``): the barrier stops waiting and
-answers from the latest snapshot whatever its watermark. It exists so the
-scenario runner can prove it detects a broken read-after-write guarantee.
+``skip=True`` is a test-only switch (``QuerySettings.unsafe_skip_barrier``, set
+by ``DUCKMESH_UNSAFE_BREAK=skip_barrier``, accepted only with
+``DUCKMESH_ENABLE_FAULTS=1``): the barrier stops waiting and answers from the
+latest snapshot whatever its watermark. It exists so the scenario runner can
+prove it detects a broken read-after-write guarantee.
 """
 
 from __future__ import annotations
 
-import structlog
 import trio
 
 from duckmesh import metrics
@@ -26,20 +26,6 @@ from duckmesh.errors import DuckMeshError
 from duckmesh.notify import Notifications
 
 POLL_S = 0.25
-# Test only; set from the configuration by ``build_runtime`` (see the module docstring).
-UNSAFE_SKIP_BARRIER = False
-
-
-def configure_unsafe_break(value: str) -> None:
-    """Arm (``"skip_barrier"``) or disarm (``""``) the test-only broken barrier."""
-    global UNSAFE_SKIP_BARRIER
-    UNSAFE_SKIP_BARRIER = value == "skip_barrier"
-    if UNSAFE_SKIP_BARRIER:
-        structlog.get_logger("duckmesh.query.barrier").warning(
-            "unsafe_break_armed",
-            unsafe_break=value,
-            message="read-after-write is deliberately broken (DUCKMESH_UNSAFE_BREAK)",
-        )
 
 
 async def latest(db: Database, tenant: str) -> Snapshot | None:
@@ -55,13 +41,14 @@ async def wait_for_token(
     timeout_s: float,
     *,
     kind: str = "query",
+    skip: bool = False,
 ) -> Snapshot | None:
     """The newest snapshot whose watermark is at least ``token``."""
     if token < 0:
         raise DuckMeshError(
             "VISIBILITY_TOKEN_INVALID", "tokens are non-negative integers", token=token
         )
-    if UNSAFE_SKIP_BARRIER:
+    if skip:
         return await latest(db, tenant)  # deliberately broken: no wait, any watermark
     deadline = trio.current_time() + timeout_s
     signal = notifications.snapshots(tenant)

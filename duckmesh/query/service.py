@@ -97,6 +97,9 @@ class QuerySettings:
     tenant_concurrency: int = 4
     tenant_queue: int = 16
     tenant_rate: int = 0  # queries per second per tenant; 0 = unlimited
+    # TEST ONLY (DUCKMESH_UNSAFE_BREAK=skip_barrier): answer without waiting for
+    # the token, so the scenario runner can prove it notices (see barrier.py).
+    unsafe_skip_barrier: bool = False
 
 
 @attrs.frozen
@@ -236,7 +239,13 @@ class QueryService:
             else req.consistency_timeout_s
         )
         return await wait_for_token(
-            self.db, self.bus, self.notifications, tenant, req.min_visibility_token or 0, timeout
+            self.db,
+            self.bus,
+            self.notifications,
+            tenant,
+            req.min_visibility_token or 0,
+            timeout,
+            skip=self.settings.unsafe_skip_barrier,
         )
 
     async def _database(self, tenant: str, snap: Snapshot | None) -> tuple[SnapshotDatabase, int]:

@@ -21,6 +21,7 @@ from duckmesh.cli.main import main
 from duckmesh.config import Config, ConfigError, load_config
 from duckmesh.errors import DuckMeshError
 from duckmesh.query import barrier
+from duckmesh.query.service import QueryRequest
 from duckmesh.runtime import Runtime, build_runtime, migrate_and_bootstrap
 from duckmesh_testing.scenario import Executor, InvariantViolation, load_recording
 from duckmesh_testing.scenario import actions as A
@@ -233,7 +234,7 @@ def test_serve_refuses_unsafe_break_without_faults(
 
 
 async def test_the_barrier_waits_by_default(runtime: Runtime) -> None:
-    assert not barrier.UNSAFE_SKIP_BARRIER
+    assert not runtime.queries.settings.unsafe_skip_barrier
     with pytest.raises(DuckMeshError) as info:
         await barrier.wait_for_token(
             runtime.db, runtime.bus, runtime.notifications, "default", 5, 0.2
@@ -247,10 +248,9 @@ async def test_skip_barrier_answers_at_once_whatever_the_watermark(
     rt = build_runtime(make_config(enable_faults=True, unsafe_break="skip_barrier"), dsn=dsn)
     try:
         migrate_and_bootstrap(rt)
-        assert barrier.UNSAFE_SKIP_BARRIER
+        assert rt.queries.settings.unsafe_skip_barrier
         with trio.fail_after(5):
-            snap = await barrier.wait_for_token(rt.db, rt.bus, rt.notifications, "default", 5, 30.0)
+            snap = await rt.queries.resolve("default", QueryRequest(sql="", min_visibility_token=5))
         assert snap is None or snap.max_visibility_token < 5
     finally:
-        barrier.configure_unsafe_break("")
         rt.close()

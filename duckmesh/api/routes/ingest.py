@@ -66,7 +66,14 @@ async def accept(
     if body.options.wait_for_visibility:
         timeout_s = rt.queries.consistency_timeout(body.options.visibility_timeout_ms)
         snap = await wait_for_token(
-            rt.db, rt.bus, rt.notifications, tenant, top, timeout_s, kind="ingest"
+            rt.db,
+            rt.bus,
+            rt.notifications,
+            tenant,
+            top,
+            timeout_s,
+            kind="ingest",
+            skip=rt.queries.settings.unsafe_skip_barrier,
         )
         result["visible_snapshot_id"] = snap.snapshot_id if snap else None
         result["status"] = "visible"
