@@ -20,7 +20,7 @@ from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from duckmesh import metrics, migrations
+from duckmesh import group_status, metrics, migrations
 from duckmesh.api.http import (
     Authenticator,
     Principal,
@@ -161,7 +161,7 @@ def create_app(rt: Runtime) -> QuartTrio:
     app.config["MAX_CONTENT_LENGTH"] = rt.config.max_request_bytes
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     auth = Authenticator(rt.db)
-    limiter = RateLimiter(rt.config.ingest_rate_limit)
+    limiter = RateLimiter(rt.config.ingest_rate_limit, shared_dir=rt.group_dir)
     storage = StorageQuota(
         rt.db,
         rt.config.tenant_storage_quota_bytes,
@@ -237,6 +237,7 @@ def create_app(rt: Runtime) -> QuartTrio:
         failed = [a["path"] for a in actors if a["state"] == "failed"]
         if failed:
             checks["actors"] = f"failed: {', '.join(failed)}"
+        processes = group_status.readiness(rt, checks)  # the process tree (ADR 0012)
         ok = all(v == "ok" for v in checks.values())
         # A tenant whose commits fail degrades the node but does not make it
         # unready: it still serves every other tenant (docs/OPERATIONS.md).
@@ -249,6 +250,7 @@ def create_app(rt: Runtime) -> QuartTrio:
                 "actors": actors,
                 "failing_tenants": failing,
                 "role": rt.config.role,
+                "processes": processes,
             },
             200 if ok else 503,
         )
