@@ -70,6 +70,7 @@ class ChildProcess(Actor):
         self.pid: int | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.pid = None
         read_fd, write_fd = os.pipe()
         env = dict(self.env, **{READY_FD_ENV: str(write_fd), PARENT_PID_ENV: str(os.getpid())})
         fds = [write_fd]
