@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -28,7 +29,9 @@ from pathlib import Path
 
 import structlog
 import trio
+from prometheus_client import multiprocess
 
+from duckmesh import metrics
 from duckmesh.config import Config, api_worker_count
 from duckmesh.files import private_dir, write_private
 from duckmesh.supervisors import Actor, RestartPolicy, Supervisor, run_root
@@ -41,6 +44,7 @@ PARENT_PID_ENV = "_DUCKMESH_PARENT_PID"
 GROUP_DIR_ENV = "_DUCKMESH_GROUP_DIR"
 GROUP_DIR = "run"
 STATUS_FILE = "group.json"
+METRICS_DIR = "metrics"
 STATUS_INTERVAL_S = 0.2
 
 # A child's own graceful stop takes up to its root's grace (8 s): the parents
@@ -103,6 +107,9 @@ class ChildProcess(Actor):
                 proc.kill()  # cancelled after the grace period
                 with trio.CancelScope(shield=True):
                     await proc.wait()
+            metrics_dir = self.env.get(metrics.MULTIPROCESS_ENV)
+            if metrics_dir:  # its gauges are no longer live
+                multiprocess.mark_process_dead(proc.pid, metrics_dir)  # type: ignore[no-untyped-call]
         if code != 0 or not self.stop_requested.is_set():
             raise ChildExited(f"{self.name} (pid {proc.pid}) exited with status {code}")
 
@@ -126,6 +133,7 @@ def child_env(config: Config, group_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("_DUCKMESH_")}
     env["DUCKMESH_API_WORKERS"] = "1"  # each child is one process
     env[GROUP_DIR_ENV] = str(group_dir)
+    env[metrics.MULTIPROCESS_ENV] = str(group_dir / METRICS_DIR)
     return env
 
 
@@ -168,6 +176,9 @@ async def publish_status(
 async def serve_group(config: Config, listener: socket.socket) -> int:
     """Run the group until a stop signal or an escalation; the exit code."""
     group_dir = private_dir(config.data_dir.resolve() / GROUP_DIR)
+    # Counters of an earlier run are not this group's: start from zero.
+    shutil.rmtree(group_dir / METRICS_DIR, ignore_errors=True)
+    private_dir(group_dir / METRICS_DIR)
     status_path = group_dir / STATUS_FILE
     root, api, children = build_group(config, listener, group_dir)
     ready = trio.Event()

@@ -15,7 +15,7 @@ from importlib import resources
 from typing import Any
 
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
@@ -257,7 +257,7 @@ def create_app(rt: Runtime) -> QuartTrio:
 
     @app.get("/v1/metrics")
     async def prometheus() -> Response:
-        return Response(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/openapi.json")
     async def openapi() -> Response:

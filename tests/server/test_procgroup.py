@@ -145,7 +145,21 @@ def test_killed_coordinator_restarts_takes_the_lease_and_loses_nothing(
         )
         assert rows["coordinator"]["pid"] != victim["pid"]
         assert _count(client, last) == (40, 40)
+        # Whichever worker answers serves the whole group's metrics, merged:
+        # counters summed over the workers, the coordinator process's gauges.
+        text = client.get("/v1/metrics").text
+        assert _samples(text, "duckmesh_ingest_records_total") == [40.0]
+        up = _samples(text, 'duckmesh_actor_up{actor="coordinator-0"')
+        assert up == [1.0], text
     assert srv.terminate(30) == 0
+
+
+def _samples(text: str, prefix: str) -> list[float]:
+    return [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(prefix) and not line.startswith("#")
+    ]
 
 
 @contextmanager
