@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from duckmesh_testing.procs import spawn_serve
 from scenarios.bench_ingest import run_http
 from scenarios.harness import EVENTS_TABLE, ROOT, Server, free_port, write_report
 
@@ -58,9 +59,17 @@ class Framework:
             self.proc.wait(30)
 
 
+class GroupServer(Server):
+    """Plain ``duckmesh serve``: a process group even with one API worker
+    (``--role all`` with one worker would be the single-process layout)."""
+
+    def _spawn(self, role: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        return spawn_serve(None, env, self.dir / f"server-{role}.log")
+
+
 def measure(workers: int, batches: list[int], clients: int, seconds: float) -> dict[str, Any]:
     out: dict[str, Any] = {"workers": workers, "duckmesh": [], "framework": []}
-    with Server(DUCKMESH_API_WORKERS=str(workers)) as server:
+    with GroupServer(DUCKMESH_API_WORKERS=str(workers)) as server:
         with server.client() as client:
             assert client.post("/v1/tables", json=EVENTS_TABLE).status_code == 201
         for batch in batches:
