@@ -25,6 +25,7 @@ import shutil
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
@@ -46,6 +47,7 @@ GROUP_DIR = "run"
 STATUS_FILE = "group.json"
 METRICS_DIR = "metrics"
 STATUS_INTERVAL_S = 0.2
+SERVE_ARGV = [sys.executable, "-m", "duckmesh.cli.main", "serve", "--role"]
 
 # A child's own graceful stop takes up to its root's grace (8 s): the parents
 # wait longer before they SIGKILL it. Reasons in docs/SUPERVISION.md.
@@ -65,12 +67,19 @@ class ChildProcess(Actor):
     """One ``duckmesh serve --role ROLE`` child: started, watched, stopped."""
 
     def __init__(
-        self, name: str, role: str, env: dict[str, str], listener: socket.socket | None = None
+        self,
+        name: str,
+        role: str,
+        env: dict[str, str],
+        listener: socket.socket | None = None,
+        *,
+        argv: Sequence[str] | None = None,
     ) -> None:
         super().__init__(name)
         self.role = role
         self.env = env
         self.listener = listener
+        self.argv = list(argv or [*SERVE_ARGV, role])
         self.pid: int | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -83,7 +92,7 @@ class ChildProcess(Actor):
             fds.append(self.listener.fileno())
         try:
             proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "duckmesh.cli.main", "serve", "--role", self.role],
+                self.argv,
                 env=env,
                 pass_fds=fds,
                 start_new_session=True,  # terminal signals reach the root only; it orders the stop
