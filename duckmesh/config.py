@@ -111,6 +111,7 @@ class Config:
     tls_key_file: str = ""
     bootstrap_api_key: str = ""
     role: str = "all"
+    api_workers: int = 0  # API worker processes of `serve` (role all); 0 = CPUs available
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
     # database
@@ -184,6 +185,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "tls_key_file": _str,
     "bootstrap_api_key": _bootstrap_key,
     "role": _choice(*ROLES),
+    "api_workers": _int(0, 1024),
     "log_format": _choice("auto", "json", "console"),
     "log_level": _choice("debug", "info", "warning", "error"),
     "db_pool_size": _int(2, 256),
@@ -264,6 +266,16 @@ def _check_tls(config: Config) -> None:
         except OSError as exc:
             reason = exc.strerror or str(exc)
             raise ConfigError(f"{env_name(field)}={path!r} cannot be read: {reason}") from None
+
+
+def api_worker_count(config: Config) -> int:
+    """``DUCKMESH_API_WORKERS``, or the CPUs this process may run on (at least 1)."""
+    if config.api_workers:
+        return config.api_workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def load_config(

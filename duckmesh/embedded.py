@@ -3,7 +3,9 @@
 Without ``DUCKMESH_CATALOG_DSN`` DuckMesh starts a real Postgres from the
 ``pgserver`` wheel inside ``DUCKMESH_DATA_DIR/pg``, listening only on a Unix
 socket in that directory, and stops it on shutdown. A server left running by
-a crashed process is reused, not duplicated.
+a crashed process is reused, not duplicated; ``duckmesh serve`` (the owner:
+it holds the data-directory lock, see duckmesh.lifecycle) also stops such a
+leftover on shutdown, so no Postgres outlives the server.
 
 Password authentication: pgserver initialises clusters with ``trust``. On
 every start DuckMesh makes sure the server requires a password (SCRAM): a
@@ -58,11 +60,12 @@ def _pgserver() -> Any:
 class EmbeddedPostgres:
     """Start, locate and stop the Postgres that lives in the data directory."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, owner: bool = False) -> None:
         self.data_dir = data_dir.resolve()
         self.pgdata = self.data_dir / POSTGRES_DIR
         self._server: Any = None
-        self.adopted = False  # True when another process had already started it
+        self.owner = owner  # holds the data-directory lock: stops the server whoever started it
+        self.adopted = False  # True when another live process started it (left running for it)
 
     def start(self) -> str:
         """Start (or adopt) the server, make sure it requires the password, and
@@ -72,7 +75,10 @@ class EmbeddedPostgres:
         from pgserver.utils import PostmasterInfo
 
         running = PostmasterInfo.read_from_pgdata(self.pgdata)
-        self.adopted = running is not None and running.is_running()
+        left_running = running is not None and running.is_running()
+        if left_running and self.owner:
+            log.warning("adopting a Postgres left running by a stopped server; stopped on exit")
+        self.adopted = left_running and not self.owner
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._server = pg.get_server(self.pgdata, cleanup_mode=None)

@@ -2,19 +2,37 @@
 
 Names follow SPEC §6 with the ``duckmesh_`` prefix. Modules import the metric
 objects from here; nothing else creates metrics.
+
+In a process group (duckmesh.procgroup, ADR 0012) every child process runs
+prometheus_client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` in the
+group's run directory): counters and histograms are summed over the group's
+processes, gauges carry a ``pid`` label (live processes only), and whichever
+API worker answers ``/v1/metrics`` serves the merged group (``exposition``).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Final, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# In multiprocess mode a gauge is reported per live process (the group root
+# marks a dead child's files, duckmesh.procgroup); ignored in one process.
+_GAUGE_MODE: Final = "liveall"
 
 _LATENCY_BUCKETS = (
     0.001,
@@ -60,12 +78,14 @@ VISIBILITY_LAG = Gauge(
     "duckmesh_visibility_lag_seconds",
     "Age of the oldest durable record not yet visible, per tenant.",
     ["tenant"],
+    multiprocess_mode=_GAUGE_MODE,
     registry=REGISTRY,
 )
 LATEST_TOKEN = Gauge(
     "duckmesh_latest_visibility_token",
     "Latest published watermark per tenant.",
     ["tenant"],
+    multiprocess_mode=_GAUGE_MODE,
     registry=REGISTRY,
 )
 CONSISTENCY_TIMEOUTS = Counter(
@@ -84,6 +104,7 @@ INGEST_LAG = Gauge(
     "duckmesh_ingest_lag_records",
     "Records durable in the bus but not yet published, per tenant.",
     ["tenant"],
+    multiprocess_mode=_GAUGE_MODE,
     registry=REGISTRY,
 )
 
@@ -123,6 +144,7 @@ TENANT_COMMIT_FAILURES = Counter(
 FAILING_TENANTS = Gauge(
     "duckmesh_failing_tenants",
     "Tenants whose latest commit attempt in this process failed.",
+    multiprocess_mode=_GAUGE_MODE,
     registry=REGISTRY,
 )
 BISECTED_COMMITS = Counter(
@@ -177,7 +199,13 @@ INTEGRITY_SIZE_MISMATCH = Counter(
 ACTOR_RESTARTS = Counter(
     "duckmesh_actor_restarts_total", "Actor restarts.", ["actor"], registry=REGISTRY
 )
-ACTOR_UP = Gauge("duckmesh_actor_up", "1 while the actor is running.", ["actor"], registry=REGISTRY)
+ACTOR_UP = Gauge(
+    "duckmesh_actor_up",
+    "1 while the actor is running.",
+    ["actor"],
+    multiprocess_mode=_GAUGE_MODE,
+    registry=REGISTRY,
+)
 
 
 # catalog connection pools (psycopg_pool statistics, read at scrape time)
@@ -256,3 +284,14 @@ class PoolStatsCollector:
 
 DB_POOLS = PoolStatsCollector()
 REGISTRY.register(DB_POOLS)
+
+
+def exposition() -> bytes:
+    """The text ``/v1/metrics`` serves: this process's metrics, or in a
+    process group every process's, merged (plus this process's pools)."""
+    if not os.environ.get(MULTIPROCESS_ENV):
+        return generate_latest(REGISTRY)
+    merged = CollectorRegistry()
+    multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+    merged.register(DB_POOLS)
+    return generate_latest(merged)

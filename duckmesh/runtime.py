@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -52,6 +53,9 @@ class Runtime:
     embedded: EmbeddedPostgres | None = None
     # The supervision tree, once ``server.serve`` has built it (readiness reads it).
     root: Supervisor | None = None
+    # The process group's run directory (duckmesh.procgroup) when this process
+    # is one of its workers: shared rate limits and the process tree live there.
+    group_dir: Path | None = None
     commit_health: CommitHealth = attrs.field(factory=CommitHealth)
 
     def close(self) -> None:
@@ -61,25 +65,31 @@ class Runtime:
             self.embedded.stop()
 
 
-def open_catalog(config: Config) -> tuple[str, EmbeddedPostgres | None]:
-    """The catalog DSN: the configured one, or a started embedded server's."""
+def open_catalog(config: Config, *, owner: bool = False) -> tuple[str, EmbeddedPostgres | None]:
+    """The catalog DSN: the configured one, or a started embedded server's
+    (``owner``: this process holds the data-directory lock, duckmesh.lifecycle)."""
     if config.catalog_dsn:
         return config.catalog_dsn, None
-    embedded = EmbeddedPostgres(config.data_dir)
+    embedded = EmbeddedPostgres(config.data_dir, owner=owner)
     return embedded.start(), embedded
 
 
-def build_runtime(config: Config, *, dsn: str | None = None) -> Runtime:
+def build_runtime(
+    config: Config, *, dsn: str | None = None, owner: bool = False, embedded_dsn: bool = False
+) -> Runtime:
+    """``dsn``: use this catalog instead of the configured one (``embedded_dsn``:
+    it is the data directory's own, already running Postgres)."""
     if config.unsafe_break:
         log.warning(
             "unsafe_break_armed",
             unsafe_break=config.unsafe_break,
             message="read-after-write is deliberately broken (DUCKMESH_UNSAFE_BREAK)",
         )
-    prepare_data_dir(config.data_dir, embedded_postgres=dsn is None and not config.catalog_dsn)
+    embedded_here = embedded_dsn or (dsn is None and not config.catalog_dsn)
+    prepare_data_dir(config.data_dir, embedded_postgres=embedded_here)
     embedded = None
     if dsn is None:
-        dsn, embedded = open_catalog(config)
+        dsn, embedded = open_catalog(config, owner=owner)
     db = Database(dsn, size=config.db_pool_size, timeout_s=config.db_pool_timeout_ms / 1000)
     bus = PostgresBus(db)
     store = LocalObjectStore(config.data_dir / "objects")

@@ -1,14 +1,20 @@
 """``duckmesh serve``: the supervision tree of a role, the HTTP server, signals.
 
 The tree of every role is declared in ``build_tree`` (drawn in
-docs/SUPERVISION.md). SIGINT/SIGTERM ask the root to stop gracefully: the
-HTTP server stops accepting, in-flight commits finish or roll back, leases
-are released, and the embedded Postgres is stopped last.
+docs/SUPERVISION.md). SIGINT, SIGTERM and SIGHUP ask the root to stop
+gracefully: the HTTP server stops accepting and drains, in-flight commits
+finish or roll back, leases are released, and the embedded Postgres is
+stopped last (by the caller, after ``serve`` returns). With role ``all`` and
+several API workers ``duckmesh serve`` runs a process group instead
+(duckmesh.procgroup); each of its children runs this module's ``serve``.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
+from collections.abc import Callable
 
 import hypercorn.config
 import hypercorn.trio
@@ -33,14 +39,17 @@ MAINTENANCE_POLICY = RestartPolicy(max_restarts=5, within_seconds=300, backoff_m
 class HttpActor(Actor):
     """Serves the Quart-Trio app with Hypercorn until asked to stop."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, listener: socket.socket) -> None:
         super().__init__("api")
         self.rt = rt
+        self.listener = listener  # bound once by the root (duckmesh.lifecycle)
         self.app = create_app(rt)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = hypercorn.config.Config()
-        cfg.bind = [f"{self.rt.config.http_host}:{self.rt.config.http_port}"]
+        # Hypercorn owns (and closes) the descriptor it is given: a duplicate,
+        # so that a restarted actor serves on the same socket again.
+        cfg.bind = [f"fd://{os.dup(self.listener.fileno())}"]
         if self.rt.config.tls_cert_file:
             # Hypercorn then serves HTTPS only on this bind (plain HTTP is refused).
             cfg.certfile = self.rt.config.tls_cert_file
@@ -59,7 +68,7 @@ class HttpActor(Actor):
         )
 
 
-def build_tree(rt: Runtime) -> Supervisor:
+def build_tree(rt: Runtime, listener: socket.socket | None) -> Supervisor:
     role = rt.config.role
     children: list[Actor] = []
 
@@ -80,17 +89,40 @@ def build_tree(rt: Runtime) -> Supervisor:
         if actors:
             children.append(Supervisor("maintenance", actors, MAINTENANCE_POLICY))
     # Every role serves HTTP: api/all the whole API, the others health,
-    # readiness and metrics only (create_app decides by role).
-    children.append(HttpActor(rt))
+    # readiness and metrics only (create_app decides by role). The coordinator
+    # and maintenance processes of a process group get no listener.
+    if listener is not None:
+        children.append(HttpActor(rt, listener))
     return Supervisor("root", children, ROOT_POLICY)
 
 
-async def serve(rt: Runtime) -> int:
-    root = build_tree(rt)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+PARENT_POLL_S = 0.5
+
+
+async def watch_parent(parent_pid: int, stop: Callable[[], None]) -> None:
+    """A group child stops when its root is gone (even SIGKILLed): no orphan
+    keeps serving on a port or a catalog nobody supervises."""
+    while os.getppid() == parent_pid:
+        await trio.sleep(PARENT_POLL_S)
+    log.warning("the group root is gone; stopping", parent_pid=parent_pid)
+    stop()
+
+
+async def serve(
+    rt: Runtime,
+    listener: socket.socket | None,
+    *,
+    on_ready: Callable[[], None] | None = None,
+    parent_pid: int | None = None,
+) -> int:
+    """Run the role's tree until a stop signal; the exit code (0 after a
+    graceful stop). ``on_ready`` runs once every actor has started."""
+    root = build_tree(rt, listener)
     rt.root = root
 
-    async def on_signals(stop: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    async def on_signals() -> None:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
             async for signum in signals:
                 log.info("shutting down", signal=signal.Signals(signum).name)
                 # A running DuckDB query holds its worker thread until it ends:
@@ -101,7 +133,9 @@ async def serve(rt: Runtime) -> int:
 
     code = 0
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(on_signals, nursery.cancel_scope)
+        nursery.start_soon(on_signals)
+        if parent_pid is not None:
+            nursery.start_soon(watch_parent, parent_pid, root.request_stop)
 
         def started() -> None:
             cfg = rt.config
@@ -109,8 +143,10 @@ async def serve(rt: Runtime) -> int:
             log.info(
                 "duckmesh started",
                 role=cfg.role,
-                http=f"{scheme}://{cfg.http_host}:{cfg.http_port}",
+                http=f"{scheme}://{cfg.http_host}:{cfg.http_port}" if listener else None,
             )
+            if on_ready is not None:
+                on_ready()
 
         code = await run_root(root, on_started=started)
         nursery.cancel_scope.cancel()

@@ -34,12 +34,14 @@ def server_env(base: Mapping[str, str] | None = None, /, **settings: str) -> dic
 
 
 def spawn_serve(
-    role: str, env: Mapping[str, str], log_path: Path, *, cwd: Path | None = None
+    role: str | None, env: Mapping[str, str], log_path: Path, *, cwd: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start ``duckmesh serve --role ROLE`` with stdout and stderr appended to ``log_path``."""
+    """Start ``duckmesh serve --role ROLE`` (``None``: plain ``duckmesh serve``, the
+    default process group) with stdout and stderr appended to ``log_path``."""
+    role_args = [] if role is None else ["--role", role]
     with open(log_path, "ab") as log:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "duckmesh.cli.main", "serve", "--role", role],
+            [sys.executable, "-m", "duckmesh.cli.main", "serve", *role_args],
             env=dict(env),
             stdout=log,
             stderr=log,

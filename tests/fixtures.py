@@ -141,9 +141,16 @@ class LiveServer:
 
 
 async def start_server(rt: Runtime, nursery: trio.Nursery) -> LiveServer:
+    from duckmesh.lifecycle import open_listener
     from duckmesh.server import serve
 
-    nursery.start_soon(serve, rt)
+    listener = open_listener(rt.config.http_host, rt.config.http_port)
+
+    async def run() -> None:
+        with listener:  # closed when the server stops or is cancelled
+            await serve(rt, listener)
+
+    nursery.start_soon(run)
     base = f"http://127.0.0.1:{rt.config.http_port}"
     client = httpx.AsyncClient(
         base_url=base, headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}"}, timeout=30
@@ -258,6 +265,9 @@ def spawn_server(tmp_path: Path, dsn: str) -> Iterator[Callable[..., ServerProce
             DUCKMESH_LOG_FORMAT="json",
             DUCKMESH_FLUSH_INTERVAL_MS="100",
             DUCKMESH_LEASE_MS="1500",
+            # One process per server (the `--role all` debugging layout); the
+            # process-group tests ask for workers explicitly.
+            DUCKMESH_API_WORKERS="1",
         )
         base.update(env)
         sp = ServerProcess(base, port, tmp_path / f"server-{len(made)}.log")

@@ -60,7 +60,7 @@ class ApiContext:
             rt=rt,
             auth=auth,
             validators=validators,
-            rate_limiter=RateLimiter(rt.config.ingest_rate_limit),
+            rate_limiter=RateLimiter(rt.config.ingest_rate_limit, shared_dir=rt.group_dir),
             storage_quota=quota,
             compactor=compactor_for(rt),
             collector=collector_for(rt),

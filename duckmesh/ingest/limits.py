@@ -6,13 +6,26 @@ already hold ``quota`` bytes or more is refused until retention or a drop
 frees space. A refused request is refused whole with 429 and a Retry-After,
 so nothing of it is written. A limit of 0 disables it (the default: a
 self-hosted single team rarely wants one).
+
+In a process group (duckmesh.procgroup) the API workers share each tenant's
+bucket: it lives in a small file in the group's run directory, read and
+written under ``flock`` (a few system calls, no catalog round trip), so a
+tenant gets the configured rate in total, not once per worker. The group's
+processes share one host by construction (one listening socket), and
+``time.monotonic`` is the host's clock, comparable across processes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import math
+import os
+import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import trio
 
@@ -25,6 +38,8 @@ from duckmesh.errors import DuckMeshError, ErrorCode
 STORAGE_REFRESH_MIN_S = 1.0
 STORAGE_REFRESH_MAX_S = 10.0
 STORAGE_RETRY_AFTER_S = 30
+BUCKET = struct.Struct("<dd")  # tokens, monotonic time of the last update
+MAX_OPEN_BUCKETS = 4096
 
 
 class RateLimiter:
@@ -38,30 +53,87 @@ class RateLimiter:
         code: ErrorCode = "RATE_LIMITED",
         what: str = "ingest",
         unit: str = "records",
+        shared_dir: Path | None = None,
     ) -> None:
         self.rate = rate
         self.code = code
         self.what = what
         self.unit = unit
         self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
+        self._shared = None if shared_dir is None else SharedBuckets(shared_dir / "rate-limits")
 
     def take(self, tenant: str, records: int, now: float | None = None) -> None:
         """Spend ``records`` from the tenant's bucket or raise RATE_LIMITED."""
         if self.rate <= 0:
             return
         now = time.monotonic() if now is None else now
-        tokens, at = self._buckets.get(tenant, (float(self.rate), now))
-        tokens = min(float(self.rate), tokens + (now - at) * self.rate)
+        if self._shared is None:
+            self._buckets[tenant] = self._spend(self._buckets.get(tenant), records, now)
+            return
+        with self._shared.locked(tenant) as (saved, store):
+            store(self._spend(saved, records, now))
+
+    def _spend(
+        self, saved: tuple[float, float] | None, records: int, now: float
+    ) -> tuple[float, float]:
+        """The bucket after spending ``records``; raises (after ``_refused``) when short."""
+        tokens, at = saved or (float(self.rate), now)
+        tokens = min(float(self.rate), tokens + max(0.0, now - at) * self.rate)
         if records > tokens:
-            wait = (records - tokens) / self.rate
-            self._buckets[tenant] = (tokens, now)
-            raise DuckMeshError(
-                self.code,
-                f"tenant {self.what} limit is {self.rate} {self.unit}/s; retry in {wait:.2f} s",
-                **{f"limit_{self.unit}_per_s": self.rate},
-                retry_after_s=max(1, math.ceil(wait)),
-            )
-        self._buckets[tenant] = (tokens - records, now)
+            raise self._refused((records - tokens) / self.rate)
+        return tokens - records, now
+
+    def _refused(self, wait: float) -> DuckMeshError:
+        return DuckMeshError(
+            self.code,
+            f"tenant {self.what} limit is {self.rate} {self.unit}/s; retry in {wait:.2f} s",
+            **{f"limit_{self.unit}_per_s": self.rate},
+            retry_after_s=max(1, math.ceil(wait)),
+        )
+
+
+class SharedBuckets:
+    """Token buckets in files, one per tenant, shared by the processes of a group."""
+
+    def __init__(self, directory: Path) -> None:
+        from duckmesh.files import private_dir
+
+        self.directory = private_dir(directory)
+        self._fds: dict[str, int] = {}
+
+    def _fd(self, tenant: str) -> int:
+        fd = self._fds.get(tenant)
+        if fd is None:
+            if len(self._fds) >= MAX_OPEN_BUCKETS:
+                self.close()
+            name = hashlib.sha256(tenant.encode()).hexdigest()[:32]
+            fd = os.open(self.directory / name, os.O_RDWR | os.O_CREAT, 0o600)
+            self._fds[tenant] = fd
+        return fd
+
+    @contextlib.contextmanager
+    def locked(
+        self, tenant: str
+    ) -> Iterator[tuple[tuple[float, float] | None, Callable[[tuple[float, float]], None]]]:
+        """The tenant's saved bucket (None when new) and a function to save it,
+        both under an exclusive lock held until the block ends."""
+        fd = self._fd(tenant)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            raw = os.pread(fd, BUCKET.size, 0)
+            saved = BUCKET.unpack(raw) if len(raw) == BUCKET.size else None
+
+            def store(bucket: tuple[float, float]) -> None:
+                os.pwrite(fd, BUCKET.pack(*bucket), 0)
+
+            yield saved, store
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 class StorageQuota:

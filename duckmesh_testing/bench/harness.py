@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from duckmesh.embedded import running_dsn
 from duckmesh_testing.procs import free_port, server_env, spawn_serve, stop
@@ -145,13 +146,16 @@ class Server:
         )
 
     def rss_mib(self) -> float:
-        """Resident memory of the DuckMesh processes, summed (Postgres not included)."""
+        """Resident memory of the DuckMesh processes, summed, with the children
+        of a process group (Postgres, not a child, is not included)."""
         total = 0.0
         for proc in [self.proc, *self.extra]:
             assert proc is not None
-            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1]) / 1024
+            pids = [proc.pid, *(c.pid for c in psutil.Process(proc.pid).children(recursive=True))]
+            for pid in pids:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) / 1024
         return total
 
     def dsn(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +32,21 @@ def test_bucket_refills_at_the_rate() -> None:
     limiter.take("other", 100, now=0.5)  # tenants have their own buckets
     with pytest.raises(DuckMeshError):
         limiter.take("t", 1, now=0.5)
+
+
+def test_limiters_sharing_a_directory_share_each_tenants_bucket(tmp_path: Path) -> None:
+    # Two API workers of a process group (ADR 0012): one budget per tenant, not one each.
+    first = RateLimiter(100, shared_dir=tmp_path)
+    second = RateLimiter(100, shared_dir=tmp_path)
+    first.take("t", 80, now=0.0)
+    with pytest.raises(DuckMeshError) as refused:
+        second.take("t", 80, now=0.0)
+    assert refused.value.error_code == "RATE_LIMITED"
+    second.take("t", 20, now=0.0)
+    second.take("other", 100, now=0.0)
+    first.take("t", 50, now=0.5)  # the shared bucket refills at the rate too
+    with pytest.raises(DuckMeshError):
+        second.take("t", 1, now=0.5)
 
 
 def test_zero_rate_means_unlimited() -> None:

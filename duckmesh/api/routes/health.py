@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Blueprint, Response
 
-from duckmesh import metrics, migrations
+from duckmesh import group_status, metrics, migrations
 from duckmesh.api.context import api
 from duckmesh.api.http import json_response
 from duckmesh.api.openapi import openapi_body
@@ -31,7 +31,7 @@ async def ready() -> Response:
 
 @bp.get("/v1/metrics")
 async def prometheus() -> Response:
-    return Response(generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST)
+    return Response(metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/v1/openapi.json")
@@ -46,6 +46,7 @@ async def readiness(rt: Runtime) -> tuple[dict[str, Any], bool]:
     failed = [a["path"] for a in actors if a["state"] == "failed"]
     if failed:
         checks["actors"] = f"failed: {', '.join(failed)}"
+    processes = group_status.readiness(rt, checks)  # the process tree (ADR 0012)
     ok = all(v == "ok" for v in checks.values())
     # A tenant whose commits fail degrades the node but does not make it
     # unready: it still serves every other tenant (docs/OPERATIONS.md).
@@ -57,6 +58,7 @@ async def readiness(rt: Runtime) -> tuple[dict[str, Any], bool]:
         "actors": actors,
         "failing_tenants": failing,
         "role": rt.config.role,
+        "processes": processes,
     }
     return body, ok
 
