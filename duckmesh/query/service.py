@@ -70,8 +70,10 @@ class _Handover:
         try:
             return work()
         finally:
+            # Queued, not awaited: the answer does not wait for a round trip
+            # through the Trio loop (the slots are freed a moment later).
             with contextlib.suppress(trio.RunFinishedError):
-                trio.from_thread.run_sync(self._slots.close, trio_token=self._token)
+                self._token.run_sync_soon(self._slots.close)
 
     def abandon(self) -> None:
         """Called in Trio when the caller stops waiting (answer, error or cancel)."""
