@@ -20,7 +20,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +178,33 @@ async def server(runtime: Runtime, nursery: trio.Nursery) -> AsyncIterator[LiveS
         if tree is not None:
             await tree.stop()
         nursery.cancel_scope.cancel()
+
+
+StartApp = Callable[..., Awaitable[LiveServer]]
+
+
+@pytest.fixture
+async def start_app(
+    make_config: Callable[..., Config], dsn: str, nursery: trio.Nursery
+) -> AsyncIterator[StartApp]:
+    """Start in-process servers with configuration overrides; stops them all."""
+    made: list[LiveServer] = []
+
+    async def start(**overrides: Any) -> LiveServer:
+        rt = build_runtime(make_config(**overrides), dsn=dsn)
+        migrate_and_bootstrap(rt)
+        srv = await start_server(rt, nursery)
+        made.append(srv)
+        return srv
+
+    yield start
+    for srv in made:
+        await srv.client.aclose()
+        srv.rt.queries.stop()
+        if srv.rt.root is not None:
+            await srv.rt.root.stop()
+        srv.rt.close()
+    nursery.cancel_scope.cancel()
 
 
 ORDERS = {

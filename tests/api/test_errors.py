@@ -5,19 +5,16 @@ of a W3C ``traceparent`` header when the client sent one)."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Iterator, MutableMapping
 from typing import Any
 
 import httpx
 import pytest
 import structlog
-import trio
 
 from duckmesh.catalog import reads
-from duckmesh.config import Config
-from duckmesh.runtime import build_runtime, migrate_and_bootstrap
 from tests.api.helpers import assert_error
-from tests.fixtures import EVENTS, LiveServer, start_server
+from tests.fixtures import EVENTS, LiveServer, StartApp
 
 JSON_ENDPOINTS = [
     ("POST", "/v1/tables"),
@@ -72,26 +69,9 @@ LIMIT = 2048
 
 
 @pytest.fixture
-async def small_server(
-    make_config: Callable[..., Config], dsn: str, nursery: trio.Nursery
-) -> AsyncIterator[LiveServer]:
+async def small_server(start_app: StartApp) -> LiveServer:
     """A server with small request limits."""
-    rt = build_runtime(
-        make_config(max_request_bytes=LIMIT, max_records_per_request=3, max_record_bytes=256),
-        dsn=dsn,
-    )
-    migrate_and_bootstrap(rt)
-    try:
-        srv = await start_server(rt, nursery)
-        try:
-            yield srv
-        finally:
-            await srv.client.aclose()
-            assert rt.root is not None
-            await rt.root.stop()
-            nursery.cancel_scope.cancel()
-    finally:
-        rt.close()
+    return await start_app(max_request_bytes=LIMIT, max_records_per_request=3, max_record_bytes=256)
 
 
 def _records(n: int, pad: int = 0) -> list[dict[str, Any]]:

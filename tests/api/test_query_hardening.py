@@ -5,45 +5,29 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 import httpx
 import pytest
 import trio
 
-from duckmesh.runtime import build_runtime, migrate_and_bootstrap
 from tests.api.helpers import assert_error, bearer, create_tenant, eventually, issue_key
-from tests.fixtures import LiveServer, start_server
+from tests.fixtures import LiveServer, StartApp
 from tests.query.test_query_limits import cte_doubling, union_all
 
-StartApp = Callable[..., Awaitable[LiveServer]]
 # Interruptible and long: counts until the deadline stops it.
 SLOW = "SELECT count(*) FROM range(100000000000) t(i) WHERE i % 7 = 3"
 
 
 @pytest.fixture
-async def start_app(
-    make_config: Callable[..., Any], dsn: str, nursery: trio.Nursery
-) -> AsyncIterator[StartApp]:
-    made: list[LiveServer] = []
+def start_app(start_app: StartApp) -> StartApp:
+    """One DuckDB thread per query, so that slow queries hold their slots."""
 
     async def start(**overrides: Any) -> LiveServer:
-        rt = build_runtime(make_config(query_threads=1, **overrides), dsn=dsn)
-        migrate_and_bootstrap(rt)
-        srv = await start_server(rt, nursery)
-        made.append(srv)
-        return srv
+        return await start_app(**{"query_threads": 1, **overrides})
 
-    yield start
-    for srv in made:
-        await srv.client.aclose()
-        srv.rt.queries.stop()
-        root = srv.rt.root
-        if root is not None:
-            await root.stop()
-        srv.rt.close()
-    nursery.cancel_scope.cancel()
+    return start
 
 
 async def timed_query(srv: LiveServer, sql: str, **kw: Any) -> tuple[httpx.Response, float]:

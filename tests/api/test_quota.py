@@ -5,37 +5,19 @@ and other tenants keep writing."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-import trio
 
-from duckmesh.config import Config
-from duckmesh.runtime import build_runtime, migrate_and_bootstrap
 from tests.api.helpers import assert_error, bearer, create_tenant, eventually, issue_key
-from tests.fixtures import EVENTS, LiveServer, start_server
+from tests.fixtures import EVENTS, LiveServer, StartApp
 
 QUOTA = 1  # any published data file fills it
 
 
 @pytest.fixture
-async def quota_server(
-    make_config: Callable[..., Config], dsn: str, nursery: trio.Nursery
-) -> AsyncIterator[LiveServer]:
-    rt = build_runtime(make_config(tenant_storage_quota_bytes=QUOTA), dsn=dsn)
-    migrate_and_bootstrap(rt)
-    try:
-        srv = await start_server(rt, nursery)
-        try:
-            yield srv
-        finally:
-            await srv.client.aclose()
-            assert rt.root is not None
-            await rt.root.stop()
-            nursery.cancel_scope.cancel()
-    finally:
-        rt.close()
+async def quota_server(start_app: StartApp) -> LiveServer:
+    return await start_app(tenant_storage_quota_bytes=QUOTA)
 
 
 def _record(n: int) -> list[dict[str, Any]]:
