@@ -28,6 +28,7 @@ ERROR_CODES: dict[str, tuple[int, bool]] = {
     "IDEMPOTENCY_CONFLICT": (409, False),
     "CONCURRENCY_CONFLICT": (409, True),
     "PAYLOAD_TOO_LARGE": (413, False),
+    "UNSUPPORTED_MEDIA_TYPE": (415, False),
     "RATE_LIMITED": (429, True),
     "QUOTA_EXCEEDED": (429, True),
     "QUERY_TIMEOUT": (400, False),

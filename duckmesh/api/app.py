@@ -37,6 +37,7 @@ from duckmesh.catalog.commands import stream_tenant
 from duckmesh.errors import DuckMeshError
 from duckmesh.events import acting_as, call_retrying
 from duckmesh.ingest.limits import RateLimiter, StorageQuota
+from duckmesh.ingest.upload import ingest_upload, is_upload
 from duckmesh.ingest.validation import TableValidator, parse_options, validate_records
 from duckmesh.maintenance.actors import collector_for, compactor_for
 from duckmesh.maintenance.integrity import IntegrityChecker
@@ -186,13 +187,15 @@ def create_app(rt: Runtime) -> QuartTrio:
     @app.before_request
     async def _trace() -> None:
         start_trace()
-        await receive_body()
+        if not is_upload(request.path, request.headers.get("Content-Type")):
+            await receive_body()  # an upload streams its own body (ingest/upload.py)
 
     @app.errorhandler(DuckMeshError)
     async def _duckmesh_error(exc: DuckMeshError) -> Response:
         if request.path.startswith("/v1/ingest/"):
             # Refused ingest requests (validation, 409, 429, ...) are counted too.
             metrics.INGEST_REQUESTS.labels(status=exc.error_code).inc()
+            await receive_body()  # an upload refused before its body was read
         return error_response(exc)
 
     @app.errorhandler(RecursionError)
@@ -328,6 +331,15 @@ def create_app(rt: Runtime) -> QuartTrio:
     @require(auth, "ingest_writer")
     async def ingest(p: Principal, table: str) -> Response:
         started = time.perf_counter()
+        if is_upload(request.path, request.headers.get("Content-Type")):
+
+            async def admit(rows: int) -> None:
+                _check_backpressure(rt, p.tenant_id)
+                await storage.check(p.tenant_id)
+                limiter.take(p.tenant_id, rows)
+
+            tv = await validators.get(p.tenant_id, table)
+            return json_response(await ingest_upload(rt, request, p.tenant_id, tv, admit))
         body = await json_body()
         unknown = sorted(set(body) - {"records", "wait_for_visibility", "visibility_timeout_ms"})
         if unknown:
