@@ -24,7 +24,7 @@ from duckmesh.runtime import build_runtime, migrate_and_bootstrap
 from tests.api.helpers import assert_error
 from tests.fixtures import LiveServer, start_server
 
-COLUMNS = [
+COLUMNS: list[dict[str, Any]] = [
     {"name": "id", "type": "BIGINT", "nullable": False},
     {"name": "name", "type": "VARCHAR"},
     {"name": "amount", "type": "DECIMAL(10,2)"},
@@ -34,7 +34,6 @@ COLUMNS = [
     {"name": "day", "type": "DATE"},
     {"name": "ok", "type": "BOOLEAN"},
 ]
-NAMES = [c["name"] for c in COLUMNS]
 ROWS: list[dict[str, Any]] = [
     {
         "id": 1,
