@@ -340,3 +340,50 @@ async def test_upload_limit(small_server: LiveServer) -> None:
     r = await upload(srv, "up", fits, "text/csv", key="fits")
     assert r.status_code == 200, r.text
     assert r.json()["accepted_count"] == 100
+
+
+async def test_records_and_uploads_interleaved_share_one_token_order(server: LiveServer) -> None:
+    await server.create_table(
+        {
+            "name": "kv",
+            "columns": [
+                {"name": "id", "type": "BIGINT", "nullable": False},
+                {"name": "v", "type": "VARCHAR"},
+            ],
+            "primary_key": ["id"],
+        }
+    )
+    keys = range(20)
+    spans: dict[str, tuple[int, int]] = {}
+
+    async def by_records(n: int) -> None:
+        name = f"rec{n}"
+        records = [
+            {"idempotency_key": f"{name}-{k}", "op": "upsert", "payload": {"id": k, "v": name}}
+            for k in keys
+        ]
+        r = await server.ingest("kv", records)
+        assert r.status_code == 200, r.text
+        top = r.json()["max_visibility_token"]
+        spans[name] = (top - len(records) + 1, top)
+
+    async def by_upload(n: int) -> None:
+        name = f"up{n}"
+        body = _csv([{"id": k, "v": name} for k in keys])
+        r = await upload(server, "kv", body, "text/csv", key=name, op="upsert")
+        assert r.status_code == 200, r.text
+        spans[name] = (r.json()["first_token"], r.json()["last_token"])
+
+    async with trio.open_nursery() as nursery:
+        for n in range(8):
+            nursery.start_soon(by_records, n)
+            nursery.start_soon(by_upload, n)
+    ordered = sorted(spans.items(), key=lambda item: item[1])
+    expect = 1
+    for _, (first, last) in ordered:  # contiguous, no gap, no overlap
+        assert (first, last - first + 1) == (expect, len(keys))
+        expect = last + 1
+    winner = ordered[-1][0]
+    q = await server.query("select id, v from kv order by id", min_visibility_token=expect - 1)
+    assert q.status_code == 200, q.text
+    assert q.json()["rows"] == [[k, winner] for k in keys]
