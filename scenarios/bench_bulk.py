@@ -123,10 +123,10 @@ def run_json(server: Server, rows: pa.Table, batch: int, clients: int) -> dict[s
     for r in records:
         r["at"] = r["at"].isoformat()
     chunks = [records[i : i + batch] for i in range(0, len(records), batch)]
-    bodies = iter(
-        json.dumps({"records": [{"idempotency_key": str(r["id"]), "payload": r} for r in chunk]})
-        for chunk in chunks
-    )
+    bodies: queue.SimpleQueue[str] = queue.SimpleQueue()
+    for chunk in chunks:
+        body = [{"idempotency_key": str(r["id"]), "payload": r} for r in chunk]
+        bodies.put(json.dumps({"records": body}))
     tops = [0] * clients
     with server.client() as client:
         assert client.post("/v1/tables", json=dict(EVENTS_TABLE, name=table)).status_code == 201

@@ -18,7 +18,9 @@ import hashlib
 import io
 import json
 import os
+import queue
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -164,6 +166,38 @@ def chunks(fh: IO[bytes], kind: str, rows: int, delimiter: str | None) -> Iterat
     return _regroup(iter(pa.ipc.open_stream(fh)), rows, fh)
 
 
+def prefetch(items: Iterator[Chunk], depth: int = 2) -> Iterator[Chunk]:
+    """Read and encode the next chunks in a thread while one is being sent
+    (pyarrow parses and compresses without holding the GIL)."""
+    box: queue.Queue[Chunk | BaseException | None] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        box.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            box.put(None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            box.put(exc)
+
+    worker = threading.Thread(target=produce, name="load-reader", daemon=True)
+    worker.start()
+    try:
+        while (got := box.get()) is not None:
+            if isinstance(got, BaseException):
+                raise got
+            yield got
+    finally:
+        stop.set()
+
+
 def _file_digest(path: str) -> str | None:
     if path == "-":
         return None
@@ -285,7 +319,7 @@ def _load_one(
     progress = Progress(sys.stdout, size)
     base = totals.bytes_read
     with _open(path) as fh:
-        stream = chunks(fh, kind, args.chunk_rows, args.delimiter)
+        stream = prefetch(chunks(fh, kind, args.chunk_rows, args.delimiter))
         chunk = next(stream, None)
         while chunk is not None:
             following = next(stream, None)

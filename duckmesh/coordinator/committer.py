@@ -324,7 +324,7 @@ class Committer:
         new_watermark = max(batch.last_token, watermark)
         snapshot_id = self._publish(batch, head, files, watermarks, rejected, new_watermark)
         self.faults.hit("coordinator.after_publish_commit")
-        self._observe_visibility(good)
+        self._observe_visibility(good, plan.uploads)
         if rejected:
             metrics.QUARANTINED.inc(len(rejected))
             log.warning(
@@ -442,10 +442,11 @@ class Committer:
         return published.snapshot_id
 
     @staticmethod
-    def _observe_visibility(records: Sequence[BusRecord]) -> None:
-        if not records:
-            return
+    def _observe_visibility(
+        records: Sequence[BusRecord], uploads: Sequence[UploadBatch] = ()
+    ) -> None:
         now = dt.datetime.now(dt.UTC)
         step = max(1, len(records) // 50)
-        for rec in records[::step]:
-            metrics.WRITE_TO_VISIBLE.observe((now - rec.ingested_at).total_seconds())
+        # One sample per upload batch: its rows share one ingest time.
+        for when in [r.ingested_at for r in records[::step]] + [u.ingested_at for u in uploads]:
+            metrics.WRITE_TO_VISIBLE.observe((now - when).total_seconds())
