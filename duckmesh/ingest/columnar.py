@@ -223,7 +223,7 @@ def row_hashes(data: pa.Table, op: str) -> list[str]:
     return [r[0] for r in rows]
 
 
-def _dedupe_keys(conformed: Conformed, op: str) -> Conformed:
+def _dedupe_keys(conformed: Conformed) -> Conformed:
     """Drop repeats of a key within the upload (same row content); a key
     repeated with other content is a conflict."""
     assert conformed.row_keys is not None
@@ -284,4 +284,4 @@ def conform(table: TableDef, raw: pa.Table, opts: UploadOptions) -> Conformed:
         ) from None
     if keys is None:
         return Conformed(data, None, None)
-    return _dedupe_keys(Conformed(data, keys, row_hashes(data, opts.op)), opts.op)
+    return _dedupe_keys(Conformed(data, keys, row_hashes(data, opts.op)))

@@ -70,6 +70,11 @@ async def spool(chunks: AsyncIterable[bytes], *, limit: int, in_memory: int) -> 
         async for chunk in chunks:
             size += len(chunk)
             if size > limit:
+                out.close()
+                # Read the rest and drop it: answering before the body is in
+                # leaves some clients waiting (see api/http.receive_body).
+                async for _ in chunks:
+                    pass
                 raise too_large(limit)
             out.write(chunk)
     except BaseException:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import IO, Any
 
 import trio
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from duckmesh import metrics
 from duckmesh.bus import UploadReceipt, UploadRequest
@@ -101,9 +102,16 @@ def _open_body_limit(request: Any, limit: int) -> None:
     body = request.body
     length = request.content_length
     if length is not None and length > limit:
+        _drop_rest(request)
         raise formats.too_large(limit)
     body._max_content_length = limit  # Quart has no public per-request setter
     body._must_raise = None
+
+
+def _drop_rest(request: Any) -> None:
+    """Discard whatever of the body still arrives (the error handler waits
+    for its end, so the connection stays usable) instead of buffering it."""
+    request.body._must_raise = RequestEntityTooLarge()
 
 
 def _prepare(

@@ -387,3 +387,24 @@ async def test_records_and_uploads_interleaved_share_one_token_order(server: Liv
     q = await server.query("select id, v from kv order by id", min_visibility_token=expect - 1)
     assert q.status_code == 200, q.text
     assert q.json()["rows"] == [[k, winner] for k in keys]
+
+
+async def test_a_huge_declared_upload_is_refused_before_its_body(small_server: LiveServer) -> None:
+    """10 GiB announced, 1 KiB sent: the 413 comes at once (nothing is read)."""
+    srv = small_server
+    await srv.create_table(_table("up"))
+    port = srv.rt.config.http_port
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    head = (
+        "POST /v1/ingest/up HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {srv.key}\r\nContent-Type: text/csv\r\n"
+        f"Idempotency-Key: huge\r\nContent-Length: {10 * 2**30}\r\n\r\n"
+    )
+    await stream.send_all(head.encode() + b"id\n" + b"1\n" * 512)
+    answer = b""
+    with trio.fail_after(10):
+        while b"\r\n\r\n" not in answer:
+            answer += await stream.receive_some()
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    await stream.aclose()
+    assert await latest_token(srv) == 0
