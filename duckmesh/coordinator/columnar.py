@@ -94,7 +94,7 @@ def build_upload(table: TableDef, upload: UploadBatch) -> list[PartitionRows]:
             PartitionRows(
                 table=table,
                 partition=_partition_name(bucket, seconds),
-                arrow=full.take(idx),
+                arrow=full if len(idx) == full.num_rows else full.take(idx),
                 min_token=tokens[idx[0].as_py()],
                 max_token=tokens[idx[-1].as_py()],
                 min_event_time=None if span is None else span["min"].as_py(),
