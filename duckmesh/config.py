@@ -195,7 +195,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_records_per_request": _int(1, 1_000_000),
     "max_record_bytes": _int(64, 64 << 20),
     "max_upload_bytes": _int(1024, 1 << 40),
-    "upload_spool_bytes": _int(0, 1 << 30),
+    "upload_spool_bytes": _int(1, 1 << 30),
     "max_pending_records": _int(1, 1 << 40),
     "ingest_rate_limit": _int(0, 1 << 30),
     "tenant_storage_quota_bytes": _int(0, 1 << 60),

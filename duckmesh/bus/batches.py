@@ -70,20 +70,23 @@ def _conflict(message: str, **context: Any) -> DuckMeshError:
     return DuckMeshError("IDEMPOTENCY_CONFLICT", message, **context)
 
 
-def _prior_upload(conn: Conn, tenant_id: str, up: UploadRequest) -> UploadReceipt | None:
+def prior_upload(
+    conn: Conn, tenant_id: str, table_id: str, key: str, content_hash: bytes
+) -> UploadReceipt | None:
+    """The receipt of an upload already stored under ``key`` (as duplicates),
+    None when there is none; 409 when it was stored with other content."""
     row = conn.execute(
-        "SELECT content_hash, first_token, last_token, row_count FROM bus_upload"
+        "SELECT content_hash, last_token, row_count FROM bus_upload"
         " WHERE tenant_id = %s AND table_id = %s AND idempotency_key = %s",
-        (tenant_id, up.table_id, up.idempotency_key),
+        (tenant_id, table_id, key),
     ).fetchone()
     if row is None:
         return None
-    content_hash, _first, last, count = row
-    if bytes(content_hash) != up.content_hash:
+    stored_hash, last, count = row
+    if bytes(stored_hash) != content_hash:
         raise _conflict(
-            f"Idempotency-Key {up.idempotency_key!r} was already used with a different body;"
-            " nothing was written",
-            idempotency_key=up.idempotency_key,
+            f"Idempotency-Key {key!r} was already used with a different body; nothing was written",
+            idempotency_key=key,
             original_token=last,
         )
     return UploadReceipt(0, int(count), int(last or 0), None, None)
@@ -121,7 +124,7 @@ def publish_upload(
     """Write one upload with the counter locked at ``last``; returns the
     receipt and the new last token (the caller bumps the counter)."""
     if up.idempotency_key is not None:
-        prior = _prior_upload(conn, tenant_id, up)
+        prior = prior_upload(conn, tenant_id, up.table_id, up.idempotency_key, up.content_hash)
         if prior is not None:
             return prior, last
         data, kept, dup_top = up.data, list(range(up.data.num_rows)), 0

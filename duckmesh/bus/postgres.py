@@ -193,6 +193,14 @@ class PostgresBus:
             self._bump(conn, tenant_id, token)
         return receipt
 
+    def upload_receipt(
+        self, tenant_id: str, table_id: str, key: str, content_hash: bytes
+    ) -> UploadReceipt | None:
+        return self.db.call(
+            lambda conn: batches.prior_upload(conn, tenant_id, table_id, key, content_hash),
+            transaction=False,
+        )
+
     @staticmethod
     def _bump(conn: Conn, tenant_id: str, token: int) -> None:
         conn.execute(

@@ -26,7 +26,9 @@ Semantics (SPEC §2.3), identical for every backend:
   set-aside records and lists the latest.
 - ``publish_upload`` appends one upload (ADR 0012): its N new rows get N
   contiguous tokens of the same per-tenant sequence and are claimed, in token
-  order, with the records (``Batch.uploads``).
+  order, with the records (``Batch.uploads``). ``upload_receipt`` answers
+  a retry of a whole-request key before the upload is parsed (409 when the
+  key was used with other content); ``publish_upload`` checks again.
 - ``lag`` gives every tenant's (latest, committed) token; ``ingested_at``
   when given records were made durable (for the visibility-lag metric).
 
@@ -173,6 +175,10 @@ class IngestBus(Protocol):
     ) -> list[list[Receipt] | DuckMeshError]: ...
 
     def publish_upload(self, tenant_id: str, upload: UploadRequest) -> UploadReceipt: ...
+
+    def upload_receipt(
+        self, tenant_id: str, table_id: str, key: str, content_hash: bytes
+    ) -> UploadReceipt | None: ...
 
     def claim(
         self, consumer_id: str, *, limit: int, max_bytes: int, lease_s: float

@@ -71,6 +71,10 @@ def _options(args: Mapping[str, str], max_timeout_ms: int) -> tuple[UploadOption
                 field="visibility_timeout_ms",
             )
         timeout = int(raw)
+    if len(args.get("delimiter", ",")) != 1:
+        raise DuckMeshError(
+            "VALIDATION_FAILED", "delimiter must be one character", field="delimiter"
+        )
     opts = UploadOptions(
         op=args.get("op", "insert"),
         event_time_column=args.get("event_time_column") or None,
@@ -114,35 +118,34 @@ def _drop_rest(request: Any) -> None:
     request.body._must_raise = RequestEntityTooLarge()
 
 
+def _decode(
+    body: IO[bytes], encoding: str, kind: str, args: Mapping[str, str], limit: int, in_memory: int
+) -> tuple[IO[bytes], bytes]:
+    """The decoded body and its content hash (in a worker thread)."""
+    decoded = formats.decompress(body, encoding, limit=limit, in_memory=in_memory)
+    # What the rows mean, not how they were sent: the same rows with
+    # another wait_for_visibility or encoding are the same request.
+    shape = [kind, *(args.get(k, "") for k in sorted(_PARAMS - _WAIT_PARAMS))]
+    digest = hashlib.sha256("\x00".join(shape).encode())
+    while chunk := decoded.read(1 << 20):
+        digest.update(chunk)
+    decoded.seek(0)
+    return decoded, digest.digest()
+
+
 def _prepare(
-    body: IO[bytes],
-    encoding: str,
+    decoded: IO[bytes],
+    digest: bytes,
     kind: str,
     args: Mapping[str, str],
     tv: TableValidator,
     opts: UploadOptions,
     key: str | None,
-    limit: int,
-    in_memory: int,
 ) -> UploadRequest:
-    """Decode, hash, parse and cast (in a worker thread)."""
-    decoded = formats.decompress(body, encoding, limit=limit, in_memory=in_memory)
-    try:
-        # What the rows mean, not how they were sent: the same rows with
-        # another wait_for_visibility or encoding are the same request.
-        shape = [kind, *(args.get(k, "") for k in sorted(_PARAMS - _WAIT_PARAMS))]
-        digest = hashlib.sha256("\x00".join(shape).encode())
-        while chunk := decoded.read(1 << 20):
-            digest.update(chunk)
-        decoded.seek(0)
-        delimiter = args.get("delimiter", ",")
-        if len(delimiter) != 1:
-            raise DuckMeshError("VALIDATION_FAILED", "delimiter must be one character")
-        raw = formats.parse(
-            decoded, kind, delimiter=delimiter, null_string=args.get("null_string", "")
-        )
-    finally:
-        decoded.close()
+    """Parse and cast (in a worker thread)."""
+    raw = formats.parse(
+        decoded, kind, delimiter=args.get("delimiter", ","), null_string=args.get("null_string", "")
+    )
     table = tv.table
     conformed = conform(table, raw, opts)
     return UploadRequest(
@@ -151,10 +154,45 @@ def _prepare(
         event_time_column=opts.event_time_column,
         schema_version=table.schema_version,
         data=conformed.data,
-        content_hash=digest.digest(),
+        content_hash=digest,
         idempotency_key=key,
         row_keys=conformed.row_keys,
         row_hashes=conformed.row_hashes,
+    )
+
+
+async def _publish(
+    rt: Runtime,
+    tenant: str,
+    tv: TableValidator,
+    body: IO[bytes],
+    parts: tuple[str, str, dict[str, str], UploadOptions, str | None],
+    admit: Callable[[int], Awaitable[None]],
+) -> UploadReceipt:
+    """Decode, answer a known whole-request key at once, else parse, cast and publish."""
+    encoding, kind, args, opts, key = parts
+    limit, in_memory = rt.config.max_upload_bytes, rt.config.upload_spool_bytes
+    decoded, digest = await trio.to_thread.run_sync(
+        _decode, body, encoding, kind, args, limit, in_memory
+    )
+    try:
+        if key is not None:
+            prior = await trio.to_thread.run_sync(
+                rt.bus.upload_receipt,
+                tenant,
+                tv.table.table_id,
+                key,
+                digest,
+                limiter=rt.db.limiter,
+            )
+            if prior is not None:
+                return prior
+        upload = await trio.to_thread.run_sync(_prepare, decoded, digest, kind, args, tv, opts, key)
+    finally:
+        decoded.close()
+    await admit(upload.data.num_rows)
+    return await trio.to_thread.run_sync(
+        rt.bus.publish_upload, tenant, upload, limiter=rt.db.limiter, abandon_on_cancel=False
     )
 
 
@@ -188,13 +226,7 @@ async def ingest_upload(
     limit, in_memory = rt.config.max_upload_bytes, rt.config.upload_spool_bytes
     _open_body_limit(request, limit)
     body = await formats.spool(request.body, limit=limit, in_memory=in_memory)
-    upload = await trio.to_thread.run_sync(
-        _prepare, body, encoding, kind, args, tv, opts, key, limit, in_memory
-    )
-    await admit(upload.data.num_rows)
-    receipt = await trio.to_thread.run_sync(
-        rt.bus.publish_upload, tenant, upload, limiter=rt.db.limiter, abandon_on_cancel=False
-    )
+    receipt = await _publish(rt, tenant, tv, body, (encoding, kind, args, opts, key), admit)
     if receipt.max_token > rt.ingest.latest_token.get(tenant, 0):
         rt.ingest.latest_token[tenant] = receipt.max_token
     metrics.INGEST_ACK_LATENCY.observe(time.perf_counter() - started)
