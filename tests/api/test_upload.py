@@ -408,3 +408,33 @@ async def test_a_huge_declared_upload_is_refused_before_its_body(small_server: L
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     await stream.aclose()
     assert await latest_token(srv) == 0
+
+
+async def test_event_time_partitions_upserts_and_deletes(server: LiveServer) -> None:
+    table = _table("up")
+    table["partition_by"] = {"event_time": "day"}
+    await server.create_table(table)
+    rows = [dict(ROWS[0], id=i, zoned=f"2024-03-0{1 + i % 2}T23:30:00-01:00") for i in range(6)]
+    body, _ = encode("csv", rows)
+    r = await upload(server, "up", body, "text/csv", event_time_column="zoned")
+    assert r.status_code == 200, r.text
+    upserts = [dict(rows[0], name="new"), dict(rows[0], id=1, name="new1")]
+    body, _ = encode("csv", upserts)
+    r = await upload(server, "up", body, "text/csv", key="u2", op="upsert")
+    assert r.status_code == 200, r.text
+    r = await upload(
+        server, "up", b"id\n2\n3\n", "text/csv", key="d1", op="delete", wait_for_visibility="true"
+    )
+    assert r.status_code == 200, r.text
+    got = await rows_of(server, "up", r.json()["max_visibility_token"])
+    assert [(row[0], row[1]) for row in got] == [
+        (0, "new"),
+        (1, "new1"),
+        (4, ROWS[0]["name"]),
+        (5, ROWS[0]["name"]),
+    ]
+    snap = (await server.client.get(f"/v1/snapshots/{r.json()['visible_snapshot_id']}")).json()
+    first = [f for t in snap["tables"] for f in t["files"] if f["max_token"] <= 6]
+    # 23:30 at -01:00 is the next day in UTC: 2024-03-02 and 2024-03-03.
+    assert sorted(f["path"].split("/")[-2] for f in first) == ["date=2024-03-02", "date=2024-03-03"]
+    assert all(f["record_count"] == 3 for f in first)
