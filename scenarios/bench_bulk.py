@@ -18,6 +18,7 @@ import io
 import json
 import os
 import queue
+import resource
 import subprocess
 import sys
 import tempfile
@@ -184,6 +185,54 @@ def run_load(server: Server, rows: pa.Table, chunk: int) -> dict[str, Any]:
     }
 
 
+def run_big_load(server: Server, gib: float, chunk: int) -> dict[str, Any]:
+    """``duckmesh load`` of a CSV of about ``gib`` GiB, sampling the server's
+    RSS meanwhile (peak) and the load process's peak RSS."""
+    table = "bulk_big"
+    with server.client() as client:
+        assert client.post("/v1/tables", json=dict(EVENTS_TABLE, name=table)).status_code == 201
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big.csv"
+        block = make_rows(1_000_000)
+        with pa_csv.CSVWriter(path, block.schema) as writer:
+            n = 0
+            while path.stat().st_size < gib * 2**30:
+                ids = pc.add(block.column("id"), n)
+                writer.write_table(block.set_column(0, "id", ids))
+                n += block.num_rows
+        size = path.stat().st_size
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DUCKMESH_")}
+        env["PYTHONPATH"] = str(ROOT)
+        command = [sys.executable, "-m", "duckmesh.cli.main", "load", table, str(path)]
+        command += ["--chunk-rows", str(chunk), "--wait", "--url", server.base_url]
+        peak = [server.rss_mib()]
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [*command, "--api-key", KEY],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        while proc.poll() is None:
+            peak.append(server.rss_mib())
+            time.sleep(0.2)
+        visible = time.perf_counter() - started
+        out, err = proc.communicate()
+        child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert proc.returncode == 0, err
+    return {
+        "format": f"duckmesh load ({size / 2**30:.2f} GiB csv)",
+        "rows": n,
+        "body_mib": round(size / 2**20),
+        "visible_s": round(visible, 2),
+        "rows_per_s": round(n / visible),
+        "server_peak_rss_mib": round(max(peak)),
+        "load_peak_rss_mib": round(child_peak),
+        "summary": out.strip().splitlines()[-1],
+    }
+
+
 def run_copy(server: Server, rows: pa.Table, chunk: int) -> dict[str, Any]:
     """Postgres COPY (CSV) into a heap table with one unique index, one
     transaction per chunk, on the same Postgres as the server."""
@@ -232,6 +281,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=100_000)
     ap.add_argument("--json-rows", type=int, default=200_000)
     ap.add_argument("--json-clients", type=int, default=4)
+    ap.add_argument("--big-csv-gib", type=float, default=0.0, help="also load a CSV this big")
     args = ap.parse_args()
     rows = make_rows(args.rows)
     results: list[dict[str, Any]] = []
@@ -245,6 +295,9 @@ def main() -> None:
         print(results[-1], flush=True)
         results.append(run_copy(server, rows, args.chunk))
         print(results[-1], flush=True)
+        if args.big_csv_gib:
+            results.append(run_big_load(server, args.big_csv_gib, args.chunk))
+            print(results[-1], flush=True)
         rss = server.rss_mib()
     results.append(run_parquet_floor(rows))
     copy_rate = next(r["rows_per_s"] for r in results if r["format"].startswith("postgres"))
