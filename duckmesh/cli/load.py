@@ -223,6 +223,7 @@ class Client:
     def post(self, path: str, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
         """POST with retries of retryable failures; raises LoadFailed otherwise."""
         delay = 0.5
+        written = False
         for attempt in range(self.retries + 1):
             request = urllib.request.Request(  # noqa: S310 (http/https from the user)
                 self.url + path,
@@ -233,9 +234,13 @@ class Client:
             try:
                 with urllib.request.urlopen(request, timeout=600) as resp:  # noqa: S310
                     out: dict[str, Any] = json.load(resp)
+                    out["written_before_retry"] = written
                     return out
             except urllib.error.HTTPError as exc:
                 error = _error_body(exc)
+                # 504 CONSISTENCY_TIMEOUT: written, not yet visible; the retry
+                # waits again and sees the rows as duplicates of this attempt.
+                written = written or error.get("error_code") == "CONSISTENCY_TIMEOUT"
                 if exc.code not in _RETRYABLE_STATUS or attempt == self.retries:
                     raise LoadFailed(f"HTTP {exc.code}: {json.dumps(error)}") from None
                 after = exc.headers.get("Retry-After")
@@ -327,8 +332,11 @@ def _load_one(
             receipt = _send(client, args.table, args, chunk, chunk_key(digest, chunk), wait)
             totals.rows += chunk.rows
             totals.chunks += 1
-            totals.accepted += receipt["accepted_count"]
-            totals.duplicates += receipt["duplicate_count"]
+            if receipt["written_before_retry"]:  # our own earlier attempt wrote them
+                totals.accepted += receipt["accepted_count"] + receipt["duplicate_count"]
+            else:
+                totals.accepted += receipt["accepted_count"]
+                totals.duplicates += receipt["duplicate_count"]
             totals.max_token = max(totals.max_token, receipt["max_visibility_token"])
             totals.bytes_read = base + chunk.position
             progress.show(path, totals, chunk)

@@ -8,11 +8,15 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import pytest
 import trio
 
-from tests.fixtures import BOOTSTRAP_KEY, LiveServer
+from duckmesh.config import Config
+from duckmesh.runtime import build_runtime, migrate_and_bootstrap
+from tests.fixtures import BOOTSTRAP_KEY, LiveServer, start_server
 
 ROWS = 30_000
 CHUNK = 1_500
@@ -104,3 +108,37 @@ async def test_load_killed_half_way_then_rerun(server: LiveServer, tmp_path: Pat
     assert summary.startswith(f"loaded {ROWS} rows in {ROWS // CHUNK} chunk(s)"), summary
     assert f"{ROWS - sent_before} new, {sent_before} duplicates" in summary, summary
     assert await _count(server, ROWS) == [ROWS, ROWS, 0, ROWS - 1]
+
+
+@pytest.fixture
+async def impatient_server(
+    make_config: Callable[..., Config], dsn: str, nursery: trio.Nursery
+) -> AsyncIterator[LiveServer]:
+    """Waits for visibility time out at once (504), so --wait has to retry."""
+    rt = build_runtime(make_config(consistency_timeout_ms=0), dsn=dsn)
+    migrate_and_bootstrap(rt)
+    try:
+        srv = await start_server(rt, nursery)
+        try:
+            yield srv
+        finally:
+            await srv.client.aclose()
+            await rt.extra["root"].stop()
+            nursery.cancel_scope.cancel()
+    finally:
+        rt.close()
+
+
+async def test_wait_retried_after_a_consistency_timeout_counts_rows_as_new(
+    impatient_server: LiveServer, tmp_path: Path
+) -> None:
+    server = impatient_server
+    await server.create_table(TABLE)
+    path = tmp_path / "small.csv"
+    path.write_text("id,name,score,at\n1,a,1.5,2024-01-01T00:00:00\n2,b,2.5,\n")
+    done = await trio.run_process(
+        [*_command(server, path), "--wait"], capture_stdout=True, env=_env(), check=False
+    )
+    out = done.stdout.decode()
+    assert done.returncode == 0, out
+    assert "2 new, 0 duplicates" in out.strip().splitlines()[-1], out
