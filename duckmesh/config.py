@@ -122,6 +122,8 @@ class Config:
     max_request_bytes: int = 16 * 1024 * 1024
     max_records_per_request: int = 10_000
     max_record_bytes: int = 1024 * 1024
+    max_upload_bytes: int = 1 << 30  # one CSV/NDJSON/Arrow/Parquet upload, compressed or not
+    upload_spool_bytes: int = 8 << 20  # an upload body larger than this goes to a temp file
     max_pending_records: int = 5_000_000
     ingest_rate_limit: int = 0  # records/s per tenant; 0 = unlimited
     tenant_storage_quota_bytes: int = 0  # live data-file bytes per tenant; 0 = unlimited
@@ -194,6 +196,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_request_bytes": _int(1024, 1 << 30),
     "max_records_per_request": _int(1, 1_000_000),
     "max_record_bytes": _int(64, 64 << 20),
+    "max_upload_bytes": _int(1024, 1 << 40),
+    "upload_spool_bytes": _int(1, 1 << 30),
     "max_pending_records": _int(1, 1 << 40),
     "ingest_rate_limit": _int(0, 1 << 30),
     "tenant_storage_quota_bytes": _int(0, 1 << 60),

@@ -37,6 +37,7 @@ ErrorCode = Literal[
     "OVERLOADED",
     "CONSISTENCY_TIMEOUT",
     "INTEGRITY_CHECK_FAILED",
+    "UNSUPPORTED_MEDIA_TYPE",
 ]
 
 # code -> (HTTP status, retryable)
@@ -58,6 +59,7 @@ ERROR_CODES: dict[ErrorCode, tuple[int, bool]] = {
     "IDEMPOTENCY_CONFLICT": (409, False),
     "CONCURRENCY_CONFLICT": (409, True),
     "PAYLOAD_TOO_LARGE": (413, False),
+    "UNSUPPORTED_MEDIA_TYPE": (415, False),
     "RATE_LIMITED": (429, True),
     "QUOTA_EXCEEDED": (429, True),
     "QUERY_TIMEOUT": (400, False),

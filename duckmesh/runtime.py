@@ -74,6 +74,18 @@ def open_catalog(config: Config, *, owner: bool = False) -> tuple[str, EmbeddedP
     return embedded.start(), embedded
 
 
+def use_system_arrow_allocator() -> None:
+    """Arrow buffers from malloc, not pyarrow's default mimalloc: with many
+    worker threads each parsing or committing 100,000-row uploads, mimalloc
+    kept ~900 MiB resident after a 0.4 GiB load where the system allocator
+    peaked at ~430 MiB, and was no faster (ADR 0013). An explicit
+    ``ARROW_DEFAULT_MEMORY_POOL`` still wins."""
+    if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+        import pyarrow as pa
+
+        pa.set_memory_pool(pa.system_memory_pool())
+
+
 def build_runtime(
     config: Config, *, dsn: str | None = None, owner: bool = False, embedded_dsn: bool = False
 ) -> Runtime:
@@ -86,6 +98,7 @@ def build_runtime(
             message="read-after-write is deliberately broken (DUCKMESH_UNSAFE_BREAK)",
         )
     embedded_here = embedded_dsn or (dsn is None and not config.catalog_dsn)
+    use_system_arrow_allocator()
     prepare_data_dir(config.data_dir, embedded_postgres=embedded_here)
     embedded = None
     if dsn is None:

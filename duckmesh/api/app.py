@@ -18,6 +18,7 @@ from duckmesh.api.http import error_response, log, receive_body, start_trace
 from duckmesh.api.openapi import load_openapi
 from duckmesh.api.routes import audit, health, ingest, lag, maintenance, query, snapshots, tables
 from duckmesh.errors import DuckMeshError, ErrorCode
+from duckmesh.ingest.upload import is_upload
 from duckmesh.runtime import Runtime
 
 __all__ = ["create_app", "load_openapi"]
@@ -56,13 +57,15 @@ def create_app(rt: Runtime) -> QuartTrio:
 
 async def _before() -> None:
     start_trace()
-    await receive_body()
+    if not is_upload(request.path, request.headers.get("Content-Type")):
+        await receive_body()  # an upload streams its own body (ingest/upload.py)
 
 
 async def _duckmesh_error(exc: DuckMeshError) -> Response:
     if request.path.startswith("/v1/ingest/"):
         # Refused ingest requests (validation, 409, 429, ...) are counted too.
         metrics.INGEST_REQUESTS.labels(status=exc.error_code).inc()
+        await receive_body()  # an upload refused before its body was read
     return error_response(exc)
 
 

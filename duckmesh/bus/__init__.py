@@ -12,6 +12,9 @@ from duckmesh.bus.protocol import (
     LeaseLost,
     QuarantineEntry,
     Receipt,
+    UploadBatch,
+    UploadReceipt,
+    UploadRequest,
 )
 
 __all__ = [
@@ -22,4 +25,7 @@ __all__ = [
     "LeaseLost",
     "QuarantineEntry",
     "Receipt",
+    "UploadBatch",
+    "UploadReceipt",
+    "UploadRequest",
 ]

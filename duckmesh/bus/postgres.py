@@ -14,13 +14,15 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+from duckmesh.bus import batches
 from duckmesh.bus.protocol import (
     Batch,
-    BusRecord,
     IngestRecord,
     LeaseLost,
     QuarantineEntry,
     Receipt,
+    UploadReceipt,
+    UploadRequest,
 )
 from duckmesh.db import Conn, Database
 from duckmesh.errors import DuckMeshError
@@ -59,8 +61,14 @@ def _existing_keys(
         "SELECT r.table_id, r.idempotency_key, r.token, r.payload_hash"
         " FROM unnest(%s::text[], %s::text[]) AS k(table_id, key)"
         " JOIN bus_record r ON r.tenant_id = %s AND r.table_id = k.table_id"
-        " AND r.idempotency_key = k.key",
-        (tables, keys, tenant_id),
+        " AND r.idempotency_key = k.key"
+        # Keys of upload rows (key_column) share the namespace; their hash is
+        # of another form, so reusing one for a record is a conflict.
+        " UNION ALL SELECT b.table_id, b.idempotency_key, b.token, convert_to(b.row_hash, 'UTF8')"
+        " FROM unnest(%s::text[], %s::text[]) AS k(table_id, key)"
+        " JOIN bus_row_key b ON b.tenant_id = %s AND b.table_id = k.table_id"
+        " AND b.idempotency_key = k.key",
+        (tables, keys, tenant_id, tables, keys, tenant_id),
     )
     return {(t, k): (tok, bytes(h)) for t, k, tok, h in rows}
 
@@ -172,13 +180,35 @@ class PostgresBus:
         if rows:
             with conn.cursor().copy(_COPY) as copy:
                 copy.write("".join(rows).encode())
-            conn.execute(
-                "WITH bumped AS (UPDATE bus_token_counter SET last_token = %s"
-                " WHERE tenant_id = %s RETURNING last_token)"
-                " SELECT pg_notify(%s, %s) FROM bumped",
-                (token, tenant_id, RECORDS_CHANNEL, f"{tenant_id}:{token}"),
-            )
+            self._bump(conn, tenant_id, token)
         return results
+
+    def publish_upload(self, tenant_id: str, upload: UploadRequest) -> UploadReceipt:
+        return self.db.call(lambda conn: self._publish_upload(conn, tenant_id, upload))
+
+    def _publish_upload(self, conn: Conn, tenant_id: str, upload: UploadRequest) -> UploadReceipt:
+        last, now = _lock_counter(conn, tenant_id)
+        receipt, token = batches.publish_upload(conn, tenant_id, upload, last, now)
+        if token != last:
+            self._bump(conn, tenant_id, token)
+        return receipt
+
+    def upload_receipt(
+        self, tenant_id: str, table_id: str, key: str, content_hash: bytes
+    ) -> UploadReceipt | None:
+        return self.db.call(
+            lambda conn: batches.prior_upload(conn, tenant_id, table_id, key, content_hash),
+            transaction=False,
+        )
+
+    @staticmethod
+    def _bump(conn: Conn, tenant_id: str, token: int) -> None:
+        conn.execute(
+            "WITH bumped AS (UPDATE bus_token_counter SET last_token = %s"
+            " WHERE tenant_id = %s RETURNING last_token)"
+            " SELECT pg_notify(%s, %s) FROM bumped",
+            (token, tenant_id, RECORDS_CHANNEL, f"{tenant_id}:{token}"),
+        )
 
     # -- consumers ---------------------------------------------------------
 
@@ -211,15 +241,8 @@ class PostgresBus:
             return None
         scope, fence, acked, last = row
         rows = conn.execute(_CLAIM_RECORDS, (scope, acked, last, limit)).fetchall()
-        size = 0
-        for n, rec in enumerate(rows):
-            payload: str = rec[3]  # max_bytes counts UTF-8 bytes, not characters
-            size += len(payload) if payload.isascii() else len(payload.encode())
-            if n and size > max_bytes:
-                del rows[n:]
-                break
-        records = list(map(BusRecord._make, rows))
-        return Batch(scope, consumer_id, fence, acked, tuple(records))
+        records, uploads = batches.claim_uploads(conn, scope, acked, last, rows, limit, max_bytes)
+        return Batch(scope, consumer_id, fence, acked, tuple(records), tuple(uploads))
 
     def ack(self, batch: Batch, *, tx: Any = None) -> None:
         """Advance the committed position; ``tx`` is a psycopg connection in a transaction."""

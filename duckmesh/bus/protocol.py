@@ -24,6 +24,11 @@ Semantics (SPEC §2.3), identical for every backend:
   exactly when the snapshot that skips them is published. Setting a token
   aside twice keeps the first reason. ``quarantined`` counts a tenant's
   set-aside records and lists the latest.
+- ``publish_upload`` appends one upload (ADR 0013): its N new rows get N
+  contiguous tokens of the same per-tenant sequence and are claimed, in token
+  order, with the records (``Batch.uploads``). ``upload_receipt`` answers
+  a retry of a whole-request key before the upload is parsed (409 when the
+  key was used with other content); ``publish_upload`` checks again.
 - ``lag`` gives every tenant's (latest, committed) token; ``ingested_at``
   when given records were made durable (for the visibility-lag metric).
 
@@ -37,6 +42,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
 
 import attrs
+import pyarrow as pa
 
 from duckmesh.errors import DuckMeshError
 
@@ -73,16 +79,73 @@ class BusRecord(NamedTuple):
 
 
 @attrs.frozen
+class UploadBatch:
+    """Rows of one upload with contiguous tokens, as the bus stores them
+    (``data`` is an Arrow IPC stream, rows in token order; ADR 0013)."""
+
+    first_token: int
+    last_token: int
+    table_id: str
+    op: str
+    event_time_column: str | None
+    ingested_at: dt.datetime
+    schema_version: int
+    data: bytes
+
+    @property
+    def rows(self) -> int:
+        return self.last_token - self.first_token + 1
+
+
+@attrs.frozen
 class Batch:
     scope: str
     consumer_id: str
     fence: int
     after_token: int  # the scope's committed position when claimed
     records: tuple[BusRecord, ...]
+    # Upload batches claimed with the records; together they cover the tokens
+    # after_token+1 .. last_token without a gap.
+    uploads: tuple[UploadBatch, ...] = ()
 
     @property
     def last_token(self) -> int:
-        return self.records[-1].token if self.records else self.after_token
+        top = self.records[-1].token if self.records else self.after_token
+        return max(top, self.uploads[-1].last_token) if self.uploads else top
+
+    @property
+    def size(self) -> int:
+        """Records and upload rows in the batch."""
+        return len(self.records) + sum(u.rows for u in self.uploads)
+
+
+@attrs.frozen
+class UploadRequest:
+    """A validated upload for ``publish_upload``: all rows or none are written.
+
+    Exactly one of ``idempotency_key`` (the whole request) and ``row_keys``
+    (one key per row, with ``row_hashes``) is set. ``data`` holds the rows
+    cast to the table's schema version ``schema_version``.
+    """
+
+    table_id: str
+    op: str
+    event_time_column: str | None
+    schema_version: int
+    data: pa.Table
+    content_hash: bytes
+    idempotency_key: str | None
+    row_keys: Sequence[str] | None
+    row_hashes: Sequence[str] | None  # hex digests
+
+
+@attrs.frozen
+class UploadReceipt:
+    accepted: int
+    duplicates: int
+    max_token: int  # highest token of the request's rows, new or duplicate (0: none)
+    first_token: int | None  # the new rows' tokens, or None when all were duplicates
+    last_token: int | None
 
 
 @attrs.frozen
@@ -110,6 +173,12 @@ class IngestBus(Protocol):
     def publish(
         self, tenant_id: str, requests: Sequence[Sequence[IngestRecord]]
     ) -> list[list[Receipt] | DuckMeshError]: ...
+
+    def publish_upload(self, tenant_id: str, upload: UploadRequest) -> UploadReceipt: ...
+
+    def upload_receipt(
+        self, tenant_id: str, table_id: str, key: str, content_hash: bytes
+    ) -> UploadReceipt | None: ...
 
     def claim(
         self, consumer_id: str, *, limit: int, max_bytes: int, lease_s: float

@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from duckmesh.cli import load
 from duckmesh.config import Config, ConfigError, load_config
 
 if TYPE_CHECKING:
@@ -402,6 +403,7 @@ def parser() -> argparse.ArgumentParser:
     scenario.add_argument("--workdir", help="directory for logs and data (kept)")
     config = sub.add_parser("config", help="configuration")
     config.add_argument("action", choices=["show"])
+    load.add_parser(sub)
     return p
 
 
@@ -415,6 +417,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "config": cmd_config,
     "bench": cmd_bench,
     "scenario": cmd_scenario,
+    "load": load.cmd_load,
 }
 
 

@@ -29,10 +29,11 @@ import pyarrow.parquet as pq
 import structlog
 
 from duckmesh import metrics
-from duckmesh.bus import Batch, BusRecord, IngestBus, LeaseLost, QuarantineEntry
+from duckmesh.bus import Batch, BusRecord, IngestBus, LeaseLost, QuarantineEntry, UploadBatch
 from duckmesh.catalog import reads, snapshots
 from duckmesh.catalog.model import Snapshot, TableDef
 from duckmesh.catalog.snapshots import ConflictPolicy, RebaseRefused, SnapshotChange
+from duckmesh.coordinator.columnar import build_upload
 from duckmesh.coordinator.health import CommitHealth
 from duckmesh.coordinator.parquet import PartitionRows, Rejected, build_tables
 from duckmesh.db import Conn, Database
@@ -74,10 +75,16 @@ class BatchPlan:
     tables: dict[str, TableDef]
     dropped: set[str]
     records: list[BusRecord]  # the batch's records the catalog has not committed yet
+    uploads: list[UploadBatch]  # likewise, its upload batches
 
     @property
     def watermark(self) -> int:
         return self.head.max_visibility_token if self.head else 0
+
+
+def _reject_upload(upload: UploadBatch, reason: str) -> list[Rejected]:
+    tokens = range(upload.first_token, upload.last_token + 1)
+    return [Rejected(t, upload.table_id, reason) for t in tokens]
 
 
 def _by_table(records: Sequence[BusRecord]) -> dict[str, list[BusRecord]]:
@@ -218,7 +225,9 @@ class Committer:
 
     def _plan(self, batch: Batch) -> BatchPlan:
         tenant = batch.scope
-        table_ids = sorted({r.table_id for r in batch.records})
+        table_ids = sorted(
+            {r.table_id for r in batch.records} | {u.table_id for u in batch.uploads}
+        )
         head, tables, dropped = self.db.call(
             lambda conn: (
                 reads.latest_snapshot(conn, tenant),
@@ -230,7 +239,8 @@ class Committer:
         watermark = head.max_visibility_token if head else 0
         # The catalog is the truth: never commit a token twice (ADR 0006).
         records = [r for r in batch.records if r.token > watermark]
-        return BatchPlan(head, tables, dropped, records)
+        uploads = [u for u in batch.uploads if u.last_token > watermark]
+        return BatchPlan(head, tables, dropped, records, uploads)
 
     def _build(
         self, table: TableDef, records: Sequence[BusRecord]
@@ -249,7 +259,22 @@ class Committer:
             table = plan.tables.get(table_id)
             if table is not None and table_id not in plan.dropped:
                 poison.extend(self._bisect(table, recs))
+        for upload in plan.uploads:
+            table = plan.tables.get(upload.table_id)
+            if table is not None and upload.table_id not in plan.dropped:
+                poison.extend(self._try_upload(table, upload))
         return poison
+
+    @staticmethod
+    def _try_upload(table: TableDef, upload: UploadBatch) -> list[Rejected]:
+        """An upload batch that fails to build or encode is set aside whole
+        (ADR 0013: its rows were validated together, so they fail together)."""
+        try:
+            for rows in build_upload(table, upload):
+                pq.write_table(rows.arrow, io.BytesIO(), compression="zstd")
+            return []
+        except Exception as exc:
+            return _reject_upload(upload, f"commit failed: {type(exc).__name__}")
 
     def _bisect(self, table: TableDef, records: Sequence[BusRecord]) -> list[Rejected]:
         try:
@@ -293,12 +318,13 @@ class Committer:
             for rows in partitions:
                 seq += 1
                 files.append(self._write(tenant, rows, next_id, seq))
+        seq = self._write_uploads(tenant, plan, excluded, files, watermarks, rejected, next_id, seq)
         self.faults.hit("coordinator.after_parquet_write")
         self.faults.hit("coordinator.before_publish_commit")
         new_watermark = max(batch.last_token, watermark)
         snapshot_id = self._publish(batch, head, files, watermarks, rejected, new_watermark)
         self.faults.hit("coordinator.after_publish_commit")
-        self._observe_visibility(good)
+        self._observe_visibility(good, plan.uploads)
         if rejected:
             metrics.QUARANTINED.inc(len(rejected))
             log.warning(
@@ -307,9 +333,35 @@ class Committer:
                 count=len(rejected),
                 first_reason=rejected[0].reason,
             )
-        return CommitOutcome(
-            tenant, snapshot_id, len(plan.records), len(files), len(rejected), new_watermark
-        )
+        size = len(plan.records) + sum(u.rows for u in plan.uploads)
+        return CommitOutcome(tenant, snapshot_id, size, len(files), len(rejected), new_watermark)
+
+    def _write_uploads(
+        self,
+        tenant: str,
+        plan: BatchPlan,
+        excluded: set[int],
+        files: list[DataFile],
+        watermarks: dict[str, int],
+        rejected: list[Rejected],
+        snapshot_id: int,
+        seq: int,
+    ) -> int:
+        """Write the plan's upload batches (Arrow to Parquet, no JSON between);
+        returns the last file sequence number used."""
+        for upload in plan.uploads:
+            if upload.table_id in plan.dropped or upload.first_token in excluded:
+                continue
+            table = plan.tables.get(upload.table_id)
+            if table is None:
+                rejected.extend(_reject_upload(upload, "table not found"))
+                continue
+            prior = watermarks.get(upload.table_id, 0)
+            watermarks[upload.table_id] = max(prior, upload.last_token)
+            for rows in build_upload(table, upload):
+                seq += 1
+                files.append(self._write(tenant, rows, snapshot_id, seq))
+        return seq
 
     def _write(self, tenant: str, rows: PartitionRows, snapshot_id: int, seq: int) -> DataFile:
         scratch = self.store.scratch_path(".parquet")
@@ -390,10 +442,11 @@ class Committer:
         return published.snapshot_id
 
     @staticmethod
-    def _observe_visibility(records: Sequence[BusRecord]) -> None:
-        if not records:
-            return
+    def _observe_visibility(
+        records: Sequence[BusRecord], uploads: Sequence[UploadBatch] = ()
+    ) -> None:
         now = dt.datetime.now(dt.UTC)
         step = max(1, len(records) // 50)
-        for rec in records[::step]:
-            metrics.WRITE_TO_VISIBLE.observe((now - rec.ingested_at).total_seconds())
+        # One sample per upload batch: its rows share one ingest time.
+        for when in [r.ingested_at for r in records[::step]] + [u.ingested_at for u in uploads]:
+            metrics.WRITE_TO_VISIBLE.observe((now - when).total_seconds())

@@ -10,13 +10,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from quart import Blueprint, Response
+from quart import Blueprint, Response, request
 
 from duckmesh import metrics
 from duckmesh.api.bodies import IngestBody
 from duckmesh.api.context import ApiContext, api, require
 from duckmesh.api.http import Principal, json_body, json_response
 from duckmesh.errors import DuckMeshError
+from duckmesh.ingest.upload import ingest_upload, is_upload
 from duckmesh.ingest.validation import validate_records
 from duckmesh.query.barrier import wait_for_token
 from duckmesh.runtime import Runtime
@@ -29,8 +30,22 @@ bp = Blueprint("ingest", __name__)
 async def ingest(p: Principal, table: str) -> Response:
     started = time.perf_counter()
     ctx = api()
+    if is_upload(request.path, request.headers.get("Content-Type")):
+        return json_response(await upload(ctx, p.tenant_id, table))
     body = IngestBody.parse(await json_body(), ctx.rt.config.max_consistency_timeout_ms)
     return json_response(await accept(ctx, p.tenant_id, table, body, started))
+
+
+async def upload(ctx: ApiContext, tenant: str, table: str) -> dict[str, Any]:
+    """A CSV, NDJSON, Arrow or Parquet upload: the same admission as records."""
+
+    async def admit(rows: int) -> None:
+        _check_backpressure(ctx.rt, tenant)
+        await ctx.storage_quota.check(tenant)
+        ctx.rate_limiter.take(tenant, rows)
+
+    tv = await ctx.validators.get(tenant, table)
+    return await ingest_upload(ctx.rt, request, tenant, tv, admit)
 
 
 async def accept(

@@ -1,0 +1,336 @@
+"""Bulk load: the same rows as CSV, NDJSON, Arrow IPC and Parquet uploads.
+
+1M rows (BIGINT, VARCHAR, DOUBLE, TIMESTAMP), 100,000 rows per request, one
+client, measured from the first request to the moment a token-gated query
+sees every row (ack-to-visible). In the same run: JSON records at 1,000 per
+request (4 clients), ``duckmesh load`` of the same rows as one CSV file, and
+two references: Postgres ``COPY`` of the same rows into a heap table with
+one unique index (the ingest ceiling users know) and pyarrow writing them to
+one zstd Parquet file (the physical floor).
+
+    python -m scenarios.bench_bulk [--rows 1000000] [--chunk 100000] [--json-rows 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import queue
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+
+from scenarios.harness import (
+    EVENTS_TABLE,
+    KEY,
+    ROOT,
+    HttpClient,
+    Server,
+    run_threads,
+    target_line,
+    write_report,
+)
+
+MEDIA = {
+    "csv": "text/csv",
+    "ndjson": "application/x-ndjson",
+    "arrow": "application/vnd.apache.arrow.stream",
+    "parquet": "application/vnd.apache.parquet",
+}
+
+
+def make_rows(n: int) -> pa.Table:
+    ids = pa.array(range(n), pa.int64())
+    kinds = pc.if_else(pc.equal(pc.bit_wise_and(ids, 1), 0), "click", "view")
+    values = pc.multiply(ids.cast(pa.float64()), 0.5)
+    base = 1_795_000_000_000_000  # 2026-11-18, µs
+    at = pc.add(pc.multiply(pc.bit_wise_and(ids, 0xFFFF), 1_000_000), base).cast(pa.timestamp("us"))
+    return pa.table({"id": ids, "kind": kinds, "value": values, "at": at})
+
+
+def encode(kind: str, table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    if kind == "csv":
+        pa_csv.write_csv(table, sink)
+    elif kind == "ndjson":
+        for row in table.to_pylist():
+            row["at"] = row["at"].isoformat()
+            sink.write(json.dumps(row).encode() + b"\n")
+    elif kind == "arrow":
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+    else:
+        pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def wait_visible(client: httpx.Client, table: str, token: int, rows: int) -> None:
+    r = client.post(
+        "/v1/query",
+        json={
+            "sql": f"select count(*) from {table}",
+            "min_visibility_token": token,
+            "consistency_timeout_ms": 600_000,
+        },
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["rows"][0][0] == rows, r.text
+
+
+def run_upload(server: Server, kind: str, rows: pa.Table, chunk: int) -> dict[str, Any]:
+    table = f"bulk_{kind}"
+    bodies = [encode(kind, rows.slice(i, chunk)) for i in range(0, rows.num_rows, chunk)]
+    with server.client() as client:
+        assert client.post("/v1/tables", json=dict(EVENTS_TABLE, name=table)).status_code == 201
+        started = time.perf_counter()
+        top = 0
+        for n, body in enumerate(bodies):
+            r = client.post(
+                f"/v1/ingest/{table}",
+                content=body,
+                headers={"Content-Type": MEDIA[kind], "Idempotency-Key": f"{kind}-{n}"},
+            )
+            assert r.status_code == 200, r.text
+            top = max(top, r.json()["max_visibility_token"])
+        acked = time.perf_counter() - started
+        wait_visible(client, table, top, rows.num_rows)
+        visible = time.perf_counter() - started
+    return {
+        "format": kind,
+        "rows": rows.num_rows,
+        "body_mib": round(sum(map(len, bodies)) / 2**20, 1),
+        "ack_s": round(acked, 2),
+        "visible_s": round(visible, 2),
+        "rows_per_s": round(rows.num_rows / visible),
+    }
+
+
+def run_json(server: Server, rows: pa.Table, batch: int, clients: int) -> dict[str, Any]:
+    table = "bulk_json"
+    records = rows.to_pylist()
+    for r in records:
+        r["at"] = r["at"].isoformat()
+    chunks = [records[i : i + batch] for i in range(0, len(records), batch)]
+    bodies: queue.SimpleQueue[str] = queue.SimpleQueue()
+    for chunk in chunks:
+        body = [{"idempotency_key": str(r["id"]), "payload": r} for r in chunk]
+        bodies.put(json.dumps({"records": body}))
+    tops = [0] * clients
+    with server.client() as client:
+        assert client.post("/v1/tables", json=dict(EVENTS_TABLE, name=table)).status_code == 201
+    started = time.perf_counter()
+
+    def loop(n: int) -> None:
+        http = HttpClient(server.port)
+        while True:
+            try:
+                body = bodies.get_nowait()
+            except queue.Empty:
+                break
+            status, out = http.post(f"/v1/ingest/{table}", body)
+            assert status == 200, out
+            tops[n] = max(tops[n], out["max_visibility_token"])
+        http.close()
+
+    run_threads(loop, clients)
+    with server.client() as client:
+        wait_visible(client, table, max(tops), rows.num_rows)
+    visible = time.perf_counter() - started
+    return {
+        "format": f"json records ({batch}/request, {clients} clients)",
+        "rows": rows.num_rows,
+        "visible_s": round(visible, 2),
+        "rows_per_s": round(rows.num_rows / visible),
+    }
+
+
+def run_load(server: Server, rows: pa.Table, chunk: int) -> dict[str, Any]:
+    table = "bulk_load"
+    with server.client() as client:
+        assert client.post("/v1/tables", json=dict(EVENTS_TABLE, name=table)).status_code == 201
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rows.csv"
+        pa_csv.write_csv(rows, path)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DUCKMESH_")}
+        env["PYTHONPATH"] = str(ROOT)
+        started = time.perf_counter()
+        command = [sys.executable, "-m", "duckmesh.cli.main", "load", table, str(path)]
+        command += ["--chunk-rows", str(chunk), "--wait", "--url", server.base_url]
+        done = subprocess.run(
+            [*command, "--api-key", KEY], env=env, capture_output=True, text=True, check=False
+        )
+        visible = time.perf_counter() - started
+        size = path.stat().st_size
+    assert done.returncode == 0, done.stderr
+    return {
+        "format": "duckmesh load (csv file)",
+        "rows": rows.num_rows,
+        "body_mib": round(size / 2**20, 1),
+        "visible_s": round(visible, 2),
+        "rows_per_s": round(rows.num_rows / visible),
+        "summary": done.stdout.strip().splitlines()[-1],
+    }
+
+
+def run_big_load(server: Server, gib: float, chunk: int) -> dict[str, Any]:
+    """``duckmesh load`` of a CSV of about ``gib`` GiB, sampling the server's
+    RSS meanwhile (peak) and the load process's peak RSS."""
+    table = "bulk_big"
+    with server.client() as client:
+        assert client.post("/v1/tables", json=dict(EVENTS_TABLE, name=table)).status_code == 201
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "big.csv"
+        block = make_rows(1_000_000)
+        with pa_csv.CSVWriter(path, block.schema) as writer:
+            n = 0
+            while path.stat().st_size < gib * 2**30:
+                ids = pc.add(block.column("id"), n)
+                writer.write_table(block.set_column(0, "id", ids))
+                n += block.num_rows
+        size = path.stat().st_size
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DUCKMESH_")}
+        env["PYTHONPATH"] = str(ROOT)
+        command = [sys.executable, "-m", "duckmesh.cli.main", "load", table, str(path)]
+        command += ["--chunk-rows", str(chunk), "--wait", "--url", server.base_url]
+        peak = [server.rss_mib()]
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            [*command, "--api-key", KEY],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        while proc.poll() is None:
+            peak.append(server.rss_mib())
+            time.sleep(0.2)
+        visible = time.perf_counter() - started
+        out, err = proc.communicate()
+        child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    assert proc.returncode == 0, err
+    return {
+        "format": f"duckmesh load ({size / 2**30:.2f} GiB csv)",
+        "rows": n,
+        "body_mib": round(size / 2**20),
+        "visible_s": round(visible, 2),
+        "rows_per_s": round(n / visible),
+        "server_peak_rss_mib": round(max(peak)),
+        "load_peak_rss_mib": round(child_peak),
+        "summary": out.strip().splitlines()[-1],
+    }
+
+
+def run_copy(server: Server, rows: pa.Table, chunk: int) -> dict[str, Any]:
+    """Postgres COPY (CSV) into a heap table with one unique index, one
+    transaction per chunk, on the same Postgres as the server."""
+    bodies = [encode("csv", rows.slice(i, chunk)) for i in range(0, rows.num_rows, chunk)]
+    with psycopg.connect(server.dsn(), autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS bench_bulk_copy")
+        conn.execute(
+            "CREATE TABLE bench_bulk_copy (id bigint, kind text, value double precision,"
+            " at timestamp)"
+        )
+        conn.execute("CREATE UNIQUE INDEX ON bench_bulk_copy (id)")
+        started = time.perf_counter()
+        for body in bodies:
+            with (
+                conn.transaction(),
+                conn.cursor().copy(
+                    "COPY bench_bulk_copy FROM STDIN WITH (FORMAT csv, HEADER true)"
+                ) as copy,
+            ):
+                copy.write(body)
+        elapsed = time.perf_counter() - started
+    return {
+        "format": "postgres COPY (reference)",
+        "rows": rows.num_rows,
+        "visible_s": round(elapsed, 2),
+        "rows_per_s": round(rows.num_rows / elapsed),
+    }
+
+
+def run_parquet_floor(rows: pa.Table) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        pq.write_table(rows, Path(tmp) / "rows.parquet", compression="zstd")
+        elapsed = time.perf_counter() - started
+    return {
+        "format": "pyarrow zstd Parquet file (floor)",
+        "rows": rows.num_rows,
+        "visible_s": round(elapsed, 2),
+        "rows_per_s": round(rows.num_rows / elapsed),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--chunk", type=int, default=100_000)
+    ap.add_argument("--json-rows", type=int, default=200_000)
+    ap.add_argument("--json-clients", type=int, default=4)
+    ap.add_argument("--big-csv-gib", type=float, default=0.0, help="also load a CSV this big")
+    args = ap.parse_args()
+    rows = make_rows(args.rows)
+    results: list[dict[str, Any]] = []
+    with Server() as server:
+        for kind in MEDIA:
+            results.append(run_upload(server, kind, rows, args.chunk))
+            print(results[-1], flush=True)
+        results.append(run_load(server, rows, args.chunk))
+        print(results[-1], flush=True)
+        results.append(run_json(server, rows.slice(0, args.json_rows), 1000, args.json_clients))
+        print(results[-1], flush=True)
+        results.append(run_copy(server, rows, args.chunk))
+        print(results[-1], flush=True)
+        if args.big_csv_gib:
+            results.append(run_big_load(server, args.big_csv_gib, args.chunk))
+            print(results[-1], flush=True)
+        rss = server.rss_mib()
+    results.append(run_parquet_floor(rows))
+    copy_rate = next(r["rows_per_s"] for r in results if r["format"].startswith("postgres"))
+    print(f"\nbulk load, {args.rows:,} rows, {args.chunk:,} rows/request, ack-to-visible")
+    print(f"{'path':<44} {'rows/s':>12} {'seconds':>8} {'x COPY':>7}")
+    for r in results:
+        r["ratio_to_copy"] = round(r["rows_per_s"] / copy_rate, 3)
+        print(
+            f"{r['format']:<44} {r['rows_per_s']:>12,} {r['visible_s']:>8} {r['ratio_to_copy']:>7}"
+        )
+    print(f"server RSS after the run: {rss:.0f} MiB")
+    by = {r["format"]: r for r in results}
+    print("targets:")
+    for kind, share in (("arrow", 1.0), ("parquet", 1.0), ("csv", 0.5), ("ndjson", 0.5)):
+        print(
+            target_line(
+                f"{kind} upload x COPY", by[kind]["ratio_to_copy"], share, lower_is_better=False
+            )
+        )
+    json_row = next(r for r in results if r["format"].startswith("json"))
+    print(
+        target_line(
+            "json records rows/s at 1000/request",
+            json_row["rows_per_s"],
+            60_000,
+            lower_is_better=False,
+        )
+    )
+    write_report(
+        "bench_bulk",
+        {"rows": args.rows, "chunk": args.chunk, "results": results, "server_rss_mib": round(rss)},
+    )
+
+
+if __name__ == "__main__":
+    main()
