@@ -1,5 +1,5 @@
-"""The composition root stays readable: the API package and the runtime keep
-every function within 80 lines and every module within 500 (issue 11)."""
+"""The package stays readable: every function within 80 lines and every module
+within 500 (issue 11; `python tools/check_sizes.py duckmesh` lists offenders)."""
 
 from __future__ import annotations
 
@@ -10,5 +10,5 @@ from tools.check_sizes import oversized
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_api_and_runtime_stay_small() -> None:
-    assert oversized([ROOT / "duckmesh" / "api", ROOT / "duckmesh" / "runtime.py"]) == []
+def test_the_package_stays_small() -> None:
+    assert oversized([ROOT / "duckmesh"]) == []

@@ -90,10 +90,79 @@ def _event_time(raw: Any) -> dt.datetime | str:
         return "must be from 0001-01-01 to 9999-12-31 in UTC"
 
 
-def validate_records(
-    tv: TableValidator, raw_records: Any, *, max_records: int, max_record_bytes: int
-) -> list[IngestRecord]:
-    """Validate every record; raise one error listing all problems, or return them all."""
+Bad = Callable[[int, str, str], None]  # (record index, field, reason)
+
+
+def _envelope(
+    tv: TableValidator, index: int, rec: Any, bad: Bad
+) -> tuple[str, str, dict[str, Any], dt.datetime | None] | None:
+    """A record's key, op, payload and event time, or None after reporting why not."""
+    if type(rec) is not dict:
+        bad(index, "", "a record must be an object")
+        return None
+    if not rec.keys() <= _RECORD_KEYS:
+        for k in sorted(rec.keys() - _RECORD_KEYS):
+            bad(index, k, "unknown record field")
+        return None
+    key = rec.get("idempotency_key")
+    if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH or "\x00" in key:
+        bad(
+            index,
+            "idempotency_key",
+            f"required: a string of 1..{MAX_KEY_LENGTH} characters without NUL",
+        )
+        return None
+    if reason := text_problem(key):
+        bad(index, "idempotency_key", reason)
+        return None
+    op = rec.get("op", "insert")
+    if op not in OPS:
+        bad(index, "op", "must be insert, upsert or delete")
+        return None
+    if op != "insert" and not tv.key:
+        bad(index, "op", f"{op} needs a table with a primary key; {tv.table.name!r} has none")
+        return None
+    payload = rec.get("payload")
+    if type(payload) is not dict:
+        bad(index, "payload", "required: an object")
+        return None
+    event_time = None
+    if rec.get("event_time") is not None:
+        parsed = _event_time(rec["event_time"])
+        if isinstance(parsed, str):
+            bad(index, "event_time", parsed)
+            return None
+        event_time = parsed
+    return key, op, payload, event_time
+
+
+def _payload_ok(tv: TableValidator, index: int, op: str, payload: dict[str, Any], bad: Bad) -> bool:
+    """Check every column value and the required columns; report each problem."""
+    ok = True
+    for name, value in payload.items():
+        spec = tv.checks.get(name)
+        if spec is None:
+            bad(index, f"payload.{name}", "unknown column")
+            ok = False
+            continue
+        if value is None:
+            if not spec[0]:
+                bad(index, f"payload.{name}", "must not be null")
+                ok = False
+            continue
+        reason = spec[1](value)
+        if reason is not None:
+            bad(index, f"payload.{name}", reason)
+            ok = False
+    needed = tv.key if op == "delete" else tv.required
+    for name in needed:
+        if payload.get(name) is None and name not in payload:
+            bad(index, f"payload.{name}", "required column missing")
+            ok = False
+    return ok
+
+
+def _check_count(raw_records: Any, max_records: int) -> None:
     if not isinstance(raw_records, list) or not raw_records:
         raise DuckMeshError(
             "VALIDATION_FAILED", "records must be a non-empty array", field="records"
@@ -102,8 +171,14 @@ def validate_records(
         raise DuckMeshError(
             "PAYLOAD_TOO_LARGE", f"at most {max_records} records per request", limit=max_records
         )
+
+
+def validate_records(
+    tv: TableValidator, raw_records: Any, *, max_records: int, max_record_bytes: int
+) -> list[IngestRecord]:
+    """Validate every record; raise one error listing all problems, or return them all."""
+    _check_count(raw_records, max_records)
     table = tv.table
-    keyed = bool(tv.key)
     errors: list[dict[str, Any]] = []
     out: list[IngestRecord] = []
     too_large: list[int] = []
@@ -114,64 +189,11 @@ def validate_records(
         errors.append({"index": index, "field": field, "reason": reason})
 
     for index, rec in enumerate(raw_records):
-        if type(rec) is not dict:
-            bad(index, "", "a record must be an object")
+        envelope = _envelope(tv, index, rec, bad)
+        if envelope is None:
             continue
-        if not rec.keys() <= _RECORD_KEYS:
-            for k in sorted(rec.keys() - _RECORD_KEYS):
-                bad(index, k, "unknown record field")
-            continue
-        key = rec.get("idempotency_key")
-        if type(key) is not str or not key or len(key) > MAX_KEY_LENGTH or "\x00" in key:
-            bad(
-                index,
-                "idempotency_key",
-                f"required: a string of 1..{MAX_KEY_LENGTH} characters without NUL",
-            )
-            continue
-        if reason := text_problem(key):
-            bad(index, "idempotency_key", reason)
-            continue
-        op = rec.get("op", "insert")
-        if op not in OPS:
-            bad(index, "op", "must be insert, upsert or delete")
-            continue
-        if op != "insert" and not keyed:
-            bad(index, "op", f"{op} needs a table with a primary key; {table.name!r} has none")
-            continue
-        payload = rec.get("payload")
-        if type(payload) is not dict:
-            bad(index, "payload", "required: an object")
-            continue
-        event_time = None
-        if rec.get("event_time") is not None:
-            parsed = _event_time(rec["event_time"])
-            if isinstance(parsed, str):
-                bad(index, "event_time", parsed)
-                continue
-            event_time = parsed
-        ok = True
-        for name, value in payload.items():
-            spec = tv.checks.get(name)
-            if spec is None:
-                bad(index, f"payload.{name}", "unknown column")
-                ok = False
-                continue
-            if value is None:
-                if not spec[0]:
-                    bad(index, f"payload.{name}", "must not be null")
-                    ok = False
-                continue
-            reason = spec[1](value)
-            if reason is not None:
-                bad(index, f"payload.{name}", reason)
-                ok = False
-        needed = tv.key if op == "delete" else tv.required
-        for name in needed:
-            if payload.get(name) is None and name not in payload:
-                bad(index, f"payload.{name}", "required column missing")
-                ok = False
-        if not ok:
+        key, op, payload, event_time = envelope
+        if not _payload_ok(tv, index, op, payload, bad):
             continue
         text = _dumps(payload)
         if len(text) > max_record_bytes:
