@@ -10,6 +10,8 @@ can exit with one clear line. Every knob has a safe default, documented in
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -239,6 +241,58 @@ def env_name(field: str) -> str:
     return "DUCKMESH_" + field.upper()
 
 
+# ``DUCKMESH_*`` variables that are not settings of :class:`Config` but are read
+# elsewhere (the config file itself, the test suite's Postgres, the client
+# variables of the docs and scripts). Any other unknown ``DUCKMESH_*`` name is a
+# configuration error, like an unknown TOML key: a typo must not pass silently.
+NON_CONFIG_ENV = (
+    "DUCKMESH_CONFIG_FILE",
+    "DUCKMESH_TEST_DSN",
+    "DUCKMESH_URL",
+    "DUCKMESH_API_KEY",
+)
+
+
+def _check_env_names(env: Mapping[str, str]) -> None:
+    known = {env_name(field) for field in _PARSERS} | set(NON_CONFIG_ENV)
+    for name in sorted(env):
+        if name.startswith("DUCKMESH_") and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise ConfigError(f"{name}: unknown variable{hint}")
+
+
+def parse_flag(field: str, flag: str, raw: str) -> Any:
+    """A command-line flag's value through the setting's own parser (the error names the flag)."""
+    parsed = _PARSERS[field](flag, raw)
+    return Path(parsed) if field == "data_dir" else parsed
+
+
+def _check_faults(config: Config) -> None:
+    """Parse the fault spec now, so a bad one is one line at start, not a traceback later."""
+    from duckmesh.supervisors.faults import FaultPoints
+
+    try:
+        FaultPoints.from_spec(config.faults, enabled=config.enable_faults)
+    except ValueError as exc:
+        raise ConfigError(f"DUCKMESH_FAULTS={config.faults!r}: {exc}") from None
+
+
+def to_toml(values: Mapping[str, Any]) -> str:
+    """Flat ``key = value`` TOML for ``config show`` (str, int and bool values)."""
+    lines = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, int):
+            text = str(value)
+        else:
+            # A JSON string is a TOML basic string, except DEL which TOML wants escaped.
+            text = json.dumps(str(value), ensure_ascii=False).replace("\x7f", "\\u007f")
+        lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
+
+
 def redact_dsn(dsn: str) -> str:
     """Hide a password in a libpq URI or key/value DSN."""
     if "://" in dsn and "@" in dsn:
@@ -287,6 +341,7 @@ def load_config(
 ) -> Config:
     """Build the configuration: defaults < TOML file < environment < overrides."""
     env = os.environ if environ is None else environ
+    _check_env_names(env)
     raw: dict[str, tuple[str, str]] = {}  # field -> (source name, raw text)
     file_name = env.get("DUCKMESH_CONFIG_FILE", "")
     if file_name:
@@ -317,6 +372,7 @@ def load_config(
             "DUCKMESH_CONSISTENCY_TIMEOUT_MS exceeds DUCKMESH_MAX_CONSISTENCY_TIMEOUT_MS"
         )
     _check_tls(config)
+    _check_faults(config)
     if config.unsafe_break and not config.enable_faults:
         raise ConfigError(
             f"DUCKMESH_UNSAFE_BREAK={config.unsafe_break!r} breaks a consistency guarantee"

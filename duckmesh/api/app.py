@@ -82,7 +82,16 @@ async def _http_error(exc: HTTPException) -> Response:
     code = _code_for_status(exc.code or 500)
     # A 500 wraps an unexpected exception: its text stays in the server log.
     message = "internal error" if code == "INTERNAL" else exc.description or exc.name
-    return error_response(DuckMeshError(code, message))
+    context: dict[str, object] = {}
+    if exc.code in (404, 405):
+        # Routing misses say what was asked, not the framework's generic text.
+        context = {"method": request.method, "path": request.path}
+        message = f"no route {request.method} {request.path}"
+        allowed = sorted(set(getattr(exc, "valid_methods", None) or ()) - {"HEAD", "OPTIONS"})
+        if exc.code == 405 and allowed:
+            message = f"{request.method} is not allowed on {request.path}"
+            context["allowed_methods"] = allowed
+    return error_response(DuckMeshError(code, message, **context))
 
 
 def _code_for_status(status: int) -> ErrorCode:

@@ -31,6 +31,7 @@ def _fields(*names: str) -> Summary:
 SUMMARIES: dict[str, Summary] = {
     "TenantCreated": _fields("tenant_id", "name"),
     "TenantDisabled": _fields("tenant_id"),
+    "TenantEnabled": _fields("tenant_id"),
     "ApiKeyIssued": _fields("key_id", "roles"),  # never key_hash
     "ApiKeyRevoked": _fields("key_id"),
     "TableCreated": _fields("table_id", "name", "columns", "primary_key", "compatibility"),

@@ -46,6 +46,7 @@ from duckmesh.events.types import (
     TableSchemaEvolved,
     TenantCreated,
     TenantDisabled,
+    TenantEnabled,
 )
 
 Conn = psycopg.Connection[Any]
@@ -163,6 +164,19 @@ def disable_tenant(conn: Conn, tenant_id: str, **meta: Any) -> None:
         tenant_stream(tenant_id),
         version,
         [TenantDisabled(tenant_id)],
+        tenant_id=tenant_id,
+        metadata=meta,
+    )
+
+
+def enable_tenant(conn: Conn, tenant_id: str, **meta: Any) -> None:
+    """Re-activate a disabled tenant (``duckmesh tenants enable``)."""
+    version = _require_tenant(conn, tenant_id)
+    append(
+        conn,
+        tenant_stream(tenant_id),
+        version,
+        [TenantEnabled(tenant_id)],
         tenant_id=tenant_id,
         metadata=meta,
     )

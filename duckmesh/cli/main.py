@@ -9,6 +9,7 @@ directory (adopting it when a running server already started it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -17,10 +18,11 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from duckmesh.catalog.model import ROLES as KEY_ROLES
 from duckmesh.cli import load
-from duckmesh.config import Config, ConfigError, load_config
+from duckmesh.config import Config, ConfigError, load_config, parse_flag, to_toml
 
 if TYPE_CHECKING:
     from duckmesh.db import Conn
@@ -32,8 +34,25 @@ def _runtime(config: Config) -> Any:
     return build_runtime(config)
 
 
+class NoCatalog(Exception):
+    """The data directory holds no catalog (and no ``DUCKMESH_CATALOG_DSN`` is set)."""
+
+
+def _require_catalog(config: Config) -> None:
+    """Only ``serve`` creates a data directory: every other command refuses one
+    without a catalog instead of creating an empty one somewhere unexpected."""
+    from duckmesh.files import POSTGRES_DIR
+
+    if not config.catalog_dsn and not (config.data_dir / POSTGRES_DIR).is_dir():
+        raise NoCatalog(
+            f"no DuckMesh catalog in data directory {str(config.data_dir.resolve())!r}"
+            " (use --data-dir or DUCKMESH_DATA_DIR, or set DUCKMESH_CATALOG_DSN)"
+        )
+
+
 def _on_catalog(config: Config, body: Callable[[Conn], int]) -> int:
     """Run a command's ``body`` on one pooled catalog connection (autocommit)."""
+    _require_catalog(config)
     rt = _runtime(config)
     try:
         result: int = rt.db.call(body, transaction=False)
@@ -93,6 +112,7 @@ def _serve_root(config: Config, *, group: bool) -> int:
     try:
         with open_listener(config.http_host, config.http_port) as listener:
             warn_if_root(config.data_dir)  # after the refusals: those are one line
+            _log_data_dir(config)
             rt = build_runtime(config, owner=lock is not None)
             try:
                 migrate_and_bootstrap(rt)
@@ -104,6 +124,23 @@ def _serve_root(config: Config, *, group: bool) -> int:
     finally:
         if lock is not None:
             lock.release()
+
+
+def _log_data_dir(config: Config) -> None:
+    """Say which data directory is in use, and when a new catalog is created in it."""
+    import structlog
+
+    from duckmesh.files import POSTGRES_DIR
+
+    path = str(config.data_dir.resolve())
+    if config.catalog_dsn:
+        structlog.get_logger("duckmesh").info("data_directory", path=path, catalog="external")
+    elif (config.data_dir / POSTGRES_DIR).is_dir():
+        structlog.get_logger("duckmesh").info("data_directory", path=path, catalog="existing")
+    else:
+        structlog.get_logger("duckmesh").warning(
+            "data_directory", path=path, catalog="new", message="creating a new catalog here"
+        )
 
 
 def _serve_group_child(config: Config) -> int:
@@ -212,6 +249,33 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
     return _on_catalog(config, body)
 
 
+def _print_rows(args: argparse.Namespace, columns: list[str], rows: list[list[Any]]) -> None:
+    """A list command's rows: JSON objects with ``--json``, else a table with a header."""
+    if args.json:
+        objects = [dict(zip(columns, row, strict=True)) for row in rows]
+        print(
+            json.dumps(
+                objects, default=lambda v: v.isoformat() if hasattr(v, "isoformat") else str(v)
+            )
+        )
+        return
+    cells = [[_cell(v) for v in row] for row in [[c.upper() for c in columns], *rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(value)
+    if hasattr(value, "strftime"):
+        return str(value.strftime("%Y-%m-%d %H:%M:%S"))
+    return "-" if value is None else str(value)
+
+
+_TENANT_ACTIONS = {"disable": "disable_tenant", "enable": "enable_tenant"}
+
+
 def cmd_tenants(args: argparse.Namespace, config: Config) -> int:
     from duckmesh.catalog import commands
 
@@ -220,15 +284,14 @@ def cmd_tenants(args: argparse.Namespace, config: Config) -> int:
             with conn.transaction():
                 commands.create_tenant(conn, args.tenant, args.name, actor="cli")
             print(f"created tenant {args.tenant}")
-        elif args.action == "disable":
+        elif args.action in _TENANT_ACTIONS:
             with conn.transaction():
-                commands.disable_tenant(conn, args.tenant, actor="cli")
-            print(f"disabled tenant {args.tenant}")
+                getattr(commands, _TENANT_ACTIONS[args.action])(conn, args.tenant, actor="cli")
+            print(f"{args.action}d tenant {args.tenant}")
         else:
-            for row in conn.execute(
-                "SELECT tenant_id, name, status, created_at FROM tenant ORDER BY 1"
-            ):
-                print(f"{row[0]:<24} {row[1]:<24} {row[2]:<9} {row[3]:%Y-%m-%d %H:%M:%S}")
+            query = "SELECT tenant_id, name, status, created_at FROM tenant ORDER BY 1"
+            rows = [list(row) for row in conn.execute(query)]
+            _print_rows(args, ["tenant_id", "name", "status", "created_at"], rows)
         return 0
 
     return _on_catalog(config, body)
@@ -252,9 +315,11 @@ def cmd_keys(args: argparse.Namespace, config: Config) -> int:
                 + (" WHERE tenant_id = %s" if args.tenant else "")
                 + " ORDER BY 2, 4"
             )
-            for row in conn.execute(query, (args.tenant,) if args.tenant else ()):
-                state = "revoked" if row[4] else "active"
-                print(f"{row[0]}  {row[1]:<20} {','.join(row[2]):<55} {state}")
+            rows = [
+                [*row[:4], "revoked" if row[4] else "active"]
+                for row in conn.execute(query, (args.tenant,) if args.tenant else ())
+            ]
+            _print_rows(args, ["key_id", "tenant_id", "roles", "created_at", "state"], rows)
         return 0
 
     return _on_catalog(config, body)
@@ -368,42 +433,156 @@ def cmd_scenario(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_config(args: argparse.Namespace, config: Config) -> int:
-    for key, value in config.redacted().items():
-        print(f"{key} = {value!r}")
+    values = config.redacted()
+    print(
+        json.dumps(values, indent=2) if args.json else to_toml(values),
+        end="\n" if args.json else "",
+    )
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line (and exit status 2), like configuration errors."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _roles(text: str) -> list[str]:
+    """``--role a,b`` is the same as ``--role a --role b``."""
+    return [role.strip() for role in text.split(",") if role.strip()]
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value < 365 * 86400:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+_KEY_ROLES_HELP = (
+    "roles: ingest_writer (ingest records), query_reader (queries, snapshots, reading tables),"
+    "\n       table_admin (creating and changing tables), ops_admin (maintenance, audit, lag)"
+)
+
+
+def _command(sub: Any, name: str, summary: str, epilog: str = "") -> argparse.ArgumentParser:
+    command: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=epilog or None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return command
+
+
+def _add_data_dir(command: argparse.ArgumentParser) -> None:
+    """``--data-dir`` on every subcommand (also on those registered by other modules)."""
+    with contextlib.suppress(argparse.ArgumentError):  # the command defines it itself
+        command.add_argument(
+            "--data-dir",
+            help="data directory (embedded catalog and Parquet files);"
+            " default DUCKMESH_DATA_DIR or ./duckmesh-data",
+        )
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="duckmesh", description="DuckMesh: fresh analytics plane")
-    sub = p.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the API and background actors")
+    from duckmesh import __version__
+
+    p = _Parser(prog="duckmesh", description="DuckMesh: fresh analytics plane")
+    p.add_argument("--version", action="version", version=f"duckmesh {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    serve = _command(
+        sub,
+        "serve",
+        "run the API and background actors",
+        "example: duckmesh serve --data-dir /var/lib/duckmesh --port 8080",
+    )
     serve.add_argument("--role", choices=["all", "api", "coordinator", "maintenance"])
-    migrate = sub.add_parser("migrate", help="catalog migrations")
+    serve.add_argument("--host", help="address to bind (DUCKMESH_HTTP_HOST)")
+    serve.add_argument("--port", help="port to bind (DUCKMESH_HTTP_PORT)")
+    migrate = _command(
+        sub,
+        "migrate",
+        "apply, revert or list catalog migrations",
+        "example: duckmesh migrate status",
+    )
     migrate.add_argument("action", choices=["up", "down", "status"])
     migrate.add_argument("--steps", type=int, default=1)
-    replay = sub.add_parser("replay", help="rebuild projections from the event log")
+    replay = _command(
+        sub,
+        "replay",
+        "verify or rebuild projections from the event log",
+        "example: duckmesh replay verify",
+    )
     replay.add_argument("action", choices=["verify", "rebuild"])
-    tenants = sub.add_parser("tenants", help="manage tenants")
-    tenants.add_argument("action", choices=["create", "list", "disable"])
+    tenants = _command(
+        sub,
+        "tenants",
+        "create, list, disable or enable tenants",
+        "example: duckmesh tenants create acme --name 'Acme Corp'",
+    )
+    tenants.add_argument("action", choices=["create", "list", "disable", "enable"])
     tenants.add_argument("tenant", nargs="?")
     tenants.add_argument("--name")
-    keys = sub.add_parser("keys", help="manage API keys")
+    tenants.add_argument("--json", action="store_true", help="list as JSON")
+    keys = _command(
+        sub,
+        "keys",
+        "create, list or revoke API keys",
+        f"{_KEY_ROLES_HELP}\nexample: duckmesh keys create --tenant acme"
+        " --role ingest_writer,query_reader\n(also the way to get a new key"
+        " when the first one is lost)",
+    )
     keys.add_argument("action", choices=["create", "list", "revoke"])
     keys.add_argument("key_id", nargs="?")
     keys.add_argument("--tenant")
-    keys.add_argument("--role", action="append", default=[])
-    sub.add_parser("status", help="show a running server's readiness and actors")
-    bench = sub.add_parser("bench", help="run named load scenarios and print one table")
+    keys.add_argument(
+        "--role",
+        action="extend",
+        type=_roles,
+        default=[],
+        help=f"comma-separated or repeated; one of {', '.join(KEY_ROLES)}",
+    )
+    keys.add_argument("--json", action="store_true", help="list as JSON")
+    _command(
+        sub, "status", "show a running server's readiness and actors", "example: duckmesh status"
+    )
+    bench = _command(
+        sub,
+        "bench",
+        "run named load scenarios and print one table",
+        "example: duckmesh bench steady --seconds 10",
+    )
     bench.add_argument("scenario", nargs="*", help="steady, burst, many-tenants, big-batches")
-    bench.add_argument("--seconds", type=float, help="override each scenario's duration")
-    scenario = sub.add_parser("scenario", help="rerun a recorded property-based scenario")
+    bench.add_argument(
+        "--seconds", type=_positive_seconds, help="override each scenario's duration"
+    )
+    scenario = _command(
+        sub,
+        "scenario",
+        "rerun a recorded property-based scenario",
+        "example: duckmesh scenario replay reports/scenario-failure.json",
+    )
     scenario.add_argument("action", choices=["replay"])
     scenario.add_argument("file", help="a recording, e.g. reports/scenario-failure.json")
     scenario.add_argument("--keep", action="store_true", help="keep logs and data afterwards")
     scenario.add_argument("--workdir", help="directory for logs and data (kept)")
-    config = sub.add_parser("config", help="configuration")
+    config = _command(
+        sub,
+        "config",
+        "show the effective configuration (secrets redacted)",
+        "example: duckmesh config show --json",
+    )
     config.add_argument("action", choices=["show"])
+    config.add_argument("--json", action="store_true", help="JSON instead of TOML")
     load.add_parser(sub)
+    for command in sub.choices.values():
+        _add_data_dir(command)
     return p
 
 
@@ -421,19 +600,35 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if args.command == "tenants" and args.action in ("create", "disable") and not args.tenant:
-        parser().error("tenants create|disable needs a tenant id")
+_FLAGS = (("data_dir", "--data-dir"), ("http_host", "--host"), ("http_port", "--port"))
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings given as flags, through the same parsers as the variables."""
+    overrides: dict[str, Any] = {}
+    if args.command == "serve" and args.role:
+        overrides["role"] = args.role
+    for field, flag in _FLAGS:
+        raw = getattr(args, flag.removeprefix("--").replace("-", "_"), None)
+        if raw is not None:
+            overrides[field] = parse_flag(field, flag, raw)
+    return overrides
+
+
+def _check_usage(args: argparse.Namespace) -> None:
+    if args.command == "tenants" and args.action != "list" and not args.tenant:
+        parser().error(f"tenants {args.action} needs a tenant id")
     if args.command == "keys" and args.action == "create" and not (args.tenant and args.role):
         parser().error("keys create needs --tenant and at least one --role")
     if args.command == "keys" and args.action == "revoke" and not args.key_id:
         parser().error("keys revoke needs a key id")
-    overrides = (
-        {"role": args.role} if getattr(args, "role", None) and args.command == "serve" else {}
-    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    _check_usage(args)
     try:
-        config = load_config(overrides=overrides)
+        config = load_config(overrides=_flag_overrides(args))
     except ConfigError as exc:
         print(f"duckmesh: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -444,6 +639,9 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)
     try:
         return COMMANDS[args.command](args, config)
+    except NoCatalog as exc:
+        print(f"duckmesh: {exc}", file=sys.stderr)
+        return 2
     except DuckMeshError as exc:
         print(f"duckmesh: {exc.error_code}: {exc.message}", file=sys.stderr)
         return 1

@@ -43,6 +43,14 @@ class TenantDisabled(Event):
 
 
 @attrs.frozen
+class TenantEnabled(Event):
+    """A disabled tenant is active again (its keys authenticate again)."""
+
+    event_type = "TenantEnabled"
+    tenant_id: str
+
+
+@attrs.frozen
 class ApiKeyIssued(Event):
     event_type = "ApiKeyIssued"
     key_id: str
@@ -160,6 +168,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     for cls in (
         TenantCreated,
         TenantDisabled,
+        TenantEnabled,
         ApiKeyIssued,
         ApiKeyRevoked,
         TableCreated,

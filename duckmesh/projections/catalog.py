@@ -30,6 +30,7 @@ from duckmesh.events.types import (
     TableSchemaEvolved,
     TenantCreated,
     TenantDisabled,
+    TenantEnabled,
 )
 
 Conn = psycopg.Connection[Any]
@@ -58,6 +59,10 @@ def _tenant_created(conn: Conn, rec: RecordedEvent, ev: TenantCreated) -> None:
 
 def _tenant_disabled(conn: Conn, rec: RecordedEvent, ev: TenantDisabled) -> None:
     conn.execute("UPDATE tenant SET status = 'disabled' WHERE tenant_id = %s", (ev.tenant_id,))
+
+
+def _tenant_enabled(conn: Conn, rec: RecordedEvent, ev: TenantEnabled) -> None:
+    conn.execute("UPDATE tenant SET status = 'active' WHERE tenant_id = %s", (ev.tenant_id,))
 
 
 def _key_issued(conn: Conn, rec: RecordedEvent, ev: ApiKeyIssued) -> None:
@@ -211,6 +216,7 @@ def _maintenance(conn: Conn, rec: RecordedEvent, ev: MaintenanceCompleted) -> No
 _PROJECTORS: dict[type[Event], Projector] = {
     TenantCreated: _tenant_created,
     TenantDisabled: _tenant_disabled,
+    TenantEnabled: _tenant_enabled,
     ApiKeyIssued: _key_issued,
     ApiKeyRevoked: _key_revoked,
     TableCreated: _table_created,

@@ -143,6 +143,10 @@ async def test_unknown_route_is_404_with_error_body(server: LiveServer) -> None:
             assert_error(await server.client.get(path), 404, "NOT_FOUND")
             assert_error(await anon.get(path), 404, "NOT_FOUND")
             assert_error(await anon.post(path, json={}), 404, "NOT_FOUND")
+    # The message names the request, not the framework's generic text.
+    body = assert_error(await server.client.get("/v1/snapshots/abc"), 404, "NOT_FOUND")
+    assert body["message"] == "no route GET /v1/snapshots/abc"
+    assert body["context"] == {"method": "GET", "path": "/v1/snapshots/abc"}
 
 
 async def test_wrong_method_has_the_error_body(server: LiveServer) -> None:
@@ -154,7 +158,9 @@ async def test_wrong_method_has_the_error_body(server: LiveServer) -> None:
         ("GET", "/v1/ingest/x"),
         ("GET", "/v1/snapshots/pin"),
     ]:
-        assert_error(await server.client.request(method, path), 400, "BAD_REQUEST")
+        body = assert_error(await server.client.request(method, path), 400, "BAD_REQUEST")
+        assert body["message"] == f"{method} is not allowed on {path}"
+        assert body["context"]["allowed_methods"], body
 
 
 # -- unexpected failures -----------------------------------------------------------

@@ -53,8 +53,8 @@ def test_config_show_redacts_the_bootstrap_key_and_a_uri_password(
     assert err == ""
     assert SECRET_KEY not in out
     assert "hunter2pw" not in out
-    assert "bootstrap_api_key = '<redacted>'" in out
-    assert "catalog_dsn = 'postgresql://duck:***@db.example:5432/cat'" in out
+    assert 'bootstrap_api_key = "<redacted>"' in out
+    assert 'catalog_dsn = "postgresql://duck:***@db.example:5432/cat"' in out
     assert "http_port = 9090" in out
 
 
@@ -65,7 +65,7 @@ def test_config_show_redacts_a_key_value_dsn_password(
     code, out, _ = run(capsys, "config", "show")
     assert code == 0
     assert "hunter2pw" not in out
-    assert "catalog_dsn = 'host=db dbname=cat user=duck password=***'" in out
+    assert 'catalog_dsn = "host=db dbname=cat user=duck password=***"' in out
 
 
 def test_config_show_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
@@ -75,7 +75,7 @@ def test_config_show_lists_every_setting(capsys: pytest.CaptureFixture[str]) -> 
     assert "data_dir" in keys
     assert "bootstrap_api_key" in keys
     assert len(keys) == len(set(keys)) > 20
-    assert "bootstrap_api_key = ''" in out  # nothing to hide
+    assert 'bootstrap_api_key = ""' in out  # nothing to hide
 
 
 @pytest.mark.parametrize(
@@ -160,7 +160,7 @@ def test_migrate_status_down_up_round_trip(capsys: pytest.CaptureFixture[str], d
     assert run(capsys, "tenants", "create", "acme")[0] == 0
     code, out, _ = run(capsys, "tenants", "list")
     assert code == 0
-    assert out.startswith("acme")
+    assert out.splitlines()[1].startswith("acme")
     assert run(capsys, "replay", "verify")[0] == 0
 
 
@@ -186,7 +186,9 @@ def test_tenants_create_list_disable(capsys: pytest.CaptureFixture[str]) -> None
 
     code, out, _ = run(capsys, "tenants", "list")
     assert code == 0
-    rows = [line.split() for line in out.splitlines()]
+    header, *lines = out.splitlines()
+    assert header.split() == ["TENANT_ID", "NAME", "STATUS", "CREATED_AT"]
+    rows = [line.split() for line in lines]
     assert [(r[0], r[1], r[2]) for r in rows] == [
         ("acme", "Acme", "active"),
         ("globex", "globex", "active"),
@@ -195,7 +197,7 @@ def test_tenants_create_list_disable(capsys: pytest.CaptureFixture[str]) -> None
     code, out, _ = run(capsys, "tenants", "disable", "acme")
     assert (code, out.strip()) == (0, "disabled tenant acme")
     _, out, _ = run(capsys, "tenants", "list")
-    assert out.splitlines()[0].split()[2] == "disabled"
+    assert out.splitlines()[1].split()[2] == "disabled"
 
 
 @pytest.mark.usefixtures("catalog")
@@ -238,12 +240,14 @@ def test_keys_create_list_revoke(capsys: pytest.CaptureFixture[str], dsn: str) -
     code, out, _ = run(capsys, "keys", "list")
     assert code == 0
     assert plaintext not in out  # shown once, by create, never again
-    (row,) = out.splitlines()
-    assert row.split() == [key_id, "acme", "ingest_writer,query_reader", "active"]
+    header, row = out.splitlines()
+    assert header.split() == ["KEY_ID", "TENANT_ID", "ROLES", "CREATED_AT", "STATE"]
+    cells = row.split()
+    assert cells[:3] + cells[-1:] == [key_id, "acme", "ingest_writer,query_reader", "active"]
     code, out, _ = run(capsys, "keys", "list", "--tenant", "acme")
-    assert out.split()[0] == key_id
+    assert out.splitlines()[1].split()[0] == key_id
     code, out, _ = run(capsys, "keys", "list", "--tenant", "other")
-    assert (code, out) == (0, "")
+    assert (code, out.splitlines()[1:]) == (0, [])
 
     code, out, _ = run(capsys, "keys", "revoke", key_id)
     assert (code, out.strip()) == (0, f"revoked {key_id}")
