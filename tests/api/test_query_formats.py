@@ -13,9 +13,10 @@ import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import trio
 
-from tests.api.helpers import assert_error
-from tests.fixtures import LiveServer
+from tests.api.helpers import assert_error, eventually
+from tests.fixtures import LiveServer, StartApp
 
 ARROW = "application/vnd.apache.arrow.stream"
 PARQUET = "application/vnd.apache.parquet"
@@ -24,9 +25,7 @@ CSV = "text/csv"
 
 
 async def ask(srv: LiveServer, sql: str, accept: str, **kw: Any) -> httpx.Response:
-    return await srv.client.post(
-        "/v1/query", json={"sql": sql, **kw}, headers={"Accept": accept}
-    )
+    return await srv.client.post("/v1/query", json={"sql": sql, **kw}, headers={"Accept": accept})
 
 
 @pytest.fixture
@@ -174,8 +173,46 @@ async def test_unknown_accept_is_406_and_json_stays_the_default(server: LiveServ
 
 @pytest.mark.parametrize("accept", [ARROW, CSV, NDJSON, PARQUET])
 async def test_the_sandbox_applies_in_every_format(server: LiveServer, accept: str) -> None:
-    assert_error(await ask(server, "SELECT * FROM read_csv('/etc/passwd')", accept), 400, "SQL_REJECTED")
+    outside = "SELECT * FROM read_csv('/etc/passwd')"
+    assert_error(await ask(server, outside, accept), 400, "SQL_REJECTED")
     assert_error(await ask(server, "DROP TABLE x", accept), 400, "SQL_REJECTED")
     assert_error(await ask(server, "SELECT * FROM nowhere", accept), 400, "SQL_ERROR")
     r = await ask(server, "SELECT ?::INTEGER + 1 AS a", accept, params=[41])
     assert r.status_code == 200, r.text
+
+
+async def test_a_stream_holds_its_slots_until_the_client_goes_away(
+    start_app: StartApp,
+) -> None:
+    """A result larger than the read-ahead: while the client has read only the
+    headers the query holds its tenant slot (a second query waits); when the
+    client closes the response the worker stops and the slots come back."""
+    srv = await start_app(tenant_query_concurrency=1, query_row_limit=1_000_000)
+    slots = srv.rt.queries._tenant_slots("default")
+    big = "SELECT i, repeat('x', 200) AS pad FROM range(1000000) t(i)"
+    async with srv.client.stream(
+        "POST", "/v1/query", json={"sql": big}, headers={"Accept": ARROW}
+    ) as r:
+        assert r.status_code == 200
+        assert r.headers["DuckMesh-Truncated"] == "unknown"  # past the read-ahead
+        assert slots.statistics().borrowed_tokens == 1
+
+        async def second() -> None:
+            answer = await srv.query("SELECT 1 AS a")
+            assert answer.json()["rows"] == [[1]]
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(second)
+
+            async def queued() -> bool:
+                return slots.statistics().tasks_waiting == 1
+
+            await eventually(queued)
+            assert slots.statistics().borrowed_tokens == 1
+            await r.aclose()  # the client goes away mid-stream
+    # the nursery ended: the second query got the slot and answered
+
+    async def free() -> bool:
+        return slots.statistics().borrowed_tokens == 0
+
+    await eventually(free, timeout=10)
