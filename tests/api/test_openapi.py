@@ -476,7 +476,7 @@ async def test_real_responses_match_the_schemas(doc: dict[str, Any], server: Liv
     assert_error(r, 404, "SNAPSHOT_NOT_FOUND")
     check_response(doc, "/v1/snapshots/pin", "post", r)
 
-    for path in ("/v1/lag", "/v1/health", "/v1/ready"):
+    for path in ("/v1/lag", "/v1/health", "/v1/ready", "/v1/ui/schema"):
         r = await c.get(path)
         assert r.status_code == 200, r.text
         check_response(doc, path, "get", r)

@@ -216,3 +216,54 @@ async def test_a_stream_holds_its_slots_until_the_client_goes_away(
         return slots.statistics().borrowed_tokens == 0
 
     await eventually(free, timeout=10)
+
+
+async def test_ui_schema_describes_the_latest_snapshot(server: LiveServer) -> None:
+    r = await server.client.get("/v1/ui/schema")
+    assert r.status_code == 200, r.text
+    assert r.json() == {
+        "snapshot_id": None,
+        "snapshot_time": None,
+        "max_visibility_token": 0,
+        "tables": [],
+    }
+    await server.create_table(
+        {
+            "name": "events",
+            "columns": [{"name": "n", "type": "BIGINT"}, {"name": "at", "type": "TIMESTAMPTZ"}],
+            "partition_by": {"event_time": "day"},
+        }
+    )
+    await server.create_table(
+        {"name": "users", "columns": [{"name": "id", "type": "INTEGER"}], "primary_key": ["id"]}
+    )
+    r = await server.ingest(
+        "events",
+        [
+            {"idempotency_key": f"e{i}", "payload": {"n": i, "at": "2026-01-01T00:00:00Z"}}
+            for i in range(7)
+        ],
+        wait_for_visibility=True,
+    )
+    for i in range(2):  # two commits: two stored versions of one key
+        r = await server.ingest(
+            "users",
+            [{"idempotency_key": f"u{i}", "op": "upsert", "payload": {"id": 1}}],
+            wait_for_visibility=True,
+        )
+    token = r.json()["max_visibility_token"]
+    body = (await server.client.get("/v1/ui/schema")).json()
+    assert body["max_visibility_token"] >= token
+    events, users = body["tables"]
+    assert events["name"] == "events"
+    assert [c["name"] for c in events["columns"]] == ["n", "at"]
+    assert events["columns"][1]["type"] == "TIMESTAMPTZ"
+    assert events["partition_by"] == {"event_time": "day"}
+    assert (events["row_count"], events["stored_records"]) == (7, 7)
+    assert events["files"] >= 1
+    assert events["size_bytes"] > 0
+    assert users["primary_key"] == ["id"]
+    assert users["row_count"] is None
+    assert users["stored_records"] == 2
+    r = await server.query("SELECT count(*) FROM events", min_visibility_token=token)
+    assert r.json()["rows"] == [[events["row_count"]]]
