@@ -103,6 +103,8 @@ class QuerySettings:
     tenant_concurrency: int = 4
     tenant_queue: int = 16
     tenant_rate: int = 0  # queries per second per tenant; 0 = unlimited
+    # Streamed results: bytes read before the headers leave (exact truncation header).
+    stream_readahead_bytes: int = 8 * 1024 * 1024
     # TEST ONLY (DUCKMESH_UNSAFE_BREAK=skip_barrier): answer without waiting for
     # the token, so the scenario runner can prove it notices (see barrier.py).
     unsafe_skip_barrier: bool = False
@@ -417,14 +419,16 @@ class QueryService:
         The query holds its slots until the chunks end or are abandoned."""
         started = time.perf_counter()
         limits = self._guarded_limits(tenant, req.row_limit)
+        readahead = self.settings.stream_readahead_bytes
         with self._admitted(tenant) as slots:
             snap = await self.resolve(tenant, req)
 
             async def start(
                 database: SnapshotDatabase, snapshot_id: int
             ) -> tuple[StreamHead, AsyncIterator[bytes]]:
-                def work(emit: Callable[[object], None]) -> None:
-                    produce(database, req.sql, req.params, limits, snapshot_id, media, emit)
+                work = functools.partial(
+                    produce, database, req.sql, req.params, limits, snapshot_id, media, readahead
+                )
 
                 slots_held = await self._acquire(slots)  # start_stream owns them from here
                 return await start_stream(slots_held, work, limits.timeout_s + ANSWER_GRACE_S)

@@ -8,10 +8,13 @@ DuckDB, and hands encoded chunks to ``emit``, which blocks while the
 consumer's bounded channel is full.
 
 Truncation (more rows than ``row_limit``) goes in a response header, so it
-must be known before the first byte: up to ``max_result_bytes`` of batches
-are read ahead. When the result within the row limit fits, the header says
-exactly ``true`` or ``false``; otherwise it says ``unknown`` and the stream
-simply ends after ``row_limit`` rows.
+must be known before the first byte: up to ``readahead_bytes`` of batches
+(``DUCKMESH_QUERY_STREAM_READAHEAD_MB``) are read ahead. When the result
+within the row limit fits, the header says exactly ``true`` or ``false``;
+otherwise it says ``unknown`` and the stream simply ends after ``row_limit``
+rows. A larger read-ahead makes the header exact for larger results; a
+smaller one lets the client start reading sooner (DuckDB and the network
+then overlap).
 """
 
 from __future__ import annotations
@@ -71,6 +74,7 @@ def produce(
     limits: QueryLimits,
     snapshot_id: int,
     media: str,
+    readahead_bytes: int,
     emit: Emit,
 ) -> None:
     """Run the query and ``emit`` a ``StreamHead``, then ``bytes`` chunks (in a thread)."""
@@ -86,7 +90,7 @@ def produce(
         for batch in batches:
             ahead.append(batch)
             held += batch.nbytes
-            if held > limits.max_result_bytes:
+            if held > readahead_bytes:
                 break
         emit(
             StreamHead(
