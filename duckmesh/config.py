@@ -152,6 +152,7 @@ class Config:
     consistency_timeout_ms: int = 5_000
     max_consistency_timeout_ms: int = 60_000
     snapshot_cache_size: int = 8
+    query_stream_readahead_mb: int = 8  # streamed results: read ahead before the headers
     # maintenance
     maintenance_interval_ms: int = 60_000
     compaction_interval_ms: int = 5_000
@@ -224,6 +225,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "consistency_timeout_ms": _int(0, 3_600_000),
     "max_consistency_timeout_ms": _int(0, 3_600_000),
     "snapshot_cache_size": _int(1, 100_000),
+    "query_stream_readahead_mb": _int(0, 1024),
     "maintenance_interval_ms": _int(100, 86_400_000),
     "compaction_interval_ms": _int(100, 86_400_000),
     "compaction_min_files": _int(2, 100_000),

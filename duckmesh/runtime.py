@@ -127,6 +127,7 @@ def build_runtime(
             tenant_concurrency=config.tenant_query_concurrency,
             tenant_queue=config.tenant_query_queue,
             tenant_rate=config.tenant_query_rate,
+            stream_readahead_bytes=config.query_stream_readahead_mb * 1024 * 1024,
             unsafe_skip_barrier=config.unsafe_break == "skip_barrier",
         ),
     )

@@ -29,10 +29,11 @@ What it guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -307,6 +308,33 @@ class SnapshotDatabase:
     ) -> QueryResult:
         """Run one sandboxed SELECT on a snapshot (the only one when not given)."""
         started = time.perf_counter()
+        with self.running(sql, params, limits, snapshot_id) as (cursor, referenced):
+            columns, rows, truncated = self._fetch(cursor, limits)
+        return QueryResult(
+            columns=columns,
+            rows=rows,
+            truncated=truncated,
+            scanned_files=sum(len(binding.files) for binding in referenced),
+            scanned_bytes=sum(binding.total_bytes for binding in referenced),
+            duration_ms=(time.perf_counter() - started) * 1000.0,
+        )
+
+    @contextlib.contextmanager
+    def running(
+        self,
+        sql: str,
+        params: Sequence[object] | None,
+        limits: QueryLimits,
+        snapshot_id: int | None = None,
+        *,
+        execute: bool = True,
+    ) -> Iterator[tuple[duckdb.DuckDBPyConnection, list[TableBinding]]]:
+        """Check and start one sandboxed SELECT; yields its cursor (ready to
+        fetch from) and the tables it reads; with ``execute=False`` the caller
+        runs the (checked) statement itself, e.g. as an Arrow reader. Every
+        result format goes through here: the checker, the deadline (armed
+        until the block ends, so it covers fetching too) and the error mapping
+        are the same for all."""
         if snapshot_id is None:
             if len(self._snapshots) != 1:
                 raise ValueError("name the snapshot: this database holds several")
@@ -327,11 +355,13 @@ class SnapshotDatabase:
             cursor.execute(f"USE {self._schema(snapshot_id)}")
             analysis = analyze(cursor, sql, limits.max_sql_bytes)
             referenced = self._referenced(analysis, tables)
-            if params is None:
+            if not execute:
+                cursor.complete()  # the checker's own statement must end first
+            elif params is None:
                 cursor.execute(sql)
             else:
                 cursor.execute(sql, list(params))
-            columns, rows, truncated = self._fetch(cursor, limits)
+            yield cursor, referenced
         except duckdb.Error as exc:
             timed_out = alarm.disarm()
             raise self._map_error(exc, timed_out=timed_out, limits=limits) from exc
@@ -342,14 +372,6 @@ class SnapshotDatabase:
         finally:
             alarm.disarm()
             self._release(cursor)
-        return QueryResult(
-            columns=columns,
-            rows=rows,
-            truncated=truncated,
-            scanned_files=sum(len(binding.files) for binding in referenced),
-            scanned_bytes=sum(binding.total_bytes for binding in referenced),
-            duration_ms=(time.perf_counter() - started) * 1000.0,
-        )
 
     def _referenced(
         self, analysis: SqlAnalysis, tables: dict[str, TableBinding]

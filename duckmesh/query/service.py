@@ -19,8 +19,8 @@ import datetime as dt
 import functools
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import attrs
 import trio
@@ -36,6 +36,7 @@ from duckmesh.ingest.limits import RateLimiter
 from duckmesh.lru import LRU, LRUStatistics
 from duckmesh.notify import Notifications
 from duckmesh.query._bindings import table_bindings
+from duckmesh.query._streaming import start_stream
 from duckmesh.query.barrier import wait_for_token
 from duckmesh.query.sandbox import (
     QueryLimits,
@@ -44,7 +45,10 @@ from duckmesh.query.sandbox import (
     SnapshotNotLoaded,
     TableBinding,
 )
+from duckmesh.query.stream import StreamHead, produce
 from duckmesh.storage.protocol import ObjectStore
+
+T = TypeVar("T")
 
 MAX_TENANT_DATABASES = 64
 # A query still running this long after its timeout is answered QUERY_TIMEOUT
@@ -99,6 +103,8 @@ class QuerySettings:
     tenant_concurrency: int = 4
     tenant_queue: int = 16
     tenant_rate: int = 0  # queries per second per tenant; 0 = unlimited
+    # Streamed results: bytes read before the headers leave (exact truncation header).
+    stream_readahead_bytes: int = 8 * 1024 * 1024
     # TEST ONLY (DUCKMESH_UNSAFE_BREAK=skip_barrier): answer without waiting for
     # the token, so the scenario runner can prove it notices (see barrier.py).
     unsafe_skip_barrier: bool = False
@@ -357,15 +363,14 @@ class QueryService:
             )
         return slots
 
-    async def execute(self, tenant: str, req: QueryRequest) -> dict[str, Any]:
-        started = time.perf_counter()
+    @contextlib.contextmanager
+    def _admitted(self, tenant: str) -> Iterator[trio.CapacityLimiter]:
+        """Admission (429s), the tenant's in-flight count and the error metric."""
         try:
-            limits = self._limits(req.row_limit)
             slots = self._admit(tenant)
             self._in_flight[tenant] = self._in_flight.get(tenant, 0) + 1
             try:
-                snap = await self.resolve(tenant, req)
-                result = await self._run(tenant, snap, req, limits, slots)
+                yield slots
             finally:
                 self._in_flight[tenant] -= 1
                 if not self._in_flight[tenant]:
@@ -373,18 +378,32 @@ class QueryService:
         except DuckMeshError as exc:
             metrics.QUERY_REQUESTS.labels(status=exc.error_code).inc()
             raise
-        elapsed = time.perf_counter() - started
+
+    @staticmethod
+    def _count_ok(elapsed: float, scanned_files: int, scanned_bytes: int) -> None:
         metrics.QUERY_REQUESTS.labels(status="ok").inc()
         metrics.QUERY_LATENCY.observe(elapsed)
-        metrics.QUERY_SCANNED_FILES.inc(result.scanned_files)
-        metrics.QUERY_SCANNED_BYTES.inc(result.scanned_bytes)
+        metrics.QUERY_SCANNED_FILES.inc(scanned_files)
+        metrics.QUERY_SCANNED_BYTES.inc(scanned_bytes)
+
+    async def execute(self, tenant: str, req: QueryRequest) -> dict[str, Any]:
+        started = time.perf_counter()
+        limits = self._guarded_limits(tenant, req.row_limit)
+        with self._admitted(tenant) as slots:
+            snap = await self.resolve(tenant, req)
+
+            async def start(database: SnapshotDatabase, snapshot_id: int) -> QueryResult:
+                work = functools.partial(database.execute, req.sql, req.params, limits, snapshot_id)
+                return await self._in_thread(slots, work, limits.timeout_s)
+
+            result = await self._run(tenant, snap, start)
+        elapsed = time.perf_counter() - started
+        self._count_ok(elapsed, result.scanned_files, result.scanned_bytes)
         return {
             "columns": [{"name": n, "type": t} for n, t in result.columns],
             "rows": result.rows,
             "truncated": result.truncated,
-            "snapshot_id": snap.snapshot_id if snap else None,
-            "snapshot_time": snap.created_at.isoformat() if snap else None,
-            "max_visibility_token": snap.max_visibility_token if snap else 0,
+            **_snapshot_fields(snap),
             "stats": {
                 "duration_ms": round(elapsed * 1000, 3),
                 "execution_ms": round(result.duration_ms, 3),
@@ -393,24 +412,61 @@ class QueryService:
             },
         }
 
+    async def stream(
+        self, tenant: str, req: QueryRequest, media: str
+    ) -> tuple[dict[str, Any], StreamHead, AsyncIterator[bytes]]:
+        """A result as ``media`` chunks: snapshot fields, the head, the chunks.
+        The query holds its slots until the chunks end or are abandoned."""
+        started = time.perf_counter()
+        limits = self._guarded_limits(tenant, req.row_limit)
+        readahead = self.settings.stream_readahead_bytes
+        with self._admitted(tenant) as slots:
+            snap = await self.resolve(tenant, req)
+
+            async def start(
+                database: SnapshotDatabase, snapshot_id: int
+            ) -> tuple[StreamHead, AsyncIterator[bytes]]:
+                work = functools.partial(
+                    produce, database, req.sql, req.params, limits, snapshot_id, media, readahead
+                )
+
+                slots_held = await self._acquire(slots)  # start_stream owns them from here
+                return await start_stream(slots_held, work, limits.timeout_s + ANSWER_GRACE_S)
+
+            head, chunks = await self._run(tenant, snap, start)
+        self._count_ok(time.perf_counter() - started, head.scanned_files, head.scanned_bytes)
+        return _snapshot_fields(snap), head, chunks
+
+    def _guarded_limits(self, tenant: str, row_limit: int | None) -> QueryLimits:
+        try:
+            return self._limits(row_limit)
+        except DuckMeshError as exc:
+            metrics.QUERY_REQUESTS.labels(status=exc.error_code).inc()
+            raise
+
+    async def _acquire(self, slots: trio.CapacityLimiter) -> contextlib.ExitStack:
+        """A tenant slot and a server slot, released when the stack closes."""
+        borrower = object()
+        with contextlib.ExitStack() as stack:
+            await slots.acquire_on_behalf_of(borrower)
+            stack.callback(slots.release_on_behalf_of, borrower)
+            await self._limiter.acquire_on_behalf_of(borrower)
+            stack.callback(self._limiter.release_on_behalf_of, borrower)
+            return stack.pop_all()
+        raise AssertionError("unreachable")  # pragma: no cover
+
     async def _run(
         self,
         tenant: str,
         snap: Snapshot | None,
-        req: QueryRequest,
-        limits: QueryLimits,
-        slots: trio.CapacityLimiter,
-    ) -> QueryResult:
+        start: Callable[[SnapshotDatabase, int], Awaitable[T]],
+    ) -> T:
         while True:
             if self._stopping:
                 raise DuckMeshError("NOT_READY", "the server is shutting down; retry elsewhere")
             try:
                 database, snapshot_id = await self._database(tenant, snap)
-                return await self._in_thread(
-                    slots,
-                    functools.partial(database.execute, req.sql, req.params, limits, snapshot_id),
-                    limits.timeout_s,
-                )
+                return await start(database, snapshot_id)
             except SnapshotNotLoaded:
                 continue  # evicted while loading or before the run: load it again
             except DuckMeshError as exc:
@@ -427,18 +483,12 @@ class QueryService:
         the thread ends, but answer QUERY_TIMEOUT at the deadline plus a grace
         even if DuckDB has not stopped yet (planning does not always see the
         interrupt): the slots stay taken, so abandoned work cannot pile up."""
-        borrower = object()
-        with contextlib.ExitStack() as stack:
-            await slots.acquire_on_behalf_of(borrower)
-            stack.callback(slots.release_on_behalf_of, borrower)
-            await self._limiter.acquire_on_behalf_of(borrower)
-            stack.callback(self._limiter.release_on_behalf_of, borrower)
-            handover = _Handover(stack.pop_all(), trio.lowlevel.current_trio_token())
-            try:
-                with trio.move_on_after(timeout_s + ANSWER_GRACE_S):
-                    return await trio.to_thread.run_sync(handover.run, work, abandon_on_cancel=True)
-            finally:
-                handover.abandon()
+        handover = _Handover(await self._acquire(slots), trio.lowlevel.current_trio_token())
+        try:
+            with trio.move_on_after(timeout_s + ANSWER_GRACE_S):
+                return await trio.to_thread.run_sync(handover.run, work, abandon_on_cancel=True)
+        finally:
+            handover.abandon()
         raise DuckMeshError(
             "QUERY_TIMEOUT",
             f"query exceeded the time limit of {timeout_s:g} s and is being stopped",
@@ -457,3 +507,11 @@ class QueryService:
     def close(self) -> None:
         for entry in self._tenants.clear():
             entry.database.close()
+
+
+def _snapshot_fields(snap: Snapshot | None) -> dict[str, Any]:
+    return {
+        "snapshot_id": snap.snapshot_id if snap else None,
+        "snapshot_time": snap.created_at.isoformat() if snap else None,
+        "max_visibility_token": snap.max_visibility_token if snap else 0,
+    }

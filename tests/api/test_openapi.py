@@ -429,6 +429,19 @@ async def test_real_responses_match_the_schemas(doc: dict[str, Any], server: Liv
     assert r.status_code == 200, r.text
     assert [row[:2] for row in r.json()["rows"]] == [[1, "new"]], r.text
     check_response(doc, "/v1/query", "post", r)
+    for accept in ("application/vnd.apache.arrow.stream", "text/csv"):
+        r = await c.post(
+            "/v1/query",
+            json={"sql": "select order_id, status from orders"},
+            headers={"Accept": accept},
+        )
+        assert r.status_code == 200, r.text
+        check_response(doc, "/v1/query", "post", r)
+        documented = doc["paths"]["/v1/query"]["post"]["responses"]["200"]["headers"]
+        assert {k.lower() for k in documented} <= set(r.headers.keys())
+    r = await c.post("/v1/query", json={"sql": "select 1"}, headers={"Accept": "image/png"})
+    assert_error(r, 406, "NOT_ACCEPTABLE")
+    check_response(doc, "/v1/query", "post", r)
     r = await server.query("select * from nothing_here")
     assert r.status_code == 400, r.text
     check_response(doc, "/v1/query", "post", r)
@@ -463,7 +476,7 @@ async def test_real_responses_match_the_schemas(doc: dict[str, Any], server: Liv
     assert_error(r, 404, "SNAPSHOT_NOT_FOUND")
     check_response(doc, "/v1/snapshots/pin", "post", r)
 
-    for path in ("/v1/lag", "/v1/health", "/v1/ready"):
+    for path in ("/v1/lag", "/v1/health", "/v1/ready", "/v1/ui/schema"):
         r = await c.get(path)
         assert r.status_code == 200, r.text
         check_response(doc, path, "get", r)
