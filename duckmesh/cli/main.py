@@ -9,19 +9,17 @@ directory (adopting it when a running server already started it).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import functools
 import json
 import os
-import signal
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
-from duckmesh.catalog.model import ROLES as KEY_ROLES
 from duckmesh.cli import load
+from duckmesh.cli.parser import parser
+from duckmesh.cli.serve import cmd_serve
 from duckmesh.config import Config, ConfigError, load_config, parse_flag, to_toml
 
 if TYPE_CHECKING:
@@ -57,124 +55,6 @@ def _on_catalog(config: Config, body: Callable[[Conn], int]) -> int:
     try:
         result: int = rt.db.call(body, transaction=False)
         return result
-    finally:
-        rt.close()
-
-
-def cmd_serve(args: argparse.Namespace, config: Config) -> int:
-    """One process per role, or (role ``all``) a supervised process group.
-
-    ``DUCKMESH_API_WORKERS=1`` with an explicit ``--role all`` keeps the whole
-    server in one process (debugging). Refusals (data directory in use, port
-    in use) are one line and exit status 2.
-    """
-    from duckmesh.lifecycle import StartRefused
-    from duckmesh.logs import configure_logging
-    from duckmesh.procgroup import GROUP_DIR_ENV
-
-    configure_logging(config.log_format, config.log_level)
-    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        if GROUP_DIR_ENV in os.environ:
-            return _serve_group_child(config)
-        group = config.role == "all" and not (args.role and config.api_workers == 1)
-        return _serve_root(config, group=group)
-    except StartRefused as exc:
-        print(f"duckmesh: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 0  # a stop signal before the server was up: nothing was served
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    # Until Trio takes the stop signals over, they unwind startup through the
-    # `finally` blocks (which stop the embedded Postgres) instead of killing it.
-    raise KeyboardInterrupt
-
-
-def _serve_root(config: Config, *, group: bool) -> int:
-    """Lock the data directory (when it holds the catalog), bind the port,
-    open the catalog, then serve in this process or as a process group."""
-    import trio
-
-    from duckmesh.files import warn_if_root
-    from duckmesh.lifecycle import DataDirLock, open_listener
-    from duckmesh.procgroup import serve_group
-    from duckmesh.runtime import build_runtime, migrate_and_bootstrap
-    from duckmesh.server import serve
-
-    lock = None if config.catalog_dsn else DataDirLock(config.data_dir)
-    if lock is not None:
-        lock.acquire()
-    try:
-        with open_listener(config.http_host, config.http_port) as listener:
-            warn_if_root(config.data_dir)  # after the refusals: those are one line
-            _log_data_dir(config)
-            rt = build_runtime(config, owner=lock is not None)
-            try:
-                migrate_and_bootstrap(rt)
-                if group:
-                    return trio.run(serve_group, config, listener)
-                return trio.run(serve, rt, listener)
-            finally:
-                rt.close()  # stops the embedded Postgres last
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _log_data_dir(config: Config) -> None:
-    """Say which data directory is in use, and when a new catalog is created in it."""
-    import structlog
-
-    from duckmesh.files import POSTGRES_DIR
-
-    path = str(config.data_dir.resolve())
-    if config.catalog_dsn:
-        structlog.get_logger("duckmesh").info("data_directory", path=path, catalog="external")
-    elif (config.data_dir / POSTGRES_DIR).is_dir():
-        structlog.get_logger("duckmesh").info("data_directory", path=path, catalog="existing")
-    else:
-        structlog.get_logger("duckmesh").warning(
-            "data_directory", path=path, catalog="new", message="creating a new catalog here"
-        )
-
-
-def _serve_group_child(config: Config) -> int:
-    """A process of a group (duckmesh.procgroup): the catalog is the root's."""
-    from pathlib import Path
-
-    import trio
-
-    from duckmesh import procgroup
-    from duckmesh.embedded import running_dsn
-    from duckmesh.lifecycle import inherited_listener
-    from duckmesh.runtime import build_runtime
-    from duckmesh.server import serve
-
-    env = os.environ
-    dsn = None if config.catalog_dsn else running_dsn(config.data_dir)
-    if dsn is None and not config.catalog_dsn:
-        print("duckmesh: the process group's embedded Postgres is not running", file=sys.stderr)
-        return 1
-    rt = build_runtime(config, dsn=dsn, embedded_dsn=dsn is not None)
-    rt.group_dir = Path(env[procgroup.GROUP_DIR_ENV])
-    fd = env.get(procgroup.LISTEN_FD_ENV)
-    listener = inherited_listener(int(fd)) if fd else None
-    ready_fd = int(env[procgroup.READY_FD_ENV])
-
-    def report_ready() -> None:
-        os.write(ready_fd, b"1")
-        os.close(ready_fd)
-
-    try:
-        parent = int(env[procgroup.PARENT_PID_ENV])
-        return trio.run(
-            functools.partial(serve, rt, listener, on_ready=report_ready, parent_pid=parent)
-        )
     finally:
         rt.close()
 
@@ -439,151 +319,6 @@ def cmd_config(args: argparse.Namespace, config: Config) -> int:
         end="\n" if args.json else "",
     )
     return 0
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors are one line (and exit status 2), like configuration errors."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _roles(text: str) -> list[str]:
-    """``--role a,b`` is the same as ``--role a --role b``."""
-    return [role.strip() for role in text.split(",") if role.strip()]
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 < value < 365 * 86400:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
-
-
-_KEY_ROLES_HELP = (
-    "roles: ingest_writer (ingest records), query_reader (queries, snapshots, reading tables),"
-    "\n       table_admin (creating and changing tables), ops_admin (maintenance, audit, lag)"
-)
-
-
-def _command(sub: Any, name: str, summary: str, epilog: str = "") -> argparse.ArgumentParser:
-    command: argparse.ArgumentParser = sub.add_parser(
-        name,
-        help=summary,
-        description=summary[0].upper() + summary[1:] + ".",
-        epilog=epilog or None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    return command
-
-
-def _add_data_dir(command: argparse.ArgumentParser) -> None:
-    """``--data-dir`` on every subcommand (also on those registered by other modules)."""
-    with contextlib.suppress(argparse.ArgumentError):  # the command defines it itself
-        command.add_argument(
-            "--data-dir",
-            help="data directory (embedded catalog and Parquet files);"
-            " default DUCKMESH_DATA_DIR or ./duckmesh-data",
-        )
-
-
-def parser() -> argparse.ArgumentParser:
-    from duckmesh import __version__
-
-    p = _Parser(prog="duckmesh", description="DuckMesh: fresh analytics plane")
-    p.add_argument("--version", action="version", version=f"duckmesh {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    serve = _command(
-        sub,
-        "serve",
-        "run the API and background actors",
-        "example: duckmesh serve --data-dir /var/lib/duckmesh --port 8080",
-    )
-    serve.add_argument("--role", choices=["all", "api", "coordinator", "maintenance"])
-    serve.add_argument("--host", help="address to bind (DUCKMESH_HTTP_HOST)")
-    serve.add_argument("--port", help="port to bind (DUCKMESH_HTTP_PORT)")
-    migrate = _command(
-        sub,
-        "migrate",
-        "apply, revert or list catalog migrations",
-        "example: duckmesh migrate status",
-    )
-    migrate.add_argument("action", choices=["up", "down", "status"])
-    migrate.add_argument("--steps", type=int, default=1)
-    replay = _command(
-        sub,
-        "replay",
-        "verify or rebuild projections from the event log",
-        "example: duckmesh replay verify",
-    )
-    replay.add_argument("action", choices=["verify", "rebuild"])
-    tenants = _command(
-        sub,
-        "tenants",
-        "create, list, disable or enable tenants",
-        "example: duckmesh tenants create acme --name 'Acme Corp'",
-    )
-    tenants.add_argument("action", choices=["create", "list", "disable", "enable"])
-    tenants.add_argument("tenant", nargs="?")
-    tenants.add_argument("--name")
-    tenants.add_argument("--json", action="store_true", help="list as JSON")
-    keys = _command(
-        sub,
-        "keys",
-        "create, list or revoke API keys",
-        f"{_KEY_ROLES_HELP}\nexample: duckmesh keys create --tenant acme"
-        " --role ingest_writer,query_reader\n(also the way to get a new key"
-        " when the first one is lost)",
-    )
-    keys.add_argument("action", choices=["create", "list", "revoke"])
-    keys.add_argument("key_id", nargs="?")
-    keys.add_argument("--tenant")
-    keys.add_argument(
-        "--role",
-        action="extend",
-        type=_roles,
-        default=[],
-        help=f"comma-separated or repeated; one of {', '.join(KEY_ROLES)}",
-    )
-    keys.add_argument("--json", action="store_true", help="list as JSON")
-    _command(
-        sub, "status", "show a running server's readiness and actors", "example: duckmesh status"
-    )
-    bench = _command(
-        sub,
-        "bench",
-        "run named load scenarios and print one table",
-        "example: duckmesh bench steady --seconds 10",
-    )
-    bench.add_argument("scenario", nargs="*", help="steady, burst, many-tenants, big-batches")
-    bench.add_argument(
-        "--seconds", type=_positive_seconds, help="override each scenario's duration"
-    )
-    scenario = _command(
-        sub,
-        "scenario",
-        "rerun a recorded property-based scenario",
-        "example: duckmesh scenario replay reports/scenario-failure.json",
-    )
-    scenario.add_argument("action", choices=["replay"])
-    scenario.add_argument("file", help="a recording, e.g. reports/scenario-failure.json")
-    scenario.add_argument("--keep", action="store_true", help="keep logs and data afterwards")
-    scenario.add_argument("--workdir", help="directory for logs and data (kept)")
-    config = _command(
-        sub,
-        "config",
-        "show the effective configuration (secrets redacted)",
-        "example: duckmesh config show --json",
-    )
-    config.add_argument("action", choices=["show"])
-    config.add_argument("--json", action="store_true", help="JSON instead of TOML")
-    load.add_parser(sub)
-    for command in sub.choices.values():
-        _add_data_dir(command)
-    return p
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -460,3 +460,27 @@ def check_sql(sql: str) -> None:
         analyze(cursor, sql)
     finally:
         cursor.close()
+
+
+# DuckDB converts nested parameter lists recursively and stalls on deep ones
+# (2,000 levels did not finish in a minute); no column type nests this deep.
+MAX_PARAM_DEPTH = 64
+
+
+def check_params(params: Sequence[object]) -> None:
+    """Refuse parameters nested deeper than MAX_PARAM_DEPTH (VALIDATION_FAILED)."""
+    stack: list[tuple[object, int]] = [(value, 1) for value in params]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if not isinstance(value, (list, tuple)):
+            continue
+        if depth > MAX_PARAM_DEPTH:
+            raise DuckMeshError(
+                "VALIDATION_FAILED",
+                f"params are nested deeper than {MAX_PARAM_DEPTH} levels",
+                field="params",
+                limit=MAX_PARAM_DEPTH,
+            )
+        stack.extend((item, depth + 1) for item in value)

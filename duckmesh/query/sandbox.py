@@ -46,6 +46,7 @@ from duckmesh.query._sqlcheck import (
     MAX_EXPRESSION_DEPTH,
     SqlAnalysis,
     analyze,
+    check_params,
     check_sql,
 )
 from duckmesh.query._watchdog import WATCHDOG
@@ -67,9 +68,6 @@ _FETCH_BATCH = 8192
 # every row is large; the first chunk is small because nothing is known yet.
 _FETCH_CHUNK_BYTES = 4 * 1024 * 1024
 _FIRST_FETCH_ROWS = 64
-# DuckDB converts nested parameter lists recursively and stalls on deep ones
-# (2,000 levels did not finish in a minute); no column type nests this deep.
-MAX_PARAM_DEPTH = 64
 _GLOB_CHARACTERS = frozenset("*?[]{}")
 
 
@@ -148,25 +146,6 @@ def _validate_binding(binding: TableBinding, allowed_dir: str) -> None:
             raise ValueError(f"{where}: file {path!r} is not under the data dir")
         if any(ch in path for ch in _GLOB_CHARACTERS):
             raise ValueError(f"{where}: file path contains glob characters")
-
-
-def check_params(params: Sequence[object]) -> None:
-    """Refuse parameters nested deeper than MAX_PARAM_DEPTH (VALIDATION_FAILED)."""
-    stack: list[tuple[object, int]] = [(value, 1) for value in params]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, dict):
-            value = list(value.values())
-        if not isinstance(value, (list, tuple)):
-            continue
-        if depth > MAX_PARAM_DEPTH:
-            raise DuckMeshError(
-                "VALIDATION_FAILED",
-                f"params are nested deeper than {MAX_PARAM_DEPTH} levels",
-                field="params",
-                limit=MAX_PARAM_DEPTH,
-            )
-        stack.extend((item, depth + 1) for item in value)
 
 
 def view_query(binding: TableBinding) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -36,6 +35,7 @@ from duckmesh.ingest.limits import RateLimiter
 from duckmesh.lru import LRU, LRUStatistics
 from duckmesh.notify import Notifications
 from duckmesh.query._bindings import table_bindings
+from duckmesh.query._slots import Handover
 from duckmesh.query._streaming import start_stream
 from duckmesh.query.barrier import wait_for_token
 from duckmesh.query.sandbox import (
@@ -54,38 +54,6 @@ MAX_TENANT_DATABASES = 64
 # A query still running this long after its timeout is answered QUERY_TIMEOUT
 # while its thread finishes in the background (holding its slots).
 ANSWER_GRACE_S = 0.5
-
-
-class _Handover:
-    """Releases a query's slots exactly once: when its thread ends, or at once
-    if the thread never started (cancelled before it ran)."""
-
-    def __init__(self, slots: contextlib.ExitStack, token: trio.lowlevel.TrioToken) -> None:
-        self._slots = slots
-        self._token = token
-        self._lock = threading.Lock()
-        self._state = "new"  # -> "running" (the thread releases) or "abandoned"
-
-    def run(self, work: Callable[[], QueryResult]) -> QueryResult:
-        with self._lock:
-            if self._state == "abandoned":  # nobody waits for this answer any more
-                raise DuckMeshError("QUERY_TIMEOUT", "the query was abandoned before it ran")
-            self._state = "running"
-        try:
-            return work()
-        finally:
-            # Queued, not awaited: the answer does not wait for a round trip
-            # through the Trio loop (the slots are freed a moment later).
-            with contextlib.suppress(trio.RunFinishedError):
-                self._token.run_sync_soon(self._slots.close)
-
-    def abandon(self) -> None:
-        """Called in Trio when the caller stops waiting (answer, error or cancel)."""
-        with self._lock:
-            if self._state != "new":
-                return
-            self._state = "abandoned"
-        self._slots.close()
 
 
 @attrs.frozen
@@ -483,7 +451,7 @@ class QueryService:
         the thread ends, but answer QUERY_TIMEOUT at the deadline plus a grace
         even if DuckDB has not stopped yet (planning does not always see the
         interrupt): the slots stay taken, so abandoned work cannot pile up."""
-        handover = _Handover(await self._acquire(slots), trio.lowlevel.current_trio_token())
+        handover = Handover(await self._acquire(slots), trio.lowlevel.current_trio_token())
         try:
             with trio.move_on_after(timeout_s + ANSWER_GRACE_S):
                 return await trio.to_thread.run_sync(handover.run, work, abandon_on_cancel=True)

@@ -18,9 +18,9 @@ from duckmesh.query._sqlcheck import (
     MAX_EXPANDED_REFERENCES,
     MAX_JOINS,
     MAX_NESTING_DEPTH,
+    MAX_PARAM_DEPTH,
     MAX_SET_OPERATIONS,
 )
-from duckmesh.query.sandbox import MAX_PARAM_DEPTH
 
 LIMITS = QueryLimits(timeout_s=2.0)
 
