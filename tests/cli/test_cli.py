@@ -6,37 +6,17 @@ monkeypatch; stdout and stderr come from capsys.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import psycopg
 import pytest
 
 from duckmesh import migrations
 from duckmesh.cli.main import main
+from tests.cli.helpers import run
 
 SECRET_KEY = "dmk_XJIwWeJtJmRs6TK1RO7By4DMWvi9tY2DlTa8ezTf"  # strong enough to be accepted
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No DUCKMESH_* from the outside; data under tmp_path."""
-    for name in list(os.environ):
-        if name.startswith("DUCKMESH_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("DUCKMESH_DATA_DIR", str(tmp_path / "data"))
-
-
-@pytest.fixture
-def catalog(monkeypatch: pytest.MonkeyPatch, dsn: str) -> str:
-    monkeypatch.setenv("DUCKMESH_CATALOG_DSN", dsn)
-    return dsn
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 # --- config ----------------------------------------------------------------------

@@ -8,7 +8,6 @@ here: no outside ``DUCKMESH_*``, data under tmp_path).
 from __future__ import annotations
 
 import json
-import os
 import tomllib
 from datetime import datetime
 from pathlib import Path
@@ -16,31 +15,10 @@ from pathlib import Path
 import pytest
 
 from duckmesh import __version__
-from duckmesh.cli.main import main
 from duckmesh.config import NON_CONFIG_ENV, load_config
+from tests.cli.helpers import run
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        if name.startswith("DUCKMESH_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("DUCKMESH_DATA_DIR", str(tmp_path / "data"))
-
-
-@pytest.fixture
-def catalog(monkeypatch: pytest.MonkeyPatch, dsn: str) -> str:
-    monkeypatch.setenv("DUCKMESH_CATALOG_DSN", dsn)
-    return dsn
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse: --version, usage errors
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def one_line(err: str) -> str:
