@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from duckmesh.db import Database
 from duckmesh.embedded import EmbeddedPostgres
 from duckmesh.files import prepare_data_dir
 from duckmesh.ingest.group_commit import GroupCommitter
+from duckmesh.logs import show_bootstrap_key
 from duckmesh.notify import Notifications
 from duckmesh.query.service import QueryService, QuerySettings
 from duckmesh.storage.local import LocalObjectStore
@@ -179,10 +179,5 @@ def migrate_and_bootstrap(rt: Runtime) -> str | None:
 
     key = rt.db.call(run, transaction=False)
     if key is not None:
-        print(
-            "DuckMesh bootstrap: created tenant 'default' with an all-roles API key.\n"
-            f"  API key (shown once): {key}",
-            file=sys.stderr,
-            flush=True,
-        )
+        show_bootstrap_key(key)
     return key

@@ -11,6 +11,7 @@ several API workers ``duckmesh serve`` runs a process group instead
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -54,8 +55,10 @@ class HttpActor(Actor):
             # Hypercorn then serves HTTPS only on this bind (plain HTTP is refused).
             cfg.certfile = self.rt.config.tls_cert_file
             cfg.keyfile = self.rt.config.tls_key_file
-        cfg.accesslog = None
-        cfg.errorlog = None
+        cfg.accesslog = None  # the app logs each request itself (api/http.py)
+        # Hypercorn's own errors reach the root handler, rendered by structlog
+        # (duckmesh.logs): one JSON line each, tracebacks as one field.
+        cfg.errorlog = logging.getLogger("hypercorn.error")
         cfg.keep_alive_timeout = 30
         cfg.graceful_timeout = 3  # idle keep-alive clients must not hold shutdown long
         # Hypercorn reports the bound addresses through task_status; the

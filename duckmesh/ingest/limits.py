@@ -3,8 +3,10 @@
 Rate: a tenant may ingest ``rate`` records per second on average with bursts
 of up to one second's worth. Storage: a tenant whose published data files
 already hold ``quota`` bytes or more is refused until retention or a drop
-frees space. A refused request is refused whole with 429 and a Retry-After,
-so nothing of it is written. A limit of 0 disables it (the default: a
+frees space. A refused request is refused whole with 429 and a Retry-After
+(the time until the bucket holds enough), so nothing of it is written; a
+request larger than one second's worth can never fit and is refused with
+413 PAYLOAD_TOO_LARGE (not retryable) instead. A limit of 0 disables it (the default: a
 self-hosted single team rarely wants one).
 
 In a process group (duckmesh.procgroup) the API workers share each tenant's
@@ -66,6 +68,8 @@ class RateLimiter:
         """Spend ``records`` from the tenant's bucket or raise RATE_LIMITED."""
         if self.rate <= 0:
             return
+        if records > self.rate:
+            raise self._never_fits(records)
         now = time.monotonic() if now is None else now
         if self._shared is None:
             self._buckets[tenant] = self._spend(self._buckets.get(tenant), records, now)
@@ -89,6 +93,17 @@ class RateLimiter:
             f"tenant {self.what} limit is {self.rate} {self.unit}/s; retry in {wait:.2f} s",
             **{f"limit_{self.unit}_per_s": self.rate},
             retry_after_s=max(1, math.ceil(wait)),
+        )
+
+    def _never_fits(self, records: int) -> DuckMeshError:
+        # The bucket holds at most one second's worth: waiting cannot help.
+        return DuckMeshError(
+            "PAYLOAD_TOO_LARGE",
+            f"the request holds {records} {self.unit}, more than the tenant {self.what} limit"
+            f" of {self.rate} {self.unit}/s admits at once; split it into requests of at most"
+            f" {self.rate} {self.unit}",
+            **{f"limit_{self.unit}_per_s": self.rate},
+            requested=records,
         )
 
 

@@ -49,6 +49,27 @@ def test_limiters_sharing_a_directory_share_each_tenants_bucket(tmp_path: Path) 
         second.take("t", 1, now=0.5)
 
 
+def test_more_than_one_seconds_worth_never_fits_and_is_not_retryable() -> None:
+    limiter = RateLimiter(100)
+    with pytest.raises(DuckMeshError) as refused:
+        limiter.take("t", 101, now=0.0)
+    assert refused.value.error_code == "PAYLOAD_TOO_LARGE"
+    assert refused.value.retryable is False
+    assert "100 records/s" in refused.value.message
+    assert refused.value.context == {"limit_records_per_s": 100, "requested": 101}
+    limiter.take("t", 100, now=0.0)  # the refusal spent nothing
+
+
+def test_retry_after_is_the_wait_until_the_request_fits() -> None:
+    limiter = RateLimiter(100)
+    limiter.take("t", 100, now=0.0)
+    with pytest.raises(DuckMeshError) as refused:
+        limiter.take("t", 40, now=0.1)  # 10 tokens back, 30 short: 0.3 s
+    assert "retry in 0.30 s" in refused.value.message
+    assert refused.value.context["retry_after_s"] == 1  # whole seconds, rounded up
+    limiter.take("t", 40, now=0.4)  # and after that wait it fits
+
+
 def test_zero_rate_means_unlimited() -> None:
     limiter = RateLimiter(0)
     for _ in range(100):
@@ -74,6 +95,16 @@ async def test_over_the_limit_is_429_and_writes_nothing(
         assert refused.json()["error_code"] == "RATE_LIMITED"
         assert int(refused.headers["Retry-After"]) >= 1
         assert rt.bus.latest_token("default") == 15  # nothing of the refused request
+        too_big = await server.ingest(
+            "events", [{"idempotency_key": f"c{i}", "payload": {"id": 200 + i}} for i in range(21)]
+        )
+        assert too_big.status_code == 413  # can never fit: not a retryable 429
+        body = too_big.json()
+        assert body["error_code"] == "PAYLOAD_TOO_LARGE"
+        assert body["retryable"] is False
+        assert "20 records/s" in body["message"]
+        assert "Retry-After" not in too_big.headers
+        assert rt.bus.latest_token("default") == 15
     finally:
         await server.client.aclose()
         assert rt.root is not None

@@ -3,6 +3,7 @@ clean shutdown, restart on the same data directory, bad configuration."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,13 +12,19 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
 
+from duckmesh.logs import BOOTSTRAP_KEY_EVENT
 from duckmesh_testing.procs import free_port
 from tests.fixtures import BOOTSTRAP_KEY, EVENTS, REPO, ServerProcess
+
+
+def _json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
 def _metric(text: str, name: str, label: str) -> float:
@@ -109,8 +116,11 @@ def test_embedded_start_sigterm_and_restart(short_dir: Path) -> None:
 
     proc, log = start()
     first_log = log.read_text()
-    assert "API key (shown once): dmk_" in first_log
-    key = first_log.split("API key (shown once): ", 1)[1].split()[0]
+    # Not a terminal: the generated key is one JSON event, shown once.
+    shown = [e for e in _json_lines(first_log) if e.get("event") == BOOTSTRAP_KEY_EVENT]
+    assert len(shown) == 1, first_log
+    assert shown[0]["api_key"].startswith("dmk_")
+    key = shown[0]["api_key"]
     headers = {"Authorization": f"Bearer {key}"}
     assert httpx.post(base + "/v1/tables", json=EVENTS, headers=headers).status_code == 201
     began = time.monotonic()
@@ -121,7 +131,9 @@ def test_embedded_start_sigterm_and_restart(short_dir: Path) -> None:
 
     proc, log = start()
     try:
-        assert "API key" not in log.read_text(), "bootstrapped twice"
+        again = log.read_text()
+        assert BOOTSTRAP_KEY_EVENT not in again, "bootstrapped twice"
+        assert key not in again
         tables = httpx.get(base + "/v1/tables", headers=headers).json()["tables"]
         assert [t["name"] for t in tables] == ["events"]
     finally:
