@@ -158,28 +158,20 @@ def _require_tenant(conn: Conn, tenant_id: str) -> int:
 
 
 def disable_tenant(conn: Conn, tenant_id: str, **meta: Any) -> None:
-    version = _require_tenant(conn, tenant_id)
-    append(
-        conn,
-        tenant_stream(tenant_id),
-        version,
-        [TenantDisabled(tenant_id)],
-        tenant_id=tenant_id,
-        metadata=meta,
-    )
+    _append_to_tenant(conn, tenant_id, TenantDisabled(tenant_id), meta)
 
 
 def enable_tenant(conn: Conn, tenant_id: str, **meta: Any) -> None:
     """Re-activate a disabled tenant (``duckmesh tenants enable``)."""
+    _append_to_tenant(conn, tenant_id, TenantEnabled(tenant_id), meta)
+
+
+def _append_to_tenant(
+    conn: Conn, tenant_id: str, event: TenantDisabled | TenantEnabled, meta: dict[str, Any]
+) -> None:
+    """Append ``event`` to an existing tenant's stream (NOT_FOUND otherwise)."""
     version = _require_tenant(conn, tenant_id)
-    append(
-        conn,
-        tenant_stream(tenant_id),
-        version,
-        [TenantEnabled(tenant_id)],
-        tenant_id=tenant_id,
-        metadata=meta,
-    )
+    append(conn, tenant_stream(tenant_id), version, [event], tenant_id=tenant_id, metadata=meta)
 
 
 def issue_key(

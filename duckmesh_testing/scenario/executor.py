@@ -58,15 +58,7 @@ RECHECK_PER_STEP = 2
 FAULT_DEATH_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 30.0
 
-__all__ = [
-    "Executor",
-    "HarnessError",
-    "InvariantViolation",
-    "Stats",
-    "System",
-    "load_recording",
-    "replay",
-]
+__all__ = ["Executor", "InvariantViolation", "Stats", "load_recording", "replay"]
 
 
 class InvariantViolation(Exception):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -23,38 +22,23 @@ import trio
 
 from duckmesh.bus import IngestRecord
 from duckmesh.catalog import commands
-from duckmesh.config import Config
-from duckmesh.runtime import Runtime, build_runtime, coordinator_actors, migrate_and_bootstrap
+from duckmesh.runtime import Runtime, coordinator_actors
 from duckmesh.supervisors.faults import POISON_MARKER
 from tests.api.helpers import bearer, create_tenant, eventually, issue_key
-from tests.fixtures import EVENTS, LiveServer, start_server
+from tests.fixtures import EVENTS, LiveServer, StartApp
 
 ROUNDS = 6
 
 
 @pytest.fixture
-async def faulty(
-    make_config: Callable[..., Config], dsn: str, nursery: trio.Nursery
-) -> AsyncIterator[LiveServer]:
+async def faulty(start_app: StartApp) -> LiveServer:
     """The whole server, with the poison fault point armed for good."""
-    config = make_config(
+    return await start_app(
         enable_faults=True,
         faults="coordinator.poison_record=raise:1000000",
         commit_backoff_ms=50,
         commit_backoff_max_ms=400,
     )
-    rt = build_runtime(config, dsn=dsn)
-    migrate_and_bootstrap(rt)
-    srv = await start_server(rt, nursery)
-    try:
-        yield srv
-    finally:
-        await srv.client.aclose()
-        tree = rt.root
-        if tree is not None:
-            await tree.stop()
-        nursery.cancel_scope.cancel()
-        rt.close()
 
 
 async def _other_tenant(srv: LiveServer) -> httpx.AsyncClient:
