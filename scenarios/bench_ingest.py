@@ -129,7 +129,11 @@ def main() -> None:
         with server.client() as client:
             assert client.post("/v1/tables", json=EVENTS_TABLE).status_code == 201
         for batch in batches:
+            cpu = server.cpu_s()
             http = run_http(server, batch, args.clients, args.seconds)
+            done = http["records_per_s"] * args.seconds
+            # Server CPU per acknowledged record (commits of earlier rows may overlap).
+            http["server_cpu_us_per_record"] = round((server.cpu_s() - cpu) / max(done, 1) * 1e6, 1)
             copy = run_copy(server, batch, args.clients, args.seconds)
             http["copy_records_per_s"] = copy["records_per_s"]
             http["ratio_to_copy"] = round(http["records_per_s"] / copy["records_per_s"], 3)
@@ -143,7 +147,7 @@ def main() -> None:
     )
     print(
         f"{'batch':>6} {'records/s':>11} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} "
-        f"{'p99 ms':>8} {'COPY rec/s':>11} {'ratio':>6} {'errors':>6}"
+        f"{'p99 ms':>8} {'COPY rec/s':>11} {'ratio':>6} {'errors':>6} {'cpu us/rec':>10}"
     )
     for r in rows:
         a = r["ack"]
@@ -151,6 +155,7 @@ def main() -> None:
             f"{r['batch']:>6} {r['records_per_s']:>11,.0f} {r['requests_per_s']:>8,.0f} "
             f"{a['p50_ms']:>8.2f} {a['p95_ms']:>8.2f} {a['p99_ms']:>8.2f} "
             f"{r['copy_records_per_s']:>11,.0f} {r['ratio_to_copy']:>6.2f} {r['errors']:>6}"
+            f" {r['server_cpu_us_per_record']:>10}"
         )
     print(f"server RSS after the run: {rss:.0f} MiB")
     print("targets:")

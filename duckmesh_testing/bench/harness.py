@@ -158,6 +158,18 @@ class Server:
                         total += int(line.split()[1]) / 1024
         return total
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) used so far by the DuckMesh processes
+        and their children (Postgres, not a child, is not included)."""
+        total = 0.0
+        for proc in [self.proc, *self.extra]:
+            assert proc is not None
+            root = psutil.Process(proc.pid)
+            for p in [root, *root.children(recursive=True)]:
+                times = p.cpu_times()
+                total += times.user + times.system
+        return total
+
     def dsn(self) -> str:
         dsn = running_dsn(self.dir / "data")
         assert dsn is not None, "the embedded Postgres is not running"
