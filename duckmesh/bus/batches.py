@@ -30,25 +30,23 @@ _CLAIM_BATCHES = 64
 def existing_row_keys(
     conn: Conn, tenant_id: str, table_id: str, keys: Sequence[str]
 ) -> dict[str, tuple[int, str]]:
-    """key -> (token, hash) of keys already used by records or upload rows.
+    """key -> (token, hash) of keys already used by records or upload rows
+    (``bus_row_key`` holds both since ADR 0014).
 
-    Record hashes are SHA-256 bytes and upload row hashes MD5 hex text: a
-    key sent once as a JSON record and once in an upload never matches as
-    the same content, so it is a conflict (documented in docs/API.md).
+    Record hashes are SHA-256 hex and upload row hashes MD5 hex: a key sent
+    once as a JSON record and once in an upload never matches as the same
+    content, so it is a conflict (documented in docs/API.md).
     """
     rows = conn.execute(
-        "SELECT k.key, r.token, encode(r.payload_hash, 'hex') FROM unnest(%s::text[]) AS k(key)"
-        " JOIN bus_record r ON r.tenant_id = %s AND r.table_id = %s AND r.idempotency_key = k.key"
-        " UNION ALL"
-        " SELECT k.key, b.token, b.row_hash FROM unnest(%s::text[]) AS k(key)"
+        "SELECT k.key, b.token, b.row_hash FROM unnest(%s::text[]) AS k(key)"
         " JOIN bus_row_key b ON b.tenant_id = %s AND b.table_id = %s"
         " AND b.idempotency_key = k.key",
-        (list(keys), tenant_id, table_id, list(keys), tenant_id, table_id),
+        (list(keys), tenant_id, table_id),
     )
     return {k: (int(tok), h) for k, tok, h in rows}
 
 
-def _ipc(table: pa.Table) -> bytes:
+def ipc(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
         writer.write_table(table)
@@ -147,7 +145,7 @@ def publish_upload(
                 up.event_time_column,
                 now,
                 up.schema_version,
-                _ipc(chunk),
+                ipc(chunk),
             ),
         )
     if up.row_keys is not None and n:

@@ -6,21 +6,26 @@ columns are null, widened ones cast). Op semantics and partitions are those
 of ``coordinator.parquet``: keyed tables keep the newest row per key within
 the batch, and rows go to the event-time partition of their
 ``event_time_column`` value, or of the upload's time when there is none.
+Batches of JSON records (ADR 0014) carry each row's op in ``_dm_op`` when
+their ops are mixed, and their event times in ``_dm_event_time``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
+import attrs
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from duckmesh.bus import UploadBatch
 from duckmesh.bus.batches import read_ipc
+from duckmesh.bus.record_batches import OP_COLUMN
 from duckmesh.catalog.model import TableDef
 from duckmesh.catalog.types import arrow_type
 from duckmesh.coordinator.parquet import PartitionRows, _partition_name, _partition_seconds
-from duckmesh.storage.layout import with_system_columns
+from duckmesh.storage.layout import OP_COLUMN as LAYOUT_OP_COLUMN
+from duckmesh.storage.layout import TOKEN_COLUMN, file_schema
 
 _UTC_US = pa.timestamp("us", tz="UTC")
 
@@ -54,6 +59,51 @@ def _floor_div(values: pa.Array, width: int) -> pa.Array:
     return pc.subtract(q, below.cast(pa.int64()))
 
 
+@attrs.frozen
+class UploadRows:
+    """Rows of one stored batch, decoded, with their tokens; bisection and
+    quarantine take slices and subsets of it (ADR 0014)."""
+
+    upload: UploadBatch
+    data: pa.Table  # as stored: the table's columns, maybe _dm_op / _dm_event_time
+    tokens: pa.Array  # int64, one per row, ascending
+
+    @classmethod
+    def decode(cls, upload: UploadBatch) -> UploadRows:
+        data = read_ipc(upload.data)
+        if upload.rows != data.num_rows:
+            raise ValueError(f"upload batch holds {data.num_rows} rows for {upload.rows} tokens")
+        tokens = pa.array(range(upload.first_token, upload.last_token + 1), pa.int64())
+        return cls(upload, data, tokens)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def slice(self, start: int, length: int) -> UploadRows:
+        return UploadRows(
+            self.upload, self.data.slice(start, length), self.tokens.slice(start, length)
+        )
+
+    def without(self, tokens: set[int]) -> UploadRows:
+        """These rows less those whose token is in ``tokens``."""
+        first, last = self.upload.first_token, self.upload.last_token
+        drop = [t for t in tokens if first <= t <= last]
+        if not drop:
+            return self
+        keep = pc.invert(pc.is_in(self.tokens, pa.array(drop, pa.int64())))
+        return UploadRows(self.upload, self.data.filter(keep), self.tokens.filter(keep))
+
+    def contains_text(self, needle: str) -> bool:
+        """Whether any text cell holds ``needle`` (the poison fault point)."""
+        for column in self.data.columns:
+            if (
+                pa.types.is_string(column.type)
+                and pc.any(pc.match_substring(column, needle)).as_py()
+            ):
+                return True
+        return False
+
+
 def _event_micros(upload: UploadBatch, data: pa.Table) -> tuple[pa.Array, pa.Array | None]:
     """Each row's partitioning instant (µs since the epoch, UTC) and its event times."""
     since = upload.ingested_at - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -64,39 +114,57 @@ def _event_micros(upload: UploadBatch, data: pa.Table) -> tuple[pa.Array, pa.Arr
     return pc.fill_null(times.cast(pa.int64()), stamp), times
 
 
+def _with_system_columns(data: pa.Table, rows: UploadRows) -> pa.Table:
+    """The file's rows: user columns, then ``_dm_token`` and ``_dm_op``
+    (per row for records of mixed ops, else the batch's op)."""
+    schema = file_schema(data.schema)
+    raw = rows.data
+    if OP_COLUMN in raw.schema.names:
+        ops = raw.column(OP_COLUMN).combine_chunks().cast(pa.string())
+    else:
+        ops = pa.repeat(pa.scalar(rows.upload.op, pa.string()), raw.num_rows)
+    return data.append_column(schema.field(TOKEN_COLUMN), rows.tokens).append_column(
+        schema.field(LAYOUT_OP_COLUMN), ops
+    )
+
+
 def build_upload(table: TableDef, upload: UploadBatch) -> list[PartitionRows]:
     """The upload's rows as Parquet-ready partitions of ``table``."""
-    data = _align(table, read_ipc(upload.data))
-    count = upload.last_token - upload.first_token + 1
-    if count != data.num_rows:
-        raise ValueError(f"upload batch holds {data.num_rows} rows for {count} tokens")
-    tokens = range(upload.first_token, upload.last_token + 1)
-    full = with_system_columns(data, tokens, [upload.op] * count)
-    rows = (
+    return build_rows(table, UploadRows.decode(upload))
+
+
+def build_rows(table: TableDef, rows: UploadRows) -> list[PartitionRows]:
+    """Some rows of an upload batch as Parquet-ready partitions of ``table``."""
+    count = len(rows)
+    if not count:
+        return []
+    full = _with_system_columns(_align(table, rows.data), rows)
+    tokens = rows.tokens
+    picked = (
         _latest_per_key(full, table.primary_key)
         if table.primary_key
         else pa.array(range(count), pa.int64())
     )
-    micros, times = _event_micros(upload, full)
+    micros, times = _event_micros(rows.upload, rows.data)
     seconds = _partition_seconds(table)
-    buckets = _floor_div(micros.take(rows), seconds * 1_000_000)
+    buckets = _floor_div(micros.take(picked), seconds * 1_000_000)
     order = pc.sort_indices(
-        pa.table({"b": buckets, "r": rows}), [("b", "ascending"), ("r", "ascending")]
+        pa.table({"b": buckets, "r": picked}), [("b", "ascending"), ("r", "ascending")]
     )
-    rows, buckets = rows.take(order), buckets.take(order)
+    picked, buckets = picked.take(order), buckets.take(order)
     runs = pc.run_end_encode(buckets)
     out: list[PartitionRows] = []
     start = 0
     for bucket, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
-        idx = rows.slice(start, end - start)
+        idx = picked.slice(start, end - start)
         span = None if times is None else pc.min_max(times.take(idx))
         out.append(
             PartitionRows(
                 table=table,
                 partition=_partition_name(bucket, seconds),
                 arrow=full if len(idx) == full.num_rows else full.take(idx),
-                min_token=tokens[idx[0].as_py()],
-                max_token=tokens[idx[-1].as_py()],
+                min_token=tokens[idx[0].as_py()].as_py(),
+                max_token=tokens[idx[-1].as_py()].as_py(),
                 min_event_time=None if span is None else span["min"].as_py(),
                 max_event_time=None if span is None else span["max"].as_py(),
             )

@@ -8,8 +8,9 @@ crash anywhere before that commit changes nothing visible: the lease expires,
 another claim redoes the batch, and files already written are orphans for GC.
 
 A batch that fails to commit (other than by a lost lease) is bisected in
-memory until the records that fail on their own are found; those are
-quarantined and the rest commit in the same publish. When nothing record-
+memory until the records — or the rows of stored batches (ADR 0014) — that
+fail on their own are found; those are quarantined and the rest commit in
+the same publish. When nothing record-
 specific is found (the catalog or the disk fails), the scope is given back
 with a growing back-off and the tenant is reported failing (``CommitHealth``):
 the actor goes on with the other tenants instead of crashing in a loop.
@@ -33,7 +34,7 @@ from duckmesh.bus import Batch, BusRecord, IngestBus, LeaseLost, QuarantineEntry
 from duckmesh.catalog import reads, snapshots
 from duckmesh.catalog.model import Snapshot, TableDef
 from duckmesh.catalog.snapshots import ConflictPolicy, RebaseRefused, SnapshotChange
-from duckmesh.coordinator.columnar import build_upload
+from duckmesh.coordinator.columnar import UploadRows, build_rows
 from duckmesh.coordinator.health import CommitHealth
 from duckmesh.coordinator.parquet import PartitionRows, Rejected, build_tables
 from duckmesh.db import Conn, Database
@@ -85,6 +86,16 @@ class BatchPlan:
 def _reject_upload(upload: UploadBatch, reason: str) -> list[Rejected]:
     tokens = range(upload.first_token, upload.last_token + 1)
     return [Rejected(t, upload.table_id, reason) for t in tokens]
+
+
+def _reject_rows(rows: UploadRows, reason: str) -> list[Rejected]:
+    return [Rejected(t, rows.upload.table_id, reason) for t in rows.tokens.to_pylist()]
+
+
+# Builds tried while bisecting one upload batch: a failure of a few rows is
+# found in O(k log n) builds; one that every row shares (a cast no row can
+# follow) would take O(n), so past this budget what still fails goes whole.
+BISECT_BUDGET = 256
 
 
 def _by_table(records: Sequence[BusRecord]) -> dict[str, list[BusRecord]]:
@@ -262,19 +273,36 @@ class Committer:
         for upload in plan.uploads:
             table = plan.tables.get(upload.table_id)
             if table is not None and upload.table_id not in plan.dropped:
-                poison.extend(self._try_upload(table, upload))
+                try:
+                    rows = UploadRows.decode(upload)
+                except Exception as exc:  # unreadable: no row can be told apart
+                    poison.extend(_reject_upload(upload, f"commit failed: {type(exc).__name__}"))
+                    continue
+                poison.extend(self._bisect_upload(table, rows, [BISECT_BUDGET]))
         return poison
 
-    @staticmethod
-    def _try_upload(table: TableDef, upload: UploadBatch) -> list[Rejected]:
-        """An upload batch that fails to build or encode is set aside whole
-        (ADR 0013: its rows were validated together, so they fail together)."""
+    def _build_upload(self, table: TableDef, rows: UploadRows) -> list[PartitionRows]:
+        if self.faults.enabled and rows.contains_text(POISON_MARKER):
+            self.faults.hit("coordinator.poison_record")
+        return build_rows(table, rows)
+
+    def _bisect_upload(
+        self, table: TableDef, rows: UploadRows, budget: list[int]
+    ) -> list[Rejected]:
+        """The rows of an upload batch that fail to build or encode, found by
+        bisection as for records (ADR 0014); ``budget`` bounds the builds."""
+        budget[0] -= 1
         try:
-            for rows in build_upload(table, upload):
-                pq.write_table(rows.arrow, io.BytesIO(), compression="zstd")
+            for part in self._build_upload(table, rows):
+                pq.write_table(part.arrow, io.BytesIO(), compression="zstd")
             return []
         except Exception as exc:
-            return _reject_upload(upload, f"commit failed: {type(exc).__name__}")
+            if len(rows) == 1 or budget[0] <= 0:
+                return _reject_rows(rows, f"commit failed: {type(exc).__name__}")
+        mid = len(rows) // 2
+        return self._bisect_upload(table, rows.slice(0, mid), budget) + self._bisect_upload(
+            table, rows.slice(mid, len(rows) - mid), budget
+        )
 
     def _bisect(self, table: TableDef, records: Sequence[BusRecord]) -> list[Rejected]:
         try:
@@ -350,7 +378,7 @@ class Committer:
         """Write the plan's upload batches (Arrow to Parquet, no JSON between);
         returns the last file sequence number used."""
         for upload in plan.uploads:
-            if upload.table_id in plan.dropped or upload.first_token in excluded:
+            if upload.table_id in plan.dropped:
                 continue
             table = plan.tables.get(upload.table_id)
             if table is None:
@@ -358,7 +386,8 @@ class Committer:
                 continue
             prior = watermarks.get(upload.table_id, 0)
             watermarks[upload.table_id] = max(prior, upload.last_token)
-            for rows in build_upload(table, upload):
+            # Rows found to fail on their own are quarantined, the rest written.
+            for rows in self._build_upload(table, UploadRows.decode(upload).without(excluded)):
                 seq += 1
                 files.append(self._write(tenant, rows, snapshot_id, seq))
         return seq

@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import trio
 
 from duckmesh import metrics
 from duckmesh.bus.protocol import IngestBus, IngestRecord, Receipt
 from duckmesh.errors import DuckMeshError
+from tests.bus.stored import stored_records
 from tests.fixtures import EVENTS, LiveServer
 
 TENANT = "default"
@@ -136,17 +136,8 @@ async def test_group_commit_serves_many_requests_with_few_transactions(
 
     total = len(expected)
     assert sorted(expected.values()) == list(range(1, total + 1))
-    with psycopg.connect(server.rt.dsn) as conn:
-        stored: dict[str, int] = dict(
-            conn.execute(
-                "SELECT idempotency_key, token FROM bus_record WHERE tenant_id = %s", (TENANT,)
-            ).fetchall()
-        )
-        taken = conn.execute(
-            "SELECT payload FROM bus_record WHERE tenant_id = %s AND idempotency_key = 'taken'",
-            (TENANT,),
-        ).fetchone()
+    records = stored_records(server.rt.dsn, TENANT)
+    stored = {key: r.token for key, r in records.items()}
     assert stored == expected  # no "c*-fresh" record: conflicting requests wrote nothing
-    assert taken is not None
-    assert '"value":1.0' in taken[0]
+    assert records["taken"].payload["value"] == 1.0
     assert server.rt.bus.latest_token(TENANT) == total

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import psycopg
 import trio
 import trio.testing
 
 from duckmesh.config import Config
 from tests.bus.nodes import second_api_node
+from tests.bus.stored import stored_records
 from tests.fixtures import EVENTS, LiveServer
 
 TENANT = "default"
@@ -31,12 +31,8 @@ CONFLICTING = [
 
 
 def _stored(dsn: str) -> list[tuple[Any, ...]]:
-    with psycopg.connect(dsn) as conn:
-        return conn.execute(
-            "SELECT token, payload, payload_hash, op, event_time FROM bus_record"
-            " WHERE tenant_id = %s AND idempotency_key = %s",
-            (TENANT, KEY),
-        ).fetchall()
+    """The records stored under KEY: (token, payload, hash, op, event time)."""
+    return [tuple(r) for key, r in stored_records(dsn, TENANT).items() if key == KEY]
 
 
 async def _all_at_once(

@@ -62,7 +62,7 @@ def test_records_are_stored_once_with_their_receipt_token(pg_bus: PostgresBus, d
     assert [[r.token for r in ok(x)] for x in out] == [[1, 2], [1, 3]]
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
-            "SELECT idempotency_key, token FROM bus_record WHERE tenant_id = 'acme' ORDER BY token"
+            "SELECT idempotency_key, token FROM bus_row_key WHERE tenant_id = 'acme' ORDER BY token"
         ).fetchall()
     assert rows == [("a", 1), ("b", 2), ("c", 3)]
 

@@ -54,7 +54,7 @@ async def test_concurrent_writers_get_contiguous_tokens_in_commit_order(
 
 async def _race(server: LiveServer, nodes: tuple[LiveServer, ...]) -> None:
     obs_db = Database(server.rt.dsn, size=2)
-    observer = WatermarkObserver(server.rt.dsn, PostgresBus(obs_db), TENANT, "bus_record")
+    observer = WatermarkObserver(server.rt.dsn, PostgresBus(obs_db), TENANT, "bus_row_key")
     sent: list[tuple[list[str], dict[str, Any]]] = []  # (keys in order, response body)
     observations: list[Observation] = []
     writers_done = trio.Event()
@@ -108,7 +108,7 @@ async def _race(server: LiveServer, nodes: tuple[LiveServer, ...]) -> None:
     with psycopg.connect(server.rt.dsn) as conn:
         stored: dict[str, int] = dict(
             conn.execute(
-                "SELECT idempotency_key, token FROM bus_record WHERE tenant_id = %s", (TENANT,)
+                "SELECT idempotency_key, token FROM bus_row_key WHERE tenant_id = %s", (TENANT,)
             ).fetchall()
         )
     assert stored == expected
@@ -196,7 +196,7 @@ def test_counter_row_lock_makes_the_second_writer_wait_for_the_first(dsn: str) -
     bus = PostgresBus(db)
     held = HeldOpenDatabase(dsn)
     impatient_db = Database(make_conninfo(dsn, options="-c lock_timeout=200"), size=1)
-    observer = WatermarkObserver(dsn, bus, TENANT, "bus_record")
+    observer = WatermarkObserver(dsn, bus, TENANT, "bus_row_key")
     try:
         assert _single_token(bus.publish(TENANT, [[rec("seed")]])) == 1
         t1, t1_out = _publish_in_thread(PostgresBus(held), "t1")

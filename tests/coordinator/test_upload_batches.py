@@ -1,20 +1,24 @@
 """Upload batches on the bus and in the committer: claimed in token order with
-records, split by the claim limit only between batches, committed as Arrow,
-and an upload that cannot be committed is quarantined whole without blocking
-the records around it."""
+records, split by the claim limit only between batches, committed as Arrow;
+rows of a batch that cannot be committed are found by bisection and
+quarantined without blocking the records around them."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 
 import pyarrow as pa
+import pytest
 import trio
 
 from duckmesh.bus import IngestRecord, UploadRequest
 from duckmesh.catalog import commands
+from duckmesh.config import Config
 from duckmesh.query.service import QueryRequest
-from duckmesh.runtime import Runtime, coordinator_actors
+from duckmesh.runtime import Runtime, build_runtime, coordinator_actors, migrate_and_bootstrap
+from duckmesh.supervisors.faults import POISON_MARKER
 
 TABLE = {
     "name": "t",
@@ -61,8 +65,9 @@ async def test_records_and_uploads_commit_in_token_order(runtime: Runtime) -> No
     # record and the (larger) batch only when nothing else was taken.
     first = rt.bus.claim("c", limit=2, max_bytes=1 << 20, lease_s=5)
     assert first is not None
-    assert [r.token for r in first.records] == [1]
-    assert first.uploads == ()
+    # (the record is itself a one-row batch since ADR 0014)
+    assert (first.after_token, first.last_token, first.size) == (0, 1, 1)
+    assert [(u.first_token, u.last_token) for u in first.uploads] == [(1, 1)]
     rt.bus.nack(first, "test")
     committer = coordinator_actors(rt)[0].committer
     outcome = await trio.to_thread.run_sync(committer.commit_once)
@@ -97,3 +102,38 @@ async def test_an_upload_that_cannot_commit_is_quarantined_whole(runtime: Runtim
     assert all(r[1].startswith("commit failed") for r in rows)
     result = await rt.queries.execute("default", QueryRequest(sql="select id from t order by id"))
     assert result["rows"] == [[1], [3]]
+
+
+@pytest.fixture
+def faulty_runtime(make_config: Callable[..., Config], dsn: str) -> Iterator[Runtime]:
+    rt = build_runtime(make_config(enable_faults=True), dsn=dsn)
+    migrate_and_bootstrap(rt)
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+async def test_only_the_failing_rows_of_a_batch_are_quarantined(faulty_runtime: Runtime) -> None:
+    """Rows of stored batches (an upload and a request of JSON records) that
+    fail on their own are found by bisection and set aside; their neighbours
+    in the same batch commit (ADR 0014)."""
+    rt = faulty_runtime
+    rt.faults.arm("coordinator.poison_record", count=1_000_000)
+    table = rt.db.call(lambda c: commands.create_table(c, "default", TABLE))
+    tid = table.table_id
+    values = ["ok", POISON_MARKER, "ok", "ok", f"x{POISON_MARKER}", "ok"]
+    data = pa.table({"id": list(range(1, 7)), "v": values})
+    rt.bus.publish_upload("default", _upload(tid, "up", data))  # tokens 1..6
+    records = [_record(tid, f"r{i}", {"id": 10 + i, "v": v}) for i, v in enumerate(values)]
+    assert rt.bus.publish("default", [records])[0] != []  # tokens 7..12, one stored batch
+    committer = coordinator_actors(rt)[0].committer
+    outcome = await trio.to_thread.run_sync(committer.commit_once)
+    assert outcome is not None
+    assert outcome.watermark == 12  # nothing blocks the tenant
+    quarantined = rt.db.call(
+        lambda c: c.execute("SELECT token FROM bus_quarantine ORDER BY token").fetchall()
+    )
+    assert [r[0] for r in quarantined] == [2, 5, 8, 11]
+    result = await rt.queries.execute("default", QueryRequest(sql="select id from t order by id"))
+    assert result["rows"] == [[1], [3], [4], [6], [10], [12], [13], [15]]

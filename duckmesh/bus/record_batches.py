@@ -1,0 +1,222 @@
+"""JSON record requests on the columnar bus (ADR 0014).
+
+A group-commit flush of validated records is planned in Python (a key used
+twice in the group is a duplicate or a conflict, as before), its new records
+are converted to Arrow per run of one table and schema version, and then
+written by ONE statement: it bumps the tenant's token counter (the row lock
+that orders commits), inserts the per-row keys into ``bus_row_key`` (whose
+primary key makes a key used before fail the statement) and the runs as
+Arrow IPC into ``bus_batch``, and notifies. Token offsets are relative to
+the counter's value, which the statement itself reads under the lock, so
+tokens stay per-tenant, gapless and commit-ordered, and a request's new
+records are contiguous.
+
+A record whose payload cannot be converted (or whose table is unknown) is
+kept as JSON in ``bus_record``; the coordinator converts it at commit time
+and quarantines it if it fails there too.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import pyarrow as pa
+
+from duckmesh.bus.batches import CHUNK_ROWS, ipc
+from duckmesh.bus.protocol import IngestRecord, Receipt
+from duckmesh.bus.record_arrow import payloads_to_arrow
+from duckmesh.catalog.model import TableDef
+from duckmesh.db import Conn
+from duckmesh.errors import DuckMeshError
+
+# Per-row columns of a batch of records; user columns never start with _dm_.
+OP_COLUMN = "_dm_op"
+EVENT_TIME_COLUMN = "_dm_event_time"
+MIXED_OP = "mixed"  # bus_batch.op when each row's op is in OP_COLUMN
+_UTC_US = pa.timestamp("us", tz="UTC")
+
+Defs = Callable[[str, int], TableDef | None]  # (table_id, schema_version) -> definition
+
+
+@attrs.frozen
+class GroupPlan:
+    """Per-request results of a group and the new records in token order.
+
+    Tokens are ``start + 1 ..`` for the new records; ``clean`` means no
+    duplicate and no conflict (then every receipt is a new record's)."""
+
+    results: list[list[Receipt] | DuckMeshError]
+    new: list[IngestRecord]
+    clean: bool
+
+
+def _conflict(rec: IngestRecord, index: int, token: int, first_index: int | None) -> DuckMeshError:
+    """A key reused with another payload. Within one request (``first_index``
+    set) the first use's token was never committed, so it is not named."""
+    if first_index is not None:
+        return DuckMeshError(
+            "IDEMPOTENCY_CONFLICT",
+            f"records {first_index} and {index} of this request use idempotency key"
+            f" {rec.idempotency_key!r} with different payloads",
+            record_index=index,
+            first_record_index=first_index,
+            idempotency_key=rec.idempotency_key,
+        )
+    return DuckMeshError(
+        "IDEMPOTENCY_CONFLICT",
+        f"idempotency key {rec.idempotency_key!r} was already used with a different payload",
+        record_index=index,
+        idempotency_key=rec.idempotency_key,
+        original_token=token,
+    )
+
+
+def plan_group(
+    requests: Sequence[Sequence[IngestRecord]],
+    existing: dict[tuple[str, str], tuple[int, bytes]],
+    start: int,
+) -> GroupPlan:
+    """Decide every request's outcome: each is all-or-nothing."""
+    known = dict(existing)
+    results: list[list[Receipt] | DuckMeshError] = []
+    new: list[IngestRecord] = []
+    token, clean = start, True
+    for req in requests:
+        receipts: list[Receipt] = []
+        staged: list[IngestRecord] = []
+        seen: dict[tuple[str, str], tuple[int, bytes]] = {}
+        first_index: dict[tuple[str, str], int] = {}  # record index of a key's first use
+        conflict: DuckMeshError | None = None
+        for index, rec in enumerate(req):
+            key = (rec.table_id, rec.idempotency_key)
+            prior = known.get(key) or seen.get(key)
+            if prior is not None:
+                clean = False
+                if prior[1] != rec.payload_hash:
+                    conflict = _conflict(rec, index, prior[0], first_index.get(key))
+                    break
+                receipts.append(Receipt(prior[0], True))
+                continue
+            token += 1
+            seen[key] = (token, rec.payload_hash)
+            first_index[key] = index
+            receipts.append(Receipt(token, False))
+            staged.append(rec)
+        if conflict is not None:
+            token -= len(staged)  # the request fails whole: its tokens go back
+            results.append(conflict)
+            continue
+        known.update(seen)
+        new.extend(staged)
+        results.append(receipts)
+    return GroupPlan(results, new, clean)
+
+
+@attrs.define
+class Encoded:
+    """The rows of one statement, tokens as offsets from the counter's value."""
+
+    keys: tuple[list[str], list[str], list[int], list[str]] = attrs.field(
+        factory=lambda: ([], [], [], [])
+    )  # table_id, key, offset, hash hex
+    batches: list[tuple[int, int, str, str, str | None, int, bytes]] = attrs.Factory(list)
+    fallback: list[tuple[int, IngestRecord]] = attrs.Factory(list)  # (offset, record) as JSON
+
+
+def _run_table(table: TableDef, run: Sequence[IngestRecord]) -> tuple[pa.Table, str, str | None]:
+    """A run's rows as Arrow with the per-row op and event time columns it
+    needs; raises ValueError when a payload does not convert."""
+    user, kept, bad = payloads_to_arrow(table, [r.payload for r in run])
+    if bad or user is None or len(kept) != len(run):
+        raise ValueError("a payload does not convert")
+    ops = {r.op for r in run}
+    op = next(iter(ops)) if len(ops) == 1 else MIXED_OP
+    if op == MIXED_OP:
+        user = user.append_column(OP_COLUMN, pa.array([r.op for r in run], pa.string()))
+    if all(r.event_time is None for r in run):
+        return user, op, None
+    # An instant outside 0001..9999 in UTC raises OverflowError: the run is
+    # kept as JSON, where the claim sets it aside with its defect.
+    times = pa.array([r.event_time and r.event_time.astimezone(dt.UTC) for r in run], _UTC_US)
+    return user.append_column(EVENT_TIME_COLUMN, times), op, EVENT_TIME_COLUMN
+
+
+def _runs(new: Sequence[IngestRecord]) -> list[tuple[int, list[IngestRecord]]]:
+    """(offset of the first, records) per run of one table and schema version."""
+    runs: list[tuple[int, list[IngestRecord]]] = []
+    for i, rec in enumerate(new):
+        if runs:
+            head = runs[-1][1]
+            same = head[0].table_id == rec.table_id and head[0].schema_version == rec.schema_version
+            if same and len(head) < CHUNK_ROWS:
+                head.append(rec)
+                continue
+        runs.append((i + 1, [rec]))
+    return runs
+
+
+def encode(new: Sequence[IngestRecord], defs: Defs) -> Encoded:
+    out = Encoded()
+    tables, keys, offsets, hashes = out.keys
+    for i, rec in enumerate(new):
+        tables.append(rec.table_id)
+        keys.append(rec.idempotency_key)
+        offsets.append(i + 1)
+        hashes.append(rec.payload_hash.hex())
+    for first, run in _runs(new):
+        table = defs(run[0].table_id, run[0].schema_version)
+        try:
+            if table is None:
+                raise ValueError("unknown table")
+            rows, op, event_time_column = _run_table(table, run)
+        except (ValueError, TypeError, OverflowError, pa.ArrowException):
+            out.fallback.extend((first + j, rec) for j, rec in enumerate(run))
+            continue
+        last = first + len(run) - 1
+        out.batches.append(
+            (first, last, table.table_id, op, event_time_column, table.schema_version, ipc(rows))
+        )
+    return out
+
+
+_INSERT = (
+    "WITH c AS (UPDATE bus_token_counter SET last_token = last_token + %(n)s"
+    "  WHERE tenant_id = %(t)s RETURNING last_token - %(n)s AS base, now() AS at),"
+    " k AS (INSERT INTO bus_row_key (tenant_id, table_id, idempotency_key, token, row_hash)"
+    "  SELECT %(t)s, x.table_id, x.key, c.base + x.off, x.hash FROM c,"
+    "  unnest(%(kt)s::text[], %(kk)s::text[], %(ko)s::bigint[], %(kh)s::text[])"
+    "  AS x(table_id, key, off, hash)),"
+    " b AS (INSERT INTO bus_batch (tenant_id, first_token, last_token, table_id, op,"
+    "  event_time_column, ingested_at, schema_version, data)"
+    "  SELECT %(t)s, c.base + x.f, c.base + x.l, x.table_id, x.op, x.etc, c.at, x.v, x.data"
+    "  FROM c, unnest(%(bf)s::bigint[], %(bl)s::bigint[], %(bt)s::text[], %(bo)s::text[],"
+    "  %(be)s::text[], %(bv)s::integer[], %(bd)s::bytea[]) AS x(f, l, table_id, op, etc, v, data))"
+    " SELECT c.base, c.at, pg_notify(%(ch)s, %(t)s || ':' || (c.base + %(n)s)) FROM c"
+)
+
+
+def insert(
+    conn: Conn, tenant_id: str, enc: Encoded, n: int, channel: str
+) -> tuple[int, Any] | None:
+    """Take ``n`` tokens and write the keys and batches in one statement;
+    (base, ingest time) — the new tokens are base+1..base+n — or None when the
+    tenant has no counter yet. A key used before raises UniqueViolation."""
+    cols: list[list[Any]] = [list(c) for c in zip(*enc.batches, strict=True)] or [[]] * 7
+    row = conn.execute(
+        _INSERT,
+        {
+            "n": n,
+            "t": tenant_id,
+            "kt": enc.keys[0],
+            "kk": enc.keys[1],
+            "ko": enc.keys[2],
+            "kh": enc.keys[3],
+            **dict(zip(("bf", "bl", "bt", "bo", "be", "bv", "bd"), cols, strict=True)),
+            "ch": channel,
+        },
+        binary=True,
+    ).fetchone()
+    return None if row is None else (int(row[0]), row[1])
