@@ -158,6 +158,7 @@ class Config:
     compaction_interval_ms: int = 5_000
     compaction_min_files: int = 8
     compaction_target_bytes: int = 128 * 1024 * 1024
+    compaction_memory_mb: int = 128  # DuckDB memory of one merge; beyond it the sort spills
     snapshot_retain_count: int = 100
     snapshot_retain_ms: int = 24 * 3600 * 1000
     gc_safety_window_ms: int = 3600 * 1000
@@ -230,6 +231,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "compaction_interval_ms": _int(100, 86_400_000),
     "compaction_min_files": _int(2, 100_000),
     "compaction_target_bytes": _int(1024, 1 << 40),
+    "compaction_memory_mb": _int(16, 1 << 20),
     "snapshot_retain_count": _int(1, 1_000_000_000),
     "snapshot_retain_ms": _int(0, 3_153_600_000_000),  # up to 100 years
     "gc_safety_window_ms": _int(0, 3_153_600_000_000),  # up to 100 years

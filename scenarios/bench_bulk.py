@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -188,6 +189,21 @@ def run_load(server: Server, rows: pa.Table, chunk: int) -> dict[str, Any]:
     }
 
 
+def _rss_by_process(server: Server) -> dict[str, float]:
+    """RSS (MiB) of each process of the server's group, named by role and pid."""
+    assert server.proc is not None
+    root = psutil.Process(server.proc.pid)
+    out = {}
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            cmd = p.cmdline()
+            role = cmd[cmd.index("--role") + 1] if "--role" in cmd else "main"
+            out[f"{role}-{p.pid}"] = p.memory_info().rss / 2**20
+        except (psutil.Error, IndexError):
+            continue
+    return out
+
+
 def run_big_load(server: Server, gib: float, chunk: int) -> dict[str, Any]:
     """``duckmesh load`` of a CSV of about ``gib`` GiB, sampling the server's
     RSS meanwhile (peak) and the load process's peak RSS."""
@@ -209,6 +225,7 @@ def run_big_load(server: Server, gib: float, chunk: int) -> dict[str, Any]:
         command = [sys.executable, "-m", "duckmesh.cli.main", "load", table, str(path)]
         command += ["--chunk-rows", str(chunk), "--wait", "--url", server.base_url]
         peak = [server.rss_mib()]
+        by_process: dict[str, float] = {}
         started = time.perf_counter()
         proc = subprocess.Popen(
             [*command, "--api-key", KEY],
@@ -219,10 +236,19 @@ def run_big_load(server: Server, gib: float, chunk: int) -> dict[str, Any]:
         )
         while proc.poll() is None:
             peak.append(server.rss_mib())
+            for name, rss in _rss_by_process(server).items():
+                by_process[name] = max(by_process.get(name, 0.0), rss)
             time.sleep(0.2)
+            if len(peak) % 25 == 0:  # every ~5 s: where in the load the memory goes
+                print(
+                    f"  {time.perf_counter() - started:6.0f} s  RSS {peak[-1]:6.0f} MiB", flush=True
+                )
         visible = time.perf_counter() - started
         out, err = proc.communicate()
         child_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        with server.client() as client:  # compaction kept up (it is the memory peak)
+            schema = client.get("/v1/ui/schema").json()
+        files = next(t["files"] for t in schema["tables"] if t["name"] == table)
     assert proc.returncode == 0, err
     return {
         "format": f"duckmesh load ({size / 2**30:.2f} GiB csv)",
@@ -231,7 +257,10 @@ def run_big_load(server: Server, gib: float, chunk: int) -> dict[str, Any]:
         "visible_s": round(visible, 2),
         "rows_per_s": round(n / visible),
         "server_peak_rss_mib": round(max(peak)),
+        # Each process's own peak (they need not peak together).
+        "server_peak_rss_by_process_mib": {k: round(v) for k, v in sorted(by_process.items())},
         "load_peak_rss_mib": round(child_peak),
+        "data_files_after": files,  # 1 per 100,000-row commit without compaction
         "summary": out.strip().splitlines()[-1],
     }
 
@@ -290,11 +319,15 @@ def main() -> None:
         default="csv,ndjson,arrow,parquet,load,json",
         help="comma-separated parts to run (COPY and the Parquet floor always run)",
     )
+    ap.add_argument(
+        "--env", action="append", default=[], help="KEY=VALUE for the server (repeatable)"
+    )
     args = ap.parse_args()
     only = set(args.only.split(","))
+    server_env = dict(item.split("=", 1) for item in args.env)
     rows = make_rows(args.rows)
     results: list[dict[str, Any]] = []
-    with Server() as server:
+    with Server(**server_env) as server:
         for kind in MEDIA:
             if kind in only:
                 results.append(run_upload(server, kind, rows, args.chunk))

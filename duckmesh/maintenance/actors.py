@@ -36,7 +36,9 @@ def compactor_for(rt: Runtime) -> Compactor:
         rt.store,
         rt.faults,
         CompactionSettings(
-            min_files=cfg.compaction_min_files, target_bytes=cfg.compaction_target_bytes
+            min_files=cfg.compaction_min_files,
+            target_bytes=cfg.compaction_target_bytes,
+            memory_mb=cfg.compaction_memory_mb,
         ),
     )
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import attrs
 import duckdb
@@ -44,6 +45,10 @@ log = structlog.get_logger("duckmesh.compaction")
 class CompactionSettings:
     min_files: int = 8
     target_bytes: int = 128 * 1024 * 1024
+    # DuckDB's default is 80% of RAM: a merge sorting 128 MiB of zstd Parquet
+    # held ~800 MiB, the server's peak while bulk loading (ADR 0014). Bounded,
+    # the sort spills to the scratch directory instead.
+    memory_mb: int = 128
 
 
 def merge_sql(table: TableDef, present: set[str], paths: Sequence[str], target: str) -> str:
@@ -134,6 +139,16 @@ class Compactor:
             metrics.COMPACTION_BYTES.inc(summary.bytes_rewritten)
         return summary
 
+    @staticmethod
+    def _run_merge(sql: str, scratch: Path, memory_mb: int | None) -> int:
+        with duckdb.connect() as conn:
+            conn.execute("SET threads = 1")
+            if memory_mb is not None:
+                conn.execute(f"SET memory_limit = '{int(memory_mb)}MB'")
+                conn.execute(f"SET temp_directory = {layout.quote_literal(str(scratch.parent))}")
+            row = conn.execute(sql).fetchone()
+        return int(row[0]) if row else 0
+
     def _merge(
         self,
         snapshot_id: int,
@@ -145,10 +160,18 @@ class Compactor:
         scratch = self.store.scratch_path(".parquet")
         try:
             paths = [str(self.store.local_path(f.path)) for f in group]
-            with duckdb.connect() as conn:
-                conn.execute("SET threads = 1")
-                row = conn.execute(merge_sql(table, present, paths, str(scratch))).fetchone()
-            count = int(row[0]) if row else 0
+            sql = merge_sql(table, present, paths, str(scratch))
+            try:
+                count = self._run_merge(sql, scratch, self.settings.memory_mb)
+            except duckdb.OutOfMemoryException:
+                # Some of a merge cannot spill (a Parquet row group of wide rows
+                # is buffered whole): bounded memory must not stop compaction.
+                log.warning(
+                    "compaction merge needs more than its memory bound; retried without it",
+                    table_id=table.table_id,
+                    memory_mb=self.settings.memory_mb,
+                )
+                count = self._run_merge(sql, scratch, None)
             digest = layout.sha256_file(scratch)
             key = layout.compacted_key(layout.partition_dir(group[0].path), snapshot_id, seq)
             info = self.store.put_file(scratch, key)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+import attrs
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import trio
 
+from duckmesh.bus import UploadRequest
 from duckmesh.catalog import commands, reads
 from duckmesh.maintenance.actors import compactor_for
 from duckmesh.projections import replay
@@ -184,3 +189,46 @@ async def test_compaction_endpoint(server: LiveServer) -> None:
     assert q["stats"]["scanned_files"] == 1
     snap = (await server.client.get(f"/v1/snapshots/{q['snapshot_id']}")).json()
     assert [len(t["files"]) for t in snap["tables"] if t["name"] == "log"] == [1]
+
+
+async def test_a_merge_larger_than_its_memory_bound_still_keeps_every_row(
+    runtime: Runtime,
+) -> None:
+    """``DUCKMESH_COMPACTION_MEMORY_MB`` bounds DuckDB in a merge (the bulk-load
+    memory peak, ADR 0014): the sort spills to scratch, and a merge that
+    cannot fit at all (a Parquet row group of wide rows is buffered whole) is
+    retried without the bound instead of failing."""
+    rt = runtime
+    table = rt.db.call(
+        lambda c: commands.create_table(
+            c,
+            "default",
+            LOG_TABLE
+            | {"columns": [{"name": "id", "type": "BIGINT"}, {"name": "pad", "type": "VARCHAR"}]},
+        )
+    )
+    committer = shared_committer(rt)
+    for n in range(3):  # three files of 100,000 rows, ~65 MB to sort in all
+        ids = pa.array(range(n * 100_000, (n + 1) * 100_000), pa.int64())
+        pad = pc.binary_join_element_wise(ids.cast(pa.string()), "x" * 200, "")
+        rt.bus.publish_upload(
+            "default",
+            UploadRequest(
+                table.table_id,
+                "insert",
+                None,
+                1,
+                pa.table({"id": ids, "pad": pad}),
+                hashlib.sha256(str(n).encode()).digest(),
+                f"u{n}",
+                None,
+                None,
+            ),
+        )
+        assert committer.commit_once() is not None
+    compactor = compactor_for(rt)
+    compactor.settings = attrs.evolve(compactor.settings, min_files=2, memory_mb=16)
+    summary = await trio.to_thread.run_sync(compactor.compact, "default")
+    assert (summary.files_merged, summary.files_written) == (3, 1)
+    result = await _rows(rt, "select count(*), count(distinct id), max(length(pad)) from log")
+    assert result["rows"] == [[300_000, 300_000, 206]]
