@@ -423,3 +423,39 @@ async def test_event_time_partitions_upserts_and_deletes(server: LiveServer) -> 
     # 23:30 at -01:00 is the next day in UTC: 2024-03-02 and 2024-03-03.
     assert sorted(f["path"].split("/")[-2] for f in first) == ["date=2024-03-02", "date=2024-03-03"]
     assert all(f["record_count"] == 3 for f in first)
+
+
+async def test_json_records_of_mixed_ops_and_uploads_resolve_by_token(server: LiveServer) -> None:
+    """A JSON request mixing upserts and deletes (and an event time) is
+    stored as a batch with per-row ops (ADR 0014): between two uploads of the
+    same keys, every row resolves by token across both paths, and a retry of
+    the request is all duplicates with the same tokens."""
+    await server.create_table(_table("mix"))
+    first = [{"id": k, "name": f"up1-{k}"} for k in (1, 2, 3, 4)]
+    r = await upload(server, "mix", _csv(first), "text/csv", key="u1", op="upsert")
+    assert r.status_code == 200, r.text
+    assert (r.json()["first_token"], r.json()["last_token"]) == (1, 4)
+    records = [
+        {"idempotency_key": "j1", "op": "upsert", "payload": {"id": 3, "name": "json-3"}},
+        {"idempotency_key": "j2", "op": "delete", "payload": {"id": 2}},
+        {
+            "idempotency_key": "j3",
+            "op": "upsert",
+            "payload": {"id": 4, "name": "json-4"},
+            "event_time": "2024-03-01T10:00:00+02:00",
+        },
+        {"idempotency_key": "j4", "op": "insert", "payload": {"id": 5, "name": "json-5"}},
+    ]
+    r = await server.ingest("mix", records)
+    assert r.status_code == 200, r.text
+    assert (r.json()["accepted_count"], r.json()["max_visibility_token"]) == (4, 8)
+    second = [{"id": 4, "name": "up2-4"}]
+    r = await upload(server, "mix", _csv(second), "text/csv", key="u2", op="upsert")
+    assert r.status_code == 200, r.text
+    assert r.json()["first_token"] == 9
+    retry = await server.ingest("mix", records)
+    assert retry.status_code == 200, retry.text
+    assert (retry.json()["duplicate_count"], retry.json()["max_visibility_token"]) == (4, 8)
+    q = await server.query("select id, name from mix order by id", min_visibility_token=9)
+    assert q.status_code == 200, q.text
+    assert q.json()["rows"] == [[1, "up1-1"], [3, "json-3"], [4, "up2-4"], [5, "json-5"]]
