@@ -4,8 +4,10 @@ Tokens come from a per-tenant counter row locked ``FOR UPDATE`` in the
 ingest transaction: the lock orders commits, so token ``n`` is committed
 before any transaction can even read ``n`` as the counter — unlike a sequence,
 whose values commit out of order (SPEC §2.3, proven by
-``tests/bus/test_token_race.py`` with a negative control). Records are
-append-only; "committed" is derived from the scope's ``acked_token``.
+``tests/bus/test_token_race.py`` with a negative control). JSON records
+and uploads are stored as Arrow batches (``record_batches``, ``batches``;
+ADR 0013, 0014), append-only; "committed" is derived from the scope's
+``acked_token``.
 """
 
 from __future__ import annotations

@@ -144,18 +144,30 @@ def _run_table(table: TableDef, run: Sequence[IngestRecord]) -> tuple[pa.Table, 
     return user.append_column(EVENT_TIME_COLUMN, times), op, EVENT_TIME_COLUMN
 
 
-def _runs(new: Sequence[IngestRecord]) -> list[tuple[int, list[IngestRecord]]]:
-    """(offset of the first, records) per run of one table and schema version."""
-    runs: list[tuple[int, list[IngestRecord]]] = []
+# Payload bytes per stored batch: a bytea value holds at most 1 GB, and a
+# flush may carry 50,000 records of up to DUCKMESH_MAX_RECORD_BYTES each.
+RUN_BYTES = 64 << 20
+
+
+def runs(
+    new: Sequence[IngestRecord], max_rows: int = CHUNK_ROWS, max_bytes: int = RUN_BYTES
+) -> list[tuple[int, list[IngestRecord]]]:
+    """(offset of the first, records) per run of one table and schema
+    version, each at most ``max_rows`` records and about ``max_bytes`` of
+    payload (at least one record)."""
+    out: list[tuple[int, list[IngestRecord]]] = []
+    size = 0
     for i, rec in enumerate(new):
-        if runs:
-            head = runs[-1][1]
+        if out:
+            head = out[-1][1]
             same = head[0].table_id == rec.table_id and head[0].schema_version == rec.schema_version
-            if same and len(head) < CHUNK_ROWS:
+            if same and len(head) < max_rows and size + len(rec.payload) <= max_bytes:
                 head.append(rec)
+                size += len(rec.payload)
                 continue
-        runs.append((i + 1, [rec]))
-    return runs
+        out.append((i + 1, [rec]))
+        size = len(rec.payload)
+    return out
 
 
 def encode(new: Sequence[IngestRecord], defs: Defs) -> Encoded:
@@ -166,7 +178,7 @@ def encode(new: Sequence[IngestRecord], defs: Defs) -> Encoded:
         keys.append(rec.idempotency_key)
         offsets.append(i + 1)
         hashes.append(rec.payload_hash.hex())
-    for first, run in _runs(new):
+    for first, run in runs(new):
         table = defs(run[0].table_id, run[0].schema_version)
         try:
             if table is None:
