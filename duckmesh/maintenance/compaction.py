@@ -144,14 +144,14 @@ class Compactor:
     ) -> layout.DataFile:
         scratch = self.store.scratch_path(".parquet")
         try:
-            paths = [str(self.store.local_path(f.path)) for f in group]
+            paths = [str(p) for p in self.store.local_paths([f.path for f in group])]
             with duckdb.connect() as conn:
                 conn.execute("SET threads = 1")
                 row = conn.execute(merge_sql(table, present, paths, str(scratch))).fetchone()
             count = int(row[0]) if row else 0
             digest = layout.sha256_file(scratch)
             key = layout.compacted_key(layout.partition_dir(group[0].path), snapshot_id, seq)
-            info = self.store.put_file(scratch, key)
+            info = self.store.put_file(scratch, key, digest)
         finally:
             if scratch.exists():
                 os.unlink(scratch)
