@@ -25,15 +25,18 @@ from duckmesh.storage.s3 import S3ObjectStore
 S3_MAX_ATTEMPTS = 5
 S3_CONNECT_TIMEOUT_S = 2.0
 S3_REQUEST_TIMEOUT_S = 30.0
+# Readiness probes answer within a second or two: one attempt, short timeouts.
+PROBE_TIMEOUT_S = 1.0
 
 
-def s3_filesystem(config: Config) -> pafs.S3FileSystem:
+def s3_filesystem(config: Config, *, probe: bool = False) -> pafs.S3FileSystem:
     """pyarrow's S3 filesystem for the configured endpoint; credentials come
     from the AWS SDK's default chain (``AWS_*`` variables, profiles, roles)."""
+    attempts = 1 if probe else S3_MAX_ATTEMPTS
     options: dict[str, object] = {
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
-        "connect_timeout": S3_CONNECT_TIMEOUT_S,
-        "request_timeout": S3_REQUEST_TIMEOUT_S,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts),
+        "connect_timeout": PROBE_TIMEOUT_S if probe else S3_CONNECT_TIMEOUT_S,
+        "request_timeout": PROBE_TIMEOUT_S if probe else S3_REQUEST_TIMEOUT_S,
         "force_virtual_addressing": not config.s3_path_style,
     }
     if config.s3_region:
@@ -55,7 +58,13 @@ def open_object_store(config: Config) -> ObjectStore:
     url = config.object_store_url
     if url.startswith("s3://"):
         bucket, _, prefix = url[len("s3://") :].partition("/")
-        return S3ObjectStore(s3_filesystem(config), bucket, prefix, object_cache(config))
+        return S3ObjectStore(
+            s3_filesystem(config),
+            bucket,
+            prefix,
+            object_cache(config),
+            probe=s3_filesystem(config, probe=True),
+        )
     if url.startswith("file://"):
         return LocalObjectStore(Path(urlsplit(url).path))
     return LocalObjectStore(config.data_dir / "objects")

@@ -53,9 +53,15 @@ def _checksum_of(content_type: str) -> str | None:
 
 class S3ObjectStore:
     def __init__(
-        self, filesystem: pafs.FileSystem, bucket: str, prefix: str, cache: FileCache
+        self,
+        filesystem: pafs.FileSystem,
+        bucket: str,
+        prefix: str,
+        cache: FileCache,
+        probe: pafs.FileSystem | None = None,
     ) -> None:
         self.fs = filesystem
+        self.probe = probe or filesystem  # readiness: one quick attempt, no retries
         self.bucket = bucket
         self.base = "/".join(p for p in (bucket, prefix.strip("/")) if p)
         self.cache = cache
@@ -175,7 +181,7 @@ class S3ObjectStore:
         probe.write_bytes(b"ok")
         probe.unlink()
         with self._call("head"):
-            info = self.fs.get_file_info(self.bucket)
+            info = self.probe.get_file_info(self.bucket)
         if info.type == pafs.FileType.NotFound:
             raise ObjectStoreUnavailable("head", f"bucket {self.bucket!r} not found")
 
