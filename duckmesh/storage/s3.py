@@ -9,7 +9,8 @@ it reads the local copies in the ``FileCache``.
 - ``put_file`` uploads and returns only once the upload is complete (the
   object is durable before any snapshot can list it), records the file's
   SHA-256 as a ``sha256`` parameter of its Content-Type (pyarrow writes no
-  user metadata; a HEAD reads it back), then moves the source into the
+  user metadata; a HEAD reads it back; ``checksum`` hashes the remote
+  bytes of an object without it), then moves the source into the
   cache: fresh files are warm on the node that wrote them.
 - ``local_path``/``local_paths`` download missing objects into the cache.
 - ``delete`` also drops the cached copy.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import datetime as dt
+import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -122,14 +124,22 @@ class S3ObjectStore:
         return ObjectInfo(key, int(info.size or 0), _utc(info.mtime))
 
     def checksum(self, key: str) -> str | None:
-        """The SHA-256 recorded at write, from a HEAD (no download)."""
+        """The SHA-256 recorded at write, from a HEAD (no download); for an
+        object written without it, the remote bytes hashed as they stream
+        (never the cached copy). None when the object is missing."""
         try:
             with self._call("head"), self.fs.open_input_file(self._remote(key)) as fh:
                 meta = fh.metadata()
+                raw = meta.get("Content-Type", b"")
+                recorded = _checksum_of(raw.decode() if isinstance(raw, bytes) else str(raw))
+                if recorded is not None:
+                    return recorded
+                digest = hashlib.sha256()
+                while chunk := fh.read(CHUNK):
+                    digest.update(chunk)
+                return digest.hexdigest()
         except FileNotFoundError:
             return None
-        raw = meta.get("Content-Type", b"")
-        return _checksum_of(raw.decode() if isinstance(raw, bytes) else str(raw))
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         base = self._remote(prefix) if prefix else self.base
