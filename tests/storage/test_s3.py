@@ -4,7 +4,6 @@ without a download, the cache, and a clear error when the store is down."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -19,10 +18,15 @@ from duckmesh_testing.s3server import S3TestServer
 from tests.storage.contract import ObjectStoreContract, scratch_file
 
 
+@pytest.fixture(autouse=True)
+def aws_credentials(s3_server: S3TestServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+
+
 def s3_store(
     server: S3TestServer, bucket: str, data_dir: Path, cache_bytes: int = 64 << 20
 ) -> S3ObjectStore:
-    os.environ.update(server.env())
     config = Config(
         data_dir=data_dir,
         object_store_url=f"s3://{bucket}/pre/fix",

@@ -140,6 +140,8 @@ def test_roles_on_separate_hosts_share_only_postgres_and_the_bucket(
         report = writes.post("/v1/integrity/run")
         assert report.status_code == 200, report.text
         assert report.json()["summary"]["ok"] is True
+    for proc in (reader, api, coordinator, maintenance):
+        assert proc.terminate() == 0, proc.logs()[-2000:]
     for name in ("api-host", "coordinator-host", "maintenance-host", "query-host"):
         objects = tmp_path / name / "objects"
         assert not list(objects.rglob("*.parquet")) if objects.exists() else True, name
