@@ -4,6 +4,10 @@ without a download, the cache, and a clear error when the store is down."""
 
 from __future__ import annotations
 
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -108,3 +112,40 @@ def test_a_store_that_is_down_answers_a_retryable_error(
     source = scratch_file(store, b"x")
     store.put_file(source, "t1/down")  # nothing was half-written
     assert store.local_path("t1/down").read_bytes() == b"x"
+
+
+def test_a_large_file_goes_up_in_parts(
+    tmp_path: Path, s3_server: S3TestServer, s3_bucket: str
+) -> None:
+    store = s3_store(s3_server, s3_bucket, tmp_path)
+    store.put_file(scratch_file(store, b"\x01" * (24 << 20)), "t1/huge.parquet")
+    log = s3_server.log_path.read_text(errors="replace")
+    parts = set(re.findall(rf"PUT /{s3_bucket}/pre/fix/t1/huge\.parquet\?partNumber=(\d+)", log))
+    assert len(parts) >= 2, parts
+    info = store.stat("t1/huge.parquet")
+    assert info is not None
+    assert info.size == 24 << 20
+
+
+def test_concurrent_readers_share_one_download(
+    tmp_path: Path, s3_server: S3TestServer, s3_bucket: str
+) -> None:
+    writer = s3_store(s3_server, s3_bucket, tmp_path / "writer")
+    writer.put_file(scratch_file(writer, b"z" * (2 << 20)), "t1/shared")
+    reader = s3_store(s3_server, s3_bucket, tmp_path / "reader")
+    before = s3_server.object_reads(s3_bucket)
+    start = threading.Barrier(8)
+
+    def read(_: int) -> Path:
+        start.wait()
+        return reader.local_path("t1/shared")
+
+    with ThreadPoolExecutor(8) as pool:
+        paths = set(pool.map(read, range(8)))
+    assert len(paths) == 1
+    assert paths.pop().read_bytes() == b"z" * (2 << 20)
+    deadline = time.monotonic() + 5
+    while s3_server.object_reads(s3_bucket) == before and time.monotonic() < deadline:
+        time.sleep(0.05)  # the server logs a request just after answering it
+    time.sleep(0.3)
+    assert s3_server.object_reads(s3_bucket) == before + 1
