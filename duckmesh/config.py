@@ -101,6 +101,22 @@ def _unsafe_break(name: str, raw: str) -> str:
     return raw
 
 
+def _object_store_url(name: str, raw: str) -> str:
+    if raw == "":
+        return raw
+    if raw.startswith("file:///"):
+        return raw
+    if raw.startswith("s3://") and raw[len("s3://") :].split("/", 1)[0]:
+        return raw.rstrip("/")
+    raise ConfigError(f"{name}={raw!r} must be file:///path or s3://bucket[/prefix]")
+
+
+def _endpoint_url(name: str, raw: str) -> str:
+    if raw and not raw.startswith(("http://", "https://")):
+        raise ConfigError(f"{name}={raw!r} must start with http:// or https://")
+    return raw.rstrip("/")
+
+
 @attrs.frozen
 class Config:
     """Effective configuration. Field docs live in docs/CONFIGURATION.md."""
@@ -162,6 +178,13 @@ class Config:
     snapshot_retain_count: int = 100
     snapshot_retain_ms: int = 24 * 3600 * 1000
     gc_safety_window_ms: int = 3600 * 1000
+    # object storage (ADR 0019): "" = file objects/ under the data dir
+    object_store_url: str = ""  # file:///path or s3://bucket/prefix
+    s3_endpoint_url: str = ""  # MinIO and other S3-compatible servers; "" = AWS
+    s3_region: str = ""  # "" = the AWS SDK's default (AWS_REGION, profile)
+    s3_path_style: bool = True  # path-style addressing (False: virtual-hosted)
+    object_cache_dir: str = ""  # "" = cache/ under the data dir
+    object_cache_bytes: int = 0  # 0 = a quarter of the cache disk's size
     # testing / chaos
     enable_faults: bool = False
     faults: str = ""
@@ -235,6 +258,12 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "snapshot_retain_count": _int(1, 1_000_000_000),
     "snapshot_retain_ms": _int(0, 3_153_600_000_000),  # up to 100 years
     "gc_safety_window_ms": _int(0, 3_153_600_000_000),  # up to 100 years
+    "object_store_url": _object_store_url,
+    "s3_endpoint_url": _endpoint_url,
+    "s3_region": _str,
+    "s3_path_style": _bool,
+    "object_cache_dir": _str,
+    "object_cache_bytes": _int(0, 1 << 50),
     "enable_faults": _bool,
     "faults": _str,
     "unsafe_break": _unsafe_break,

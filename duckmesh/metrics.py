@@ -195,6 +195,39 @@ INTEGRITY_SIZE_MISMATCH = Counter(
     registry=REGISTRY,
 )
 
+# object store and the local immutable-file cache (ADR 0019)
+OBJECT_STORE_REQUESTS = Counter(
+    "duckmesh_object_store_requests_total",
+    "Remote object-store operations by kind and outcome.",
+    ["op", "status"],
+    registry=REGISTRY,
+)
+OBJECT_STORE_BYTES = Counter(
+    "duckmesh_object_store_bytes_total",
+    "Bytes moved to (put) or from (get) the remote object store.",
+    ["direction"],
+    registry=REGISTRY,
+)
+OBJECT_CACHE_HITS = Counter(
+    "duckmesh_object_cache_hits_total", "Object reads served by the local cache.", registry=REGISTRY
+)
+OBJECT_CACHE_MISSES = Counter(
+    "duckmesh_object_cache_misses_total",
+    "Object reads that downloaded the object into the local cache.",
+    registry=REGISTRY,
+)
+OBJECT_CACHE_EVICTIONS = Counter(
+    "duckmesh_object_cache_evictions_total",
+    "Cached objects evicted (least recently used) to stay within the byte bound.",
+    registry=REGISTRY,
+)
+OBJECT_CACHE_BYTES = Gauge(
+    "duckmesh_object_cache_bytes",
+    "Bytes held by the local object cache.",
+    multiprocess_mode=_GAUGE_MODE,
+    registry=REGISTRY,
+)
+
 # supervision
 ACTOR_RESTARTS = Counter(
     "duckmesh_actor_restarts_total", "Actor restarts.", ["actor"], registry=REGISTRY

@@ -31,7 +31,7 @@ from duckmesh.ingest.group_commit import GroupCommitter
 from duckmesh.logs import show_bootstrap_key
 from duckmesh.notify import Notifications
 from duckmesh.query.service import QueryService, QuerySettings
-from duckmesh.storage.local import LocalObjectStore
+from duckmesh.storage.factory import open_object_store
 from duckmesh.storage.protocol import ObjectStore
 from duckmesh.supervisors import Supervisor
 from duckmesh.supervisors.faults import FaultPoints
@@ -105,7 +105,7 @@ def build_runtime(
         dsn, embedded = open_catalog(config, owner=owner)
     db = Database(dsn, size=config.db_pool_size, timeout_s=config.db_pool_timeout_ms / 1000)
     bus = PostgresBus(db)
-    store = LocalObjectStore(config.data_dir / "objects")
+    store = open_object_store(config)
     notifications = Notifications()
     faults = FaultPoints.from_spec(config.faults, enabled=config.enable_faults)
     queries = QueryService(

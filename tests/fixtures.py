@@ -9,6 +9,8 @@
   nursery on a free port, with an ``httpx`` client already authenticated.
 - ``spawn_server``: ``duckmesh serve`` as a real subprocess, for crash and
   signal tests.
+- ``s3_server`` (session) and ``s3_bucket``: the S3-compatible test server
+  (moto) and a fresh bucket on it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from duckmesh.coordinator.committer import Committer
 from duckmesh.embedded import EmbeddedPostgres
 from duckmesh.runtime import Runtime, build_runtime, coordinator_actors, migrate_and_bootstrap
 from duckmesh_testing.procs import free_port, server_env, spawn_serve
+from duckmesh_testing.s3server import S3TestServer
 
 # A fixed key that passes the weak-key check (it is public: tests only).
 BOOTSTRAP_KEY = "dmk_test_hdIKTV4c2RHBarDrhSuMRUs2gIDIZxVg-1oN06BQ"
@@ -319,3 +322,19 @@ def shared_committer(rt: Runtime) -> Committer:
         cached = (rt, coordinator_actors(rt)[0].committer)
         _COMMITTERS[id(rt)] = cached
     return cached[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3TestServer]:
+    """The S3-compatible test server (moto), once per run (ADR 0019)."""
+    server = S3TestServer(tmp_path_factory.mktemp("s3") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3TestServer) -> str:
+    """A new, empty bucket on the S3-compatible test server."""
+    name = f"dm-{secrets.token_hex(6)}"
+    s3_server.create_bucket(name)
+    return name

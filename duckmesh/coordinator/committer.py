@@ -397,7 +397,7 @@ class Committer:
         try:
             size, checksum = layout.write_parquet(rows.arrow, scratch)
             key = layout.object_key(tenant, rows.table.table_id, rows.partition, snapshot_id, seq)
-            self.store.put_file(scratch, key)
+            self.store.put_file(scratch, key, checksum)
         finally:
             if scratch.exists():
                 os.unlink(scratch)

@@ -159,7 +159,7 @@ class Compactor:
     ) -> layout.DataFile:
         scratch = self.store.scratch_path(".parquet")
         try:
-            paths = [str(self.store.local_path(f.path)) for f in group]
+            paths = [str(p) for p in self.store.local_paths([f.path for f in group])]
             sql = merge_sql(table, present, paths, str(scratch))
             try:
                 count = self._run_merge(sql, scratch, self.settings.memory_mb)
@@ -174,7 +174,7 @@ class Compactor:
                 count = self._run_merge(sql, scratch, None)
             digest = layout.sha256_file(scratch)
             key = layout.compacted_key(layout.partition_dir(group[0].path), snapshot_id, seq)
-            info = self.store.put_file(scratch, key)
+            info = self.store.put_file(scratch, key, digest)
         finally:
             if scratch.exists():
                 os.unlink(scratch)

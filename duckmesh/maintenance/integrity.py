@@ -2,9 +2,11 @@
 
 For one tenant it verifies each data file listed by the latest snapshot and
 by every pinned snapshot: the object exists, has the recorded size and (when
-asked) the recorded SHA-256. It records the result (``MaintenanceCompleted``
-kind ``integrity``) and reports problems; the API turns a failed check into
-``INTEGRITY_CHECK_FAILED``. Read-only on the data, so always safe to rerun.
+asked) the recorded SHA-256 (the one the store recorded at write when it
+keeps one, so S3 needs no download; else hashed from the local copy). It
+records the result (``MaintenanceCompleted`` kind ``integrity``) and reports
+problems; the API turns a failed check into ``INTEGRITY_CHECK_FAILED``.
+Read-only on the data, so always safe to rerun.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class IntegrityChecker:
                 missing.append(f.path)
             elif info.size != f.size_bytes:
                 wrong_size.append(f.path)
-            elif checksums and sha256_file(self.store.local_path(f.path)) != f.checksum:
+            elif checksums and self._checksum(f.path) != f.checksum:
                 wrong_checksum.append(f.path)
         metrics.INTEGRITY_FILES_CHECKED.inc(len(files))
         metrics.INTEGRITY_MISSING.inc(len(missing))
@@ -77,6 +79,12 @@ class IntegrityChecker:
                 error_code="INTEGRITY_CHECK_FAILED",
             )
         return report
+
+    def _checksum(self, key: str) -> str:
+        """The SHA-256 the store recorded at write (no download), else the
+        file's own, hashed from its local copy."""
+        recorded = self.store.checksum(key)
+        return recorded if recorded is not None else sha256_file(self.store.local_path(key))
 
     def _record(self, tenant: str, report: IntegrityReport) -> None:
         event = MaintenanceCompleted(tenant, "integrity", report.to_json())

@@ -1,8 +1,8 @@
 """Table bindings of a snapshot: which Parquet files and columns each view reads.
 
 Built from catalog rows (tables as of the snapshot, its live data files) for
-``SnapshotDatabase.add_snapshot``; files are named by their local path in the
-object store.
+``SnapshotDatabase.add_snapshot``; files are named by their local path
+(``_local_files``: in the object cache when the store is remote).
 """
 
 from __future__ import annotations
@@ -12,6 +12,12 @@ from duckmesh.catalog.model import DataFile, TableDef
 from duckmesh.db import Conn
 from duckmesh.query.sandbox import ColumnSpec, TableBinding
 from duckmesh.storage.protocol import ObjectStore
+
+
+def _local_files(store: ObjectStore, keys: list[str]) -> dict[str, str]:
+    """Each object's local path for DuckDB: the file itself (local store) or
+    its copy in the object cache, missing ones downloaded in parallel (S3)."""
+    return {key: str(path) for key, path in zip(keys, store.local_paths(keys), strict=True)}
 
 
 def table_bindings(
@@ -34,6 +40,7 @@ def table_bindings(
             if 0 < newest[t.table_id] != t.schema_version
         },
     )
+    local = _local_files(store, [f.path for f in files])
     out = []
     for table in tables:
         mine = by_table.get(table.table_id, [])
@@ -47,7 +54,7 @@ def table_bindings(
                 name=table.name,
                 columns=tuple(ColumnSpec(c.name, c.type, c.nullable) for c in table.columns),
                 primary_key=table.primary_key,
-                files=tuple(str(store.local_path(f.path)) for f in mine),
+                files=tuple(local[f.path] for f in mine),
                 file_columns=tuple(c.name for c in table.columns if c.name in present),
                 total_bytes=sum(f.size_bytes for f in mine),
                 uniform=all(f.schema_version == table.schema_version for f in mine),

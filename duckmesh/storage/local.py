@@ -13,11 +13,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from duckmesh.files import FILE_MODE, private_dir
-from duckmesh.storage.protocol import ObjectInfo
+from duckmesh.storage.protocol import ObjectInfo, check_key
 
 SCRATCH = "_scratch"
 
@@ -28,16 +28,13 @@ class LocalObjectStore:
         private_dir(self.root / SCRATCH)
 
     def _path(self, key: str) -> Path:
-        # A lexical check, not resolve(): keys are ours, and this runs once per
-        # file per snapshot load (hundreds of calls), so no syscalls here.
-        parts = key.split("/")
-        if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
-            raise ValueError(f"object key escapes the store: {key!r}")
-        return self.root.joinpath(*parts)
+        return self.root.joinpath(*check_key(key))
 
-    def put_file(self, source: Path, key: str) -> ObjectInfo:
+    def put_file(self, source: Path, key: str, checksum: str | None = None) -> ObjectInfo:
         target = self._path(key)
         private_dir(target.parent)
+        if target.exists():
+            raise FileExistsError(f"object key already used: {key!r}")
         fd = os.open(source, os.O_RDONLY)
         try:
             os.fchmod(fd, FILE_MODE)  # writers (pyarrow, DuckDB) create 0644
@@ -56,6 +53,12 @@ class LocalObjectStore:
 
     def local_path(self, key: str) -> Path:
         return self._path(key)
+
+    def local_paths(self, keys: Sequence[str]) -> list[Path]:
+        return [self._path(key) for key in keys]
+
+    def checksum(self, key: str) -> str | None:
+        return None  # not recorded: the file is local, hashing it is the check
 
     def directory(self, prefix: str) -> Path:
         """The local directory of a key prefix, created ``0700`` if missing."""

@@ -13,9 +13,11 @@ from duckmesh.api.context import api
 from duckmesh.api.http import json_response
 from duckmesh.api.openapi import openapi_body
 from duckmesh.runtime import Runtime
+from duckmesh.storage.protocol import ObjectStoreUnavailable
 from duckmesh.supervisors import ActorStatistics
 
 bp = Blueprint("health", __name__)
+STORE_UNAVAILABLE = "unavailable"
 
 
 @bp.get("/v1/health")
@@ -47,11 +49,15 @@ async def readiness(rt: Runtime) -> tuple[dict[str, Any], bool]:
     if failed:
         checks["actors"] = f"failed: {', '.join(failed)}"
     processes = group_status.readiness(rt, checks)  # the process tree (ADR 0012)
-    ok = all(v == "ok" for v in checks.values())
+    # A remote store that does not answer degrades the node but does not make
+    # it unready: ingest still acknowledges into the bus, commits resume
+    # when the store is back (ADR 0019).
+    store_down = checks.get("object_store") == STORE_UNAVAILABLE
+    ok = all(v == "ok" for k, v in checks.items() if not (k == "object_store" and store_down))
     # A tenant whose commits fail degrades the node but does not make it
     # unready: it still serves every other tenant (docs/OPERATIONS.md).
     failing = [f.as_dict() for f in rt.commit_health.failing()]
-    status = ("degraded" if failing else "ready") if ok else "not_ready"
+    status = ("degraded" if failing or store_down else "ready") if ok else "not_ready"
     body = {
         "status": status,
         "checks": checks,
@@ -77,6 +83,8 @@ async def _dependency_checks(rt: Runtime) -> dict[str, Any]:
         checks["object_store"] = "ok"
     except OSError as exc:
         checks["object_store"] = f"not writable: {exc.strerror}"
+    except ObjectStoreUnavailable:
+        checks["object_store"] = STORE_UNAVAILABLE
     return checks
 
 
