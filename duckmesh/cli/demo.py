@@ -246,6 +246,8 @@ def _run(url: str, api_key: str, rows: int) -> int:
     print('try these queries (KEY="your API key"):')
     for n, (title, body) in enumerate(demo_queries(max_token), 1):
         print(f"{n}. {title}")
+        token = body.get("min_visibility_token")
+        print(f"   {body['sql']}" + ("" if token is None else f"  (min_visibility_token {token})"))
         print(
             f"   curl -s -X POST {url.rstrip('/')}/v1/query"
             f' -H "Authorization: Bearer $KEY" -d {shlex.quote(json.dumps(body))}'

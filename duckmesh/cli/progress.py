@@ -37,6 +37,7 @@ class ProgressBar:
         self._bar: Any = None
         self._task: Any = None
         self._closed = False
+        self._plain_shown = ""
         if self.tty:
             self._start_bar()
 
@@ -74,6 +75,7 @@ class ProgressBar:
                 return
             line = self._plain_line()
         self._last_plain = now
+        self._plain_shown = line
         print(line, file=self.out, flush=True)
 
     def complete(self) -> None:
@@ -99,7 +101,7 @@ class ProgressBar:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
-        elif final_line:
+        elif final_line and self._plain_line() != self._plain_shown:
             print(self._plain_line(), file=self.out, flush=True)
 
     def __enter__(self) -> ProgressBar:

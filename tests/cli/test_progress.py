@@ -7,6 +7,7 @@ import io
 
 import pytest
 
+from duckmesh.cli import progress
 from duckmesh.cli.progress import ProgressBar
 from duckmesh_testing.bench.load import print_table
 from tests.cli.helpers import run
@@ -35,6 +36,15 @@ def test_a_pipe_gets_plain_lines() -> None:
         bar.advance_to(20)  # within PLAIN_EVERY_S of the last line: nothing
         bar.complete()
     assert out.getvalue().splitlines() == ["chunk 0: 10 rows", "loading: 100/100 rows (100%)"]
+
+
+def test_a_pipe_gets_the_final_count_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "PLAIN_EVERY_S", 0.0)
+    out = io.StringIO()
+    with ProgressBar("demo", 4, out=out) as bar:
+        bar.advance_to(2)
+        bar.advance_to(4)
+    assert out.getvalue().splitlines() == ["demo: 2/4 (50%)", "demo: 4/4 (100%)"]
 
 
 def test_a_failed_operation_ends_without_a_final_count() -> None:

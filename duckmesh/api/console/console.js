@@ -161,6 +161,8 @@ async function runQuery() {
     renderResult(result, performance.now() - started);
   } catch (error) {
     $("meta").textContent = "";
+    $("grid").tHead.replaceChildren();
+    $("grid").tBodies[0].replaceChildren();
     showError(error);
   } finally {
     busy(false);
