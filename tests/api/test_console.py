@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import trio
 
+from duckmesh.api.openapi import load_openapi
 from duckmesh.errors import ERROR_CODES
 from tests.api.helpers import assert_error
 from tests.fixtures import BOOTSTRAP_KEY, ORDERS, LiveServer
@@ -30,6 +31,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TIMEOUT_MS = 15_000
+CONSOLE_DIR = Path(__file__).resolve().parents[2] / "duckmesh" / "api" / "console"
 
 
 async def test_root_redirects_to_the_console_and_its_files_are_served(
@@ -47,6 +49,8 @@ async def test_root_redirects_to_the_console_and_its_files_are_served(
     for name, media in (("console.js", "text/javascript"), ("console.css", "text/css")):
         r = await server.client.get(f"/ui/{name}", headers=anon)
         assert (r.status_code, r.headers["content-type"]) == (200, f"{media}; charset=utf-8")
+    documented = load_openapi()["paths"]["/ui/{name}"]["get"]["parameters"][0]["schema"]["enum"]
+    assert sorted(documented) == sorted(p.name for p in CONSOLE_DIR.iterdir())
     for name in ("nope.js", "..%2Fopenapi.json", "%2e%2e"):
         err = assert_error(await server.client.get(f"/ui/{name}", headers=anon), 404, "NOT_FOUND")
         assert "console" in err["message"] or "route" in err["message"]
