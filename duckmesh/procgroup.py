@@ -141,6 +141,10 @@ class ChildProcess(Actor):
 def child_env(config: Config, group_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("_DUCKMESH_")}
     env["DUCKMESH_API_WORKERS"] = "1"  # each child is one process
+    # Settings the root took from flags (serve --data-dir/--host/--port) too.
+    env["DUCKMESH_DATA_DIR"] = str(config.data_dir)
+    env["DUCKMESH_HTTP_HOST"] = config.http_host
+    env["DUCKMESH_HTTP_PORT"] = str(config.http_port)
     env[GROUP_DIR_ENV] = str(group_dir)
     env[metrics.MULTIPROCESS_ENV] = str(group_dir / METRICS_DIR)
     return env

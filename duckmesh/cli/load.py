@@ -30,6 +30,7 @@ from typing import IO, Any
 
 import attrs
 
+from duckmesh.cli.progress import ProgressBar
 from duckmesh.config import Config
 
 FORMATS = {
@@ -266,11 +267,14 @@ class LoadFailed(Exception):
 
 
 class Progress:
+    """A progress bar on a terminal (cli/progress.py), one line per chunk otherwise."""
+
     def __init__(self, out: IO[str], total_bytes: int) -> None:
         self.out = out
         self.total = total_bytes
         self.tty = out.isatty()
         self.started = time.monotonic()
+        self.bar: ProgressBar | None = None
 
     def show(self, name: str, totals: Totals, chunk: Chunk) -> None:
         elapsed = max(time.monotonic() - self.started, 1e-6)
@@ -283,11 +287,13 @@ class Progress:
             f"{name}: chunk {chunk.number}: {totals.rows} rows ({totals.duplicates} duplicates),"
             f" {mb_s:.1f} MB/s{eta}"
         )
-        if self.tty:
-            self.out.write(f"\r{line}\x1b[K")
-        else:
-            self.out.write(line + "\n")
-        self.out.flush()
+        if self.bar is None:
+            self.bar = ProgressBar(name, self.total, out=self.out, unit="bytes")
+        self.bar.advance_to(totals.bytes_read, line=line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close(final_line=False)
 
 
 def _open(path: str) -> IO[bytes]:
@@ -341,8 +347,7 @@ def _load_one(
             totals.bytes_read = base + chunk.position
             progress.show(path, totals, chunk)
             chunk = following
-    if progress.tty:
-        sys.stdout.write("\n")
+    progress.close()
 
 
 def cmd_load(args: argparse.Namespace, config: Config) -> int:

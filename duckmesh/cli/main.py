@@ -17,8 +17,9 @@ import urllib.request
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from duckmesh.cli import load
+from duckmesh.cli import demo, load
 from duckmesh.cli.parser import parser
+from duckmesh.cli.progress import ProgressBar
 from duckmesh.cli.serve import cmd_serve
 from duckmesh.config import Config, ConfigError, load_config, parse_flag, to_toml
 
@@ -41,11 +42,14 @@ def _require_catalog(config: Config) -> None:
     without a catalog instead of creating an empty one somewhere unexpected."""
     from duckmesh.files import POSTGRES_DIR
 
-    if not config.catalog_dsn and not (config.data_dir / POSTGRES_DIR).is_dir():
+    if config.catalog_dsn:
+        return  # the catalog is elsewhere: this command uses no data directory
+    if not (config.data_dir / POSTGRES_DIR).is_dir():
         raise NoCatalog(
             f"no DuckMesh catalog in data directory {str(config.data_dir.resolve())!r}"
             " (use --data-dir or DUCKMESH_DATA_DIR, or set DUCKMESH_CATALOG_DSN)"
         )
+    print(f"duckmesh: data directory {str(config.data_dir.resolve())!r}", file=sys.stderr)
 
 
 def _on_catalog(config: Config, body: Callable[[Conn], int]) -> int:
@@ -91,40 +95,34 @@ def cmd_replay(args: argparse.Namespace, config: Config) -> int:
 
     def body(conn: Conn) -> int:
         total = events.count(conn)
-
-        def progress(n: int) -> None:
-            width = 30
-            done = int(width * n / max(total, 1))
-            print(
-                f"\r[{'#' * done}{'.' * (width - done)}] {n}/{total} events",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-
-        if args.action == "verify":
-            diffs = replay.verify(conn, progress=progress)
-            print(file=sys.stderr)
-            bad = [d for d in diffs if not d.equal]
-            for d in diffs:
-                mark = "ok  " if d.equal else "DIFF"
-                print(f"{mark} {d.table:<26} live={d.live_rows} replay={d.replay_rows}")
-                for row in d.only_live:
-                    print(f"       only in live:   {row}")
-                for row in d.only_replay:
-                    print(f"       only in replay: {row}")
-            print(
-                f"replayed {total} events: "
-                + ("projections equal the log" if not bad else f"{len(bad)} table(s) differ")
-            )
-            return 1 if bad else 0
-        try:
-            applied = replay.rebuild(conn, progress=progress)
-        except replay.ReplayRefused as exc:
-            print(f"\nrebuild refused: {exc}", file=sys.stderr)
-            return 1
-        print(f"\nrebuilt projections from {applied} events")
-        return 0
+        with ProgressBar(f"replaying {total} events", total) as bar:
+            if args.action == "verify":
+                diffs = replay.verify(conn, progress=bar.advance_to)
+                bar.complete()
+            else:
+                try:
+                    applied = replay.rebuild(conn, progress=bar.advance_to)
+                except replay.ReplayRefused as exc:
+                    bar.close(final_line=False)
+                    print(f"rebuild refused: {exc}", file=sys.stderr)
+                    return 1
+                bar.complete()
+        if args.action == "rebuild":
+            print(f"rebuilt projections from {applied} events")
+            return 0
+        bad = [d for d in diffs if not d.equal]
+        for d in diffs:
+            mark = "ok  " if d.equal else "DIFF"
+            print(f"{mark} {d.table:<26} live={d.live_rows} replay={d.replay_rows}")
+            for row in d.only_live:
+                print(f"       only in live:   {row}")
+            for row in d.only_replay:
+                print(f"       only in replay: {row}")
+        print(
+            f"replayed {total} events: "
+            + ("projections equal the log" if not bad else f"{len(bad)} table(s) differ")
+        )
+        return 1 if bad else 0
 
     return _on_catalog(config, body)
 
@@ -223,6 +221,9 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     except OSError as exc:
         print(f"no DuckMesh answering at {url}: {exc}", file=sys.stderr)
         return 1
+    if args.json:
+        print(json.dumps(body))
+        return 0 if body["status"] == "ready" else 1
     print(f"status: {body['status']} (role {body.get('role')})")
     for name, state in body.get("checks", {}).items():
         print(f"  {name:<14} {state}")
@@ -269,7 +270,9 @@ def cmd_bench(args: argparse.Namespace, config: Config) -> int:
 
             scenario = attrs.evolve(scenario, seconds=args.seconds)
         print(f"running {name}: {scenario.description}, {scenario.seconds:.0f} s", flush=True)
-        rows.append(run(scenario))
+        with ProgressBar(name, scenario.seconds, unit="s") as bar:
+            rows.append(run(scenario, on_progress=bar.advance_to))
+            bar.complete()
     print()
     print_table(rows)
     write_report("bench", {"results": rows})
@@ -332,6 +335,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "bench": cmd_bench,
     "scenario": cmd_scenario,
     "load": load.cmd_load,
+    "demo": demo.cmd_demo,
 }
 
 

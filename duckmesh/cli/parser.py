@@ -12,7 +12,7 @@ import contextlib
 from typing import Any, NoReturn
 
 from duckmesh.catalog.model import ROLES as KEY_ROLES
-from duckmesh.cli import load
+from duckmesh.cli import demo, load
 
 __all__ = ["parser"]
 
@@ -56,6 +56,13 @@ def _command(sub: Any, name: str, summary: str, epilog: str = "") -> argparse.Ar
     return command
 
 
+def _describe(command: argparse.ArgumentParser, description: str, epilog: str) -> None:
+    """A description and an example for a subcommand another module registers."""
+    command.description = command.description or description
+    command.epilog = command.epilog or epilog
+    command.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
 def _add_data_dir(command: argparse.ArgumentParser) -> None:
     """``--data-dir`` on every subcommand (also on those registered by other modules)."""
     with contextlib.suppress(argparse.ArgumentError):  # the command defines it itself
@@ -76,6 +83,12 @@ def parser() -> argparse.ArgumentParser:
     _catalog_commands(sub)
     _tool_commands(sub)
     load.add_parser(sub)
+    _describe(
+        sub.choices["load"],
+        "Bulk-load CSV, TSV, NDJSON, Parquet or Arrow files in resumable chunks.",
+        "example: DUCKMESH_API_KEY=dmk_... duckmesh load orders orders.csv --op upsert --wait",
+    )
+    demo.add_parser(sub)
     for command in sub.choices.values():
         _add_data_dir(command)
     return p
@@ -106,9 +119,13 @@ def _server_commands(sub: Any) -> None:
         "example: duckmesh replay verify",
     )
     replay.add_argument("action", choices=["verify", "rebuild"])
-    _command(
-        sub, "status", "show a running server's readiness and actors", "example: duckmesh status"
+    status = _command(
+        sub,
+        "status",
+        "show a running server's readiness and actors",
+        "example: duckmesh status --json",
     )
+    status.add_argument("--json", action="store_true", help="the readiness document as JSON")
 
 
 def _catalog_commands(sub: Any) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -85,7 +85,13 @@ def _create_tenant(server: Server, tenant: str) -> str:
     return key
 
 
-def run(scenario: LoadScenario) -> dict[str, Any]:
+PACE_TOLERANCE = 0.95  # a paced scenario below 95% of its rate missed its pace
+
+
+def run(
+    scenario: LoadScenario, on_progress: Callable[[float], None] | None = None
+) -> dict[str, Any]:
+    """One scenario on a fresh server; ``on_progress`` gets the seconds elapsed."""
     ids: Iterator[int] = itertools.count()
     lock = threading.Lock()
 
@@ -159,6 +165,8 @@ def run(scenario: LoadScenario) -> dict[str, Any]:
             )
             mode_a.append(time.perf_counter() - t0)
             probe_errors += status != 200 or status2 != 200
+            if on_progress is not None:
+                on_progress(min(time.monotonic() - began, scenario.seconds))
         load.join()
         probe.close()
         elapsed = time.monotonic() - began
@@ -168,6 +176,8 @@ def run(scenario: LoadScenario) -> dict[str, Any]:
         "description": scenario.description,
         "seconds": round(elapsed, 1),
         "records_per_s": round(sum(sent) / elapsed, 1),
+        "target_records_per_s": scenario.rate or None,
+        "pace_missed": bool(scenario.rate) and sum(sent) / elapsed < PACE_TOLERANCE * scenario.rate,
         "ack": summary_ms([x for a in acks for x in a]),
         "write_to_visible": summary_ms(mode_b),
         "strict_query": summary_ms(mode_a),
@@ -189,7 +199,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{r['scenario']:<13} {r['records_per_s']:>9,.0f} {a['p50_ms']:>8.1f} "
             f"{a['p95_ms']:>7.1f} {a['p99_ms']:>7.1f} {v['p50_ms']:>8.1f} {v['p95_ms']:>7.1f} "
             f"{v['p99_ms']:>7.1f} {q['p50_ms']:>10.1f} {q['p95_ms']:>7.1f} {r['errors']:>6}"
+            + ("  MISSED PACE" if r.get("pace_missed") else "")
         )
+    for r in rows:
+        if r.get("pace_missed"):
+            print(
+                f"{r['scenario']}: MISSED PACE: {r['records_per_s']:,.0f} of the"
+                f" {r['target_records_per_s']:,} records/s asked for"
+                " (this machine could not keep up)"
+            )
     print(
         "(latencies in ms; vis = write-to-visible, mode B; strict = write then query with"
         " the token, mode A)"

@@ -181,7 +181,10 @@ def test_a_usage_error_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
 def test_every_subcommand_has_a_description_and_keys_help_lists_the_roles(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    for command in ("serve", "migrate", "replay", "tenants", "keys", "status", "bench", "config"):
+    for command in (
+        "serve", "migrate", "replay", "tenants", "keys", "status", "bench", "config", "load",
+        "demo",
+    ):  # fmt: skip
         code, out, _ = run(capsys, command, "--help")
         assert code == 0
         assert "--data-dir" in out, command
