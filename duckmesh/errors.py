@@ -39,6 +39,7 @@ ErrorCode = Literal[
     "CONSISTENCY_TIMEOUT",
     "INTEGRITY_CHECK_FAILED",
     "UNSUPPORTED_MEDIA_TYPE",
+    "DATA_FILE_CORRUPT",
 ]
 
 # code -> (HTTP status, retryable)
@@ -71,6 +72,8 @@ ERROR_CODES: dict[ErrorCode, tuple[int, bool]] = {
     "OVERLOADED": (503, True),
     "CONSISTENCY_TIMEOUT": (504, True),
     "INTEGRITY_CHECK_FAILED": (500, False),
+    # A stored file of the queried table cannot be read: retrying will not help.
+    "DATA_FILE_CORRUPT": (500, False),
 }
 if set(ERROR_CODES) != set(get_args(ErrorCode)):  # pragma: no cover - caught at import
     raise RuntimeError("ERROR_CODES and ErrorCode list different codes")
