@@ -43,6 +43,7 @@ import attrs
 import duckdb
 
 from duckmesh.errors import DuckMeshError
+from duckmesh.query._binding_check import validate_binding
 from duckmesh.query._convert import ROW_OVERHEAD, column_plan, convert_column, row_size
 from duckmesh.query._engine import QueryEngine
 from duckmesh.query._failures import damaged_table, map_error, unreadable_file
@@ -55,7 +56,7 @@ from duckmesh.query._sqlcheck import (
 )
 from duckmesh.query._watchdog import WATCHDOG
 from duckmesh.storage import layout
-from duckmesh.storage.layout import SYSTEM_COLUMN_PREFIX, quote_ident
+from duckmesh.storage.layout import quote_ident
 
 __all__ = [
     "ColumnSpec",
@@ -72,7 +73,8 @@ _FETCH_BATCH = 8192
 # every row is large; the first chunk is small because nothing is known yet.
 _FETCH_CHUNK_BYTES = 4 * 1024 * 1024
 _FIRST_FETCH_ROWS = 64
-_GLOB_CHARACTERS = frozenset("*?[]{}")
+# Idle cursors kept per loaded snapshot, their session already in its schema.
+_IDLE_CURSORS = 4
 
 
 @attrs.frozen
@@ -122,34 +124,6 @@ class QueryResult:
     scanned_files: int
     scanned_bytes: int
     duration_ms: float
-
-
-def _validate_binding(binding: TableBinding, allowed_dir: str) -> None:
-    where = f"table binding {binding.name!r}"
-    if not binding.name or "\x00" in binding.name:
-        raise ValueError(f"{where}: invalid table name")
-    if not binding.columns:
-        raise ValueError(f"{where}: a table needs at least one column")
-    names = [column.name.lower() for column in binding.columns]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{where}: duplicate column names")
-    for column in binding.columns:
-        if not column.name or column.name.lower().startswith(SYSTEM_COLUMN_PREFIX):
-            raise ValueError(f"{where}: invalid column name {column.name!r}")
-        if not column.type.strip() or any(ch in column.type for ch in ";\x00"):
-            raise ValueError(f"{where}: invalid type {column.type!r}")
-    missing = [key for key in binding.primary_key if key.lower() not in names]
-    if missing:
-        raise ValueError(f"{where}: primary key columns {missing} are not columns")
-    present = {name.lower() for name in binding.file_columns}
-    if binding.files and any(key.lower() not in present for key in binding.primary_key):
-        raise ValueError(f"{where}: primary key columns must be present in the files")
-    root = allowed_dir.rstrip(os.sep) + os.sep
-    for path in binding.files:
-        if not os.path.isabs(path) or not os.path.abspath(path).startswith(root):
-            raise ValueError(f"{where}: file {path!r} is not under the data dir")
-        if any(ch in path for ch in _GLOB_CHARACTERS):
-            raise ValueError(f"{where}: file path contains glob characters")
 
 
 def view_query(binding: TableBinding) -> str:
@@ -205,6 +179,7 @@ class SnapshotDatabase:
         self._damaged: dict[int, dict[str, str]] = {}
         self._lock = threading.Lock()
         self._active: set[duckdb.DuckDBPyConnection] = set()
+        self._idle: dict[int, list[duckdb.DuckDBPyConnection]] = {}
         self._closed = False
         self._catalog = ""
         try:
@@ -224,7 +199,7 @@ class SnapshotDatabase:
         """Expose one snapshot: a schema holding one view per table binding."""
         tables: dict[str, TableBinding] = {}
         for binding in bindings:
-            _validate_binding(binding, self._allowed_dir)
+            validate_binding(binding, self._allowed_dir)
             key = binding.name.lower()
             if key in tables:
                 raise ValueError(f"table {binding.name!r} is bound twice")
@@ -258,6 +233,8 @@ class SnapshotDatabase:
         """Forget a snapshot; queries already running on it finish normally."""
         with self._lock:
             self._damaged.pop(snapshot_id, None)
+            for cursor in self._idle.pop(snapshot_id, []):
+                cursor.close()
             if self._snapshots.pop(snapshot_id, None) is not None and not self._closed:
                 self._conn.execute(f"DROP SCHEMA {self._schema(snapshot_id)} CASCADE")
 
@@ -330,8 +307,9 @@ class SnapshotDatabase:
             raise SnapshotNotLoaded(snapshot_id)
         if params is not None:
             check_params(params)
-        cursor = self._open_cursor()
+        cursor, fresh = self._open_cursor(snapshot_id)
         referenced: list[TableBinding] = []
+        reusable = False
         # Armed before parsing: checking, planning and fetching all run under
         # the deadline (the interrupt reaches every step DuckDB lets it reach;
         # ``_sqlcheck.precheck`` bounds the ones it does not).
@@ -339,7 +317,8 @@ class SnapshotDatabase:
         try:
             # The session's schema selects the snapshot; user SQL cannot change
             # it (SET/USE are refused by the checker) nor name another schema.
-            cursor.execute(f"USE {self._schema(snapshot_id)}")
+            if fresh:
+                cursor.execute(f"USE {self._schema(snapshot_id)}")
             analysis = analyze(cursor, sql, limits.max_sql_bytes)
             referenced = self._referenced(analysis, tables, self._damaged.get(snapshot_id, {}))
             if not execute:
@@ -349,6 +328,7 @@ class SnapshotDatabase:
             else:
                 cursor.execute(sql, list(params))
             yield cursor, referenced
+            reusable = True
         except duckdb.Error as exc:
             timed_out = alarm.disarm()
             raise map_error(
@@ -365,8 +345,9 @@ class SnapshotDatabase:
                 "SQL_REJECTED", "statement refused: it, or a value it returns, is nested too deeply"
             ) from None
         finally:
-            alarm.disarm()
-            self._release(cursor)
+            # An interrupted cursor is not reused (its interrupt may be pending).
+            reusable = not alarm.disarm() and reusable
+            self._release(cursor, snapshot_id if reusable else None)
 
     def _referenced(
         self, analysis: SqlAnalysis, tables: dict[str, TableBinding], damaged: dict[str, str]
@@ -443,23 +424,37 @@ class SnapshotDatabase:
 
     # -- cursors and lifecycle ---------------------------------------------------
 
-    def _open_cursor(self) -> duckdb.DuckDBPyConnection:
+    def _open_cursor(self, snapshot_id: int) -> tuple[duckdb.DuckDBPyConnection, bool]:
+        """An idle cursor already in the snapshot's schema, or a fresh one (True)."""
         with self._lock:
             if self._closed:
                 raise DuckMeshError("INTERNAL", "snapshot database is closed")
-            cursor = self._engine.cursor()
+            idle = self._idle.get(snapshot_id)
+            cursor = idle.pop() if idle else None
+            fresh = cursor is None
+            cursor = self._engine.cursor() if cursor is None else cursor
             self._active.add(cursor)
-            return cursor
+            return cursor, fresh
 
-    def _release(self, cursor: duckdb.DuckDBPyConnection) -> None:
+    def _release(self, cursor: duckdb.DuckDBPyConnection, snapshot_id: int | None) -> None:
+        """Keep the cursor for the next query of ``snapshot_id`` or close it."""
         with self._lock:
             self._active.discard(cursor)
-            cursor.close()
+            idle = self._idle.setdefault(snapshot_id, []) if snapshot_id is not None else None
+            keep = not self._closed and snapshot_id in self._snapshots
+            if idle is not None and keep and len(idle) < _IDLE_CURSORS:
+                idle.append(cursor)
+            else:
+                cursor.close()
             if self._closed and not self._active:
                 self._dispose()
 
     def _dispose(self) -> None:
         """Release the catalog (and a private engine); no query is running."""
+        for idle in self._idle.values():
+            for cursor in idle:
+                cursor.close()
+        self._idle.clear()
         with contextlib.suppress(AttributeError):
             self._conn.close()
         if self._catalog:
