@@ -26,6 +26,8 @@ async def _ingest(srv: LiveServer, table: str, ids: range) -> int:
 
 
 async def _rows(srv: LiveServer, sql: str, **kw: Any) -> Any:
+    if "min_visibility_token" in kw:  # a loaded machine may take seconds to publish
+        kw["consistency_timeout_ms"] = 30_000
     r = await srv.query(sql, **kw)
     assert r.status_code == 200, r.text
     return r.json()["rows"]

@@ -49,11 +49,12 @@ async def _ask(srv: LiveServer, key: str, sql: str, **kw: Any) -> Any:
     return r.json()["rows"]
 
 
-async def test_200_tenants_round_robin_each_answer_is_its_own(start_app: StartApp) -> None:
-    # Fewer warm databases than tenants: the round-robin also closes and
-    # rebuilds databases in the shared engine while others are queried.
-    srv = await start_app(query_max_databases=150, query_result_cache_bytes=0)
-    tenants = await _tenants(srv, 200)
+async def test_many_tenants_round_robin_each_answer_is_its_own(start_app: StartApp) -> None:
+    # 120 tenants keep the test to seconds (scenarios/bench_tenants.py runs
+    # 1,000). Fewer warm databases than tenants: the round-robin also closes
+    # and rebuilds databases in the shared engine while others are queried.
+    srv = await start_app(query_max_databases=80, query_result_cache_bytes=0)
+    tenants = await _tenants(srv, 120)
     sql = "select count(*), sum(id) from ev"
 
     async def client(offset: int) -> None:
@@ -62,17 +63,19 @@ async def test_200_tenants_round_robin_each_answer_is_its_own(start_app: StartAp
         for i in range(offset, len(tenants) * 2, 8):
             n = i % len(tenants)
             _, key, token = tenants[n]
-            rows = await _ask(srv, key, sql, min_visibility_token=token)
+            rows = await _ask(
+                srv, key, sql, min_visibility_token=token, consistency_timeout_ms=60_000
+            )
             assert rows == [[n + 1, n * (n + 1) // 2]], (n, rows)
 
     async with trio.open_nursery() as nursery:
         for offset in range(8):
             nursery.start_soon(client, offset)
     stats = srv.rt.queries.statistics()
-    assert stats.tenant_databases.size == 150
-    assert stats.tenant_databases.evictions >= 50
+    assert stats.tenant_databases.size == 80
+    assert stats.tenant_databases.evictions >= 40
     metrics = (await srv.client.get("/v1/metrics")).text
-    assert "duckmesh_query_databases 150.0" in metrics
+    assert "duckmesh_query_databases 80.0" in metrics
     assert "duckmesh_process_threads " in metrics
 
 
@@ -98,10 +101,11 @@ def _file_constructs(path: str) -> list[str]:
 
 async def test_no_tenant_reaches_another_tenants_files(start_app: StartApp) -> None:
     srv = await start_app()
-    tenants = await _tenants(srv, 3)
+    tenants = await _tenants(srv, 2)
     paths: dict[str, list[str]] = {}
     for tenant, key, token in tenants:
-        await _ask(srv, key, "select 1", min_visibility_token=token)  # each database warm
+        # Each database warm (and the tenant's files published).
+        await _ask(srv, key, "select 1", min_visibility_token=token, consistency_timeout_ms=60_000)
 
         def files(c: Any, tenant: str = tenant) -> list[str]:
             snap = reads.latest_snapshot(c, tenant)
@@ -126,7 +130,7 @@ async def test_no_tenant_reaches_another_tenants_files(start_app: StartApp) -> N
                     r = await srv.client.post("/v1/query", json={"sql": sql}, headers=bearer(key))
                     assert_error(r, 400, "SQL_REJECTED")
                     tried += 1
-    assert tried > 6 * 3 * 100
+    assert tried >= 2 * 3 * 100
     # Each tenant still reads exactly its own rows.
     for n, (_, key, _) in enumerate(tenants):
         assert await _ask(srv, key, "select count(*) from ev") == [[n + 1]]
