@@ -134,3 +134,18 @@ async def test_no_tenant_reaches_another_tenants_files(start_app: StartApp) -> N
     # Each tenant still reads exactly its own rows.
     for n, (_, key, _) in enumerate(tenants):
         assert await _ask(srv, key, "select count(*) from ev") == [[n + 1]]
+
+
+async def test_per_tenant_engines_when_sharing_is_off(start_app: StartApp) -> None:
+    srv = await start_app(query_shared_engine=False)
+    tenants = await _tenants(srv, 2)
+    for n, (_, key, token) in enumerate(tenants):
+        rows = await _ask(
+            srv,
+            key,
+            "select count(*) from ev",
+            min_visibility_token=token,
+            consistency_timeout_ms=60_000,
+        )
+        assert rows == [[n + 1]]
+    assert srv.rt.queries._databases._engine is None  # each tenant has its own instance
