@@ -169,6 +169,9 @@ class Config:
     max_consistency_timeout_ms: int = 60_000
     snapshot_cache_size: int = 8
     query_stream_readahead_mb: int = 8  # streamed results: read ahead before the headers
+    query_max_databases: int = 4096  # tenant databases kept warm (least recent closed first)
+    query_shared_engine: bool = True  # one DuckDB instance for every tenant (ADR 0018)
+    query_result_cache_bytes: int = 16 * 1024 * 1024  # 0 = no result cache
     # maintenance
     maintenance_interval_ms: int = 60_000
     compaction_interval_ms: int = 5_000
@@ -250,6 +253,9 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "max_consistency_timeout_ms": _int(0, 3_600_000),
     "snapshot_cache_size": _int(1, 100_000),
     "query_stream_readahead_mb": _int(0, 1024),
+    "query_max_databases": _int(1, 1_000_000),
+    "query_shared_engine": _bool,
+    "query_result_cache_bytes": _int(0, 1 << 40),
     "maintenance_interval_ms": _int(100, 86_400_000),
     "compaction_interval_ms": _int(100, 86_400_000),
     "compaction_min_files": _int(2, 100_000),

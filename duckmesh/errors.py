@@ -40,6 +40,7 @@ ErrorCode = Literal[
     "INTEGRITY_CHECK_FAILED",
     "UNSUPPORTED_MEDIA_TYPE",
     "OBJECT_STORE_UNAVAILABLE",
+    "DATA_FILE_CORRUPT",
 ]
 
 # code -> (HTTP status, retryable)
@@ -73,6 +74,8 @@ ERROR_CODES: dict[ErrorCode, tuple[int, bool]] = {
     "CONSISTENCY_TIMEOUT": (504, True),
     "INTEGRITY_CHECK_FAILED": (500, False),
     "OBJECT_STORE_UNAVAILABLE": (503, True),
+    # A stored file of the queried table cannot be read: retrying will not help.
+    "DATA_FILE_CORRUPT": (500, False),
 }
 if set(ERROR_CODES) != set(get_args(ErrorCode)):  # pragma: no cover - caught at import
     raise RuntimeError("ERROR_CODES and ErrorCode list different codes")

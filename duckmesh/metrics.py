@@ -241,6 +241,33 @@ ACTOR_UP = Gauge(
 )
 
 
+# query plane budget (docs/OPERATIONS.md, "Threads and memory per tenant")
+QUERY_DATABASES = Gauge(
+    "duckmesh_query_databases",
+    "Tenant query databases kept warm in this process.",
+    multiprocess_mode=_GAUGE_MODE,
+    registry=REGISTRY,
+)
+PROCESS_THREADS = Gauge(
+    "duckmesh_process_threads",
+    "Operating-system threads of this process (DuckDB's included).",
+    multiprocess_mode=_GAUGE_MODE,
+    registry=REGISTRY,
+)
+QUERY_RESULT_CACHE_BYTES = Gauge(
+    "duckmesh_query_result_cache_bytes",
+    "Estimated bytes of query results held by the result cache.",
+    multiprocess_mode=_GAUGE_MODE,
+    registry=REGISTRY,
+)
+QUERY_RESULT_CACHE = Counter(
+    "duckmesh_query_result_cache_lookups_total",
+    "Result-cache lookups by outcome (hit or miss).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
+
 # catalog connection pools (psycopg_pool statistics, read at scrape time)
 class _Pool(Protocol):
     name: str

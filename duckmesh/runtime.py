@@ -128,6 +128,9 @@ def build_runtime(
             tenant_queue=config.tenant_query_queue,
             tenant_rate=config.tenant_query_rate,
             stream_readahead_bytes=config.query_stream_readahead_mb * 1024 * 1024,
+            max_databases=config.query_max_databases,
+            shared_engine=config.query_shared_engine,
+            result_cache_bytes=config.query_result_cache_bytes,
             unsafe_skip_barrier=config.unsafe_break == "skip_barrier",
         ),
     )

@@ -8,7 +8,9 @@ docs/ARCHITECTURE.md). Every error leaves through ``http.error_response``.
 
 from __future__ import annotations
 
-from quart import Response, request
+import time
+
+from quart import Response, g, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -76,6 +78,7 @@ def create_app(rt: Runtime) -> QuartTrio:
 
 
 async def _before() -> None:
+    g.started = time.perf_counter()  # what a route reports as the request's duration
     start_trace()
     if not is_upload(request.path, request.headers.get("Content-Type")):
         await receive_body()  # an upload streams its own body (ingest/upload.py)

@@ -11,14 +11,17 @@ What it guarantees:
   Parquet files, casts every column to the table's current type (columns absent
   from old files read as NULL), never shows the ``_dm_*`` system columns, and
   for keyed tables shows only the newest row per key unless it is a delete.
-* The database is configured before any tenant SQL runs and then sealed, in
-  this order (DuckDB refuses ``allowed_directories`` once external access is
-  off, and refuses every SET once the configuration is locked): memory limit,
-  threads, no temporary directory (no spilling: memory overruns fail fast and
-  nothing is written), UTC time zone, no Python replacement scans, no extension
-  auto-install/auto-load, no community extensions, Parquet metadata cache,
-  ``allowed_directories = [tenant data dir]``, ``enable_external_access =
-  false``, ``lock_configuration = true``.
+* The database is a catalog of a ``QueryEngine`` (a DuckDB instance configured
+  and sealed before any tenant SQL runs: no SET, no extensions, no spilling,
+  file access confined to one directory, see ``_engine``): either an engine of
+  its own, confined to the tenant's directory, or one shared by every tenant
+  of the process, confined to the data root (docs/adr/0018-shared-query-engine.md).
+  Tenant SQL can name no file and no other catalog (``_sqlcheck``): it reads
+  files only through the views, built here from paths checked to lie in the
+  tenant's directory.
+* A table whose view cannot be built because one of its files is unreadable
+  is left out and answers ``DATA_FILE_CORRUPT`` when queried; the snapshot's
+  other tables keep working (``_failures``).
 * ``execute`` runs only SQL accepted by ``check_sql`` (one read-only SELECT,
   see ``_sqlcheck``), referring only to bound tables or its own CTEs, with a
   time limit (the cursor is interrupted), a row limit and a result-size limit,
@@ -40,10 +43,12 @@ import attrs
 import duckdb
 
 from duckmesh.errors import DuckMeshError
+from duckmesh.query._binding_check import validate_binding
 from duckmesh.query._convert import ROW_OVERHEAD, column_plan, convert_column, row_size
+from duckmesh.query._engine import QueryEngine
+from duckmesh.query._failures import damaged_table, map_error, unreadable_file
 from duckmesh.query._sqlcheck import (
     DEFAULT_MAX_SQL_BYTES,
-    MAX_EXPRESSION_DEPTH,
     SqlAnalysis,
     analyze,
     check_params,
@@ -51,7 +56,7 @@ from duckmesh.query._sqlcheck import (
 )
 from duckmesh.query._watchdog import WATCHDOG
 from duckmesh.storage import layout
-from duckmesh.storage.layout import SYSTEM_COLUMN_PREFIX, quote_ident, quote_literal
+from duckmesh.storage.layout import quote_ident
 
 __all__ = [
     "ColumnSpec",
@@ -68,7 +73,8 @@ _FETCH_BATCH = 8192
 # every row is large; the first chunk is small because nothing is known yet.
 _FETCH_CHUNK_BYTES = 4 * 1024 * 1024
 _FIRST_FETCH_ROWS = 64
-_GLOB_CHARACTERS = frozenset("*?[]{}")
+# Idle cursors kept per loaded snapshot, their session already in its schema.
+_IDLE_CURSORS = 4
 
 
 @attrs.frozen
@@ -120,34 +126,6 @@ class QueryResult:
     duration_ms: float
 
 
-def _validate_binding(binding: TableBinding, allowed_dir: str) -> None:
-    where = f"table binding {binding.name!r}"
-    if not binding.name or "\x00" in binding.name:
-        raise ValueError(f"{where}: invalid table name")
-    if not binding.columns:
-        raise ValueError(f"{where}: a table needs at least one column")
-    names = [column.name.lower() for column in binding.columns]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{where}: duplicate column names")
-    for column in binding.columns:
-        if not column.name or column.name.lower().startswith(SYSTEM_COLUMN_PREFIX):
-            raise ValueError(f"{where}: invalid column name {column.name!r}")
-        if not column.type.strip() or any(ch in column.type for ch in ";\x00"):
-            raise ValueError(f"{where}: invalid type {column.type!r}")
-    missing = [key for key in binding.primary_key if key.lower() not in names]
-    if missing:
-        raise ValueError(f"{where}: primary key columns {missing} are not columns")
-    present = {name.lower() for name in binding.file_columns}
-    if binding.files and any(key.lower() not in present for key in binding.primary_key):
-        raise ValueError(f"{where}: primary key columns must be present in the files")
-    root = allowed_dir.rstrip(os.sep) + os.sep
-    for path in binding.files:
-        if not os.path.isabs(path) or not os.path.abspath(path).startswith(root):
-            raise ValueError(f"{where}: file {path!r} is not under the data dir")
-        if any(ch in path for ch in _GLOB_CHARACTERS):
-            raise ValueError(f"{where}: file path contains glob characters")
-
-
 def view_query(binding: TableBinding) -> str:
     """The SELECT behind a binding's view (see the module docstring)."""
     return layout.view_sql(
@@ -173,37 +151,55 @@ class SnapshotDatabase:
         allowed_dir: str,
         limits: QueryLimits,
         snapshot_id: int = 0,
+        engine: QueryEngine | None = None,
     ) -> None:
         self._allowed_dir = os.path.abspath(allowed_dir)
+        # Without a shared engine the database is a DuckDB instance of its own,
+        # whose file access is confined to this tenant's directory.
+        self._owns_engine = engine is None
+        if engine is None:
+            engine = QueryEngine(
+                self._allowed_dir, memory_limit_mb=limits.memory_limit_mb, threads=limits.threads
+            )
+        self._engine = engine
         self._scrub = sorted(
-            {self._allowed_dir, os.path.realpath(self._allowed_dir)}, key=len, reverse=True
+            {
+                path
+                for root in (self._allowed_dir, engine.allowed_dir)
+                for path in (root, os.path.realpath(root))
+            },
+            key=len,
+            reverse=True,
         )
         # snapshot id -> lower-case table name -> binding; each snapshot's views
         # live in their own schema, so one warm DuckDB instance (and its Parquet
         # metadata cache) serves every snapshot of the tenant.
         self._snapshots: dict[int, dict[str, TableBinding]] = {}
-        self._memory_limit_mb = limits.memory_limit_mb
+        # snapshot id -> lower-case table name -> the unreadable file (no view).
+        self._damaged: dict[int, dict[str, str]] = {}
         self._lock = threading.Lock()
         self._active: set[duckdb.DuckDBPyConnection] = set()
+        self._idle: dict[int, list[duckdb.DuckDBPyConnection]] = {}
         self._closed = False
-        self._conn = duckdb.connect(":memory:")
+        self._catalog = ""
         try:
-            self._configure(limits)
+            self._catalog = engine.attach()
+            self._conn = engine.cursor()  # this database's own DDL connection
             if bindings is not None:
                 self.add_snapshot(snapshot_id, bindings)
         except BaseException:
-            self._conn.close()
+            self._closed = True
+            self._dispose()
             raise
 
-    @staticmethod
-    def _schema(snapshot_id: int) -> str:
-        return f"snap_{int(snapshot_id)}"
+    def _schema(self, snapshot_id: int) -> str:
+        return f"{self._catalog}.snap_{int(snapshot_id)}"
 
     def add_snapshot(self, snapshot_id: int, bindings: Sequence[TableBinding]) -> None:
         """Expose one snapshot: a schema holding one view per table binding."""
         tables: dict[str, TableBinding] = {}
         for binding in bindings:
-            _validate_binding(binding, self._allowed_dir)
+            validate_binding(binding, self._allowed_dir)
             key = binding.name.lower()
             if key in tables:
                 raise ValueError(f"table {binding.name!r} is bound twice")
@@ -215,12 +211,16 @@ class SnapshotDatabase:
             if snapshot_id in self._snapshots:
                 return
             self._conn.execute(f"CREATE SCHEMA {schema}")
+            damaged: dict[str, str] = {}
             try:
-                for binding in tables.values():
-                    self._create_view(schema, binding)
+                for key, binding in tables.items():
+                    path = self._create_view(schema, binding)
+                    if path is not None:
+                        damaged[key] = path
             except BaseException:
                 self._conn.execute(f"DROP SCHEMA {schema} CASCADE")
                 raise
+            self._damaged[snapshot_id] = damaged
             self._snapshots[snapshot_id] = tables
 
     def has_snapshot(self, snapshot_id: int) -> bool:
@@ -232,37 +232,17 @@ class SnapshotDatabase:
     def drop_snapshot(self, snapshot_id: int) -> None:
         """Forget a snapshot; queries already running on it finish normally."""
         with self._lock:
+            self._damaged.pop(snapshot_id, None)
+            for cursor in self._idle.pop(snapshot_id, []):
+                cursor.close()
             if self._snapshots.pop(snapshot_id, None) is not None and not self._closed:
                 self._conn.execute(f"DROP SCHEMA {self._schema(snapshot_id)} CASCADE")
 
     # -- setup -----------------------------------------------------------------
 
-    def _configure(self, limits: QueryLimits) -> None:
-        if limits.memory_limit_mb <= 0 or limits.threads <= 0:
-            raise ValueError("memory_limit_mb and threads must be positive")
-        allowed = quote_literal(self._allowed_dir.rstrip(os.sep) + os.sep)
-        for statement in (
-            f"SET memory_limit = '{int(limits.memory_limit_mb)}MB'",
-            f"SET threads = {int(limits.threads)}",
-            # No spilling: memory overruns fail fast, deterministically, and
-            # nothing is ever written to disk (the default is ./.tmp).
-            "SET temp_directory = ''",
-            "SET TimeZone = 'UTC'",
-            "SET python_enable_replacements = false",
-            "SET autoinstall_known_extensions = false",
-            "SET autoload_known_extensions = false",
-            "SET allow_community_extensions = false",
-            "SET parquet_metadata_cache = true",
-            f"SET max_expression_depth = {MAX_EXPRESSION_DEPTH}",
-            # Must precede enable_external_access = false (DuckDB refuses it after).
-            f"SET allowed_directories = [{allowed}]",
-            "SET enable_external_access = false",
-            # Last: from here on no SET is accepted, by anyone.
-            "SET lock_configuration = true",
-        ):
-            self._conn.execute(statement)
-
-    def _create_view(self, schema: str, binding: TableBinding) -> None:
+    def _create_view(self, schema: str, binding: TableBinding) -> str | None:
+        """Create the binding's view; when one of its files cannot be read,
+        create none and return that file (the table answers DATA_FILE_CORRUPT)."""
         sql = f"CREATE VIEW {schema}.{quote_ident(binding.name)} AS {view_query(binding)}"
         statements = self._conn.extract_statements(sql)
         if len(statements) != 1 or statements[0].type != duckdb.StatementType.CREATE:
@@ -270,11 +250,15 @@ class SnapshotDatabase:
         try:
             self._conn.execute(sql)
         except duckdb.Error as exc:
+            damaged = unreadable_file(binding.files)
+            if damaged is not None:
+                return damaged
             raise DuckMeshError(
                 "INTERNAL",
                 f"cannot expose table {binding.name!r}: {self._scrubbed(exc)}",
                 table=binding.name,
             ) from exc
+        return None
 
     # -- execution ---------------------------------------------------------------
 
@@ -323,7 +307,9 @@ class SnapshotDatabase:
             raise SnapshotNotLoaded(snapshot_id)
         if params is not None:
             check_params(params)
-        cursor = self._open_cursor()
+        cursor, fresh = self._open_cursor(snapshot_id)
+        referenced: list[TableBinding] = []
+        reusable = False
         # Armed before parsing: checking, planning and fetching all run under
         # the deadline (the interrupt reaches every step DuckDB lets it reach;
         # ``_sqlcheck.precheck`` bounds the ones it does not).
@@ -331,9 +317,10 @@ class SnapshotDatabase:
         try:
             # The session's schema selects the snapshot; user SQL cannot change
             # it (SET/USE are refused by the checker) nor name another schema.
-            cursor.execute(f"USE {self._schema(snapshot_id)}")
+            if fresh:
+                cursor.execute(f"USE {self._schema(snapshot_id)}")
             analysis = analyze(cursor, sql, limits.max_sql_bytes)
-            referenced = self._referenced(analysis, tables)
+            referenced = self._referenced(analysis, tables, self._damaged.get(snapshot_id, {}))
             if not execute:
                 cursor.complete()  # the checker's own statement must end first
             elif params is None:
@@ -341,23 +328,35 @@ class SnapshotDatabase:
             else:
                 cursor.execute(sql, list(params))
             yield cursor, referenced
+            reusable = True
         except duckdb.Error as exc:
             timed_out = alarm.disarm()
-            raise self._map_error(exc, timed_out=timed_out, limits=limits) from exc
+            raise map_error(
+                exc,
+                timed_out=timed_out,
+                timeout_s=limits.timeout_s,
+                memory_limit_mb=self._engine.memory_limit_mb,
+                referenced=referenced,
+                allowed_dir=self._allowed_dir,
+                scrub=self._scrubbed,
+            ) from exc
         except RecursionError:
             raise DuckMeshError(
                 "SQL_REJECTED", "statement refused: it, or a value it returns, is nested too deeply"
             ) from None
         finally:
-            alarm.disarm()
-            self._release(cursor)
+            # An interrupted cursor is not reused (its interrupt may be pending).
+            reusable = not alarm.disarm() and reusable
+            self._release(cursor, snapshot_id if reusable else None)
 
     def _referenced(
-        self, analysis: SqlAnalysis, tables: dict[str, TableBinding]
+        self, analysis: SqlAnalysis, tables: dict[str, TableBinding], damaged: dict[str, str]
     ) -> list[TableBinding]:
         referenced: list[TableBinding] = []
         for name in sorted(analysis.table_names):
             binding = tables.get(name)
+            if binding is not None and name in damaged and name not in analysis.cte_names:
+                raise damaged_table(binding.name, damaged[name], self._allowed_dir)
             if binding is not None:
                 referenced.append(binding)
             elif name not in analysis.cte_names:
@@ -417,31 +416,6 @@ class SnapshotDatabase:
             truncated = True
         return columns, rows, truncated
 
-    def _map_error(
-        self, exc: duckdb.Error, *, timed_out: bool, limits: QueryLimits
-    ) -> DuckMeshError:
-        if timed_out:
-            return DuckMeshError(
-                "QUERY_TIMEOUT",
-                f"query exceeded the time limit of {limits.timeout_s:g} s and was stopped",
-                timeout_s=limits.timeout_s,
-            )
-        if isinstance(exc, duckdb.InterruptException):
-            return DuckMeshError("QUERY_TIMEOUT", "query was cancelled", reason="cancelled")
-        if isinstance(exc, duckdb.OutOfMemoryException):
-            return DuckMeshError(
-                "QUERY_MEMORY_EXCEEDED",
-                f"query exceeded the memory limit of {self._memory_limit_mb} MB "
-                "(reduce the data it sorts, groups or joins, or add filters)",
-                memory_limit_mb=self._memory_limit_mb,
-            )
-        message = self._scrubbed(exc)
-        if isinstance(exc, duckdb.PermissionException):
-            return DuckMeshError("SQL_REJECTED", f"statement refused by the sandbox: {message}")
-        if isinstance(exc, (duckdb.InternalException, duckdb.FatalException, duckdb.IOException)):
-            return DuckMeshError("INTERNAL", f"query engine failure: {message}")
-        return DuckMeshError("SQL_ERROR", message)
-
     def _scrubbed(self, exc: BaseException) -> str:
         message = str(exc)
         for path in self._scrub:
@@ -450,20 +424,43 @@ class SnapshotDatabase:
 
     # -- cursors and lifecycle ---------------------------------------------------
 
-    def _open_cursor(self) -> duckdb.DuckDBPyConnection:
+    def _open_cursor(self, snapshot_id: int) -> tuple[duckdb.DuckDBPyConnection, bool]:
+        """An idle cursor already in the snapshot's schema, or a fresh one (True)."""
         with self._lock:
             if self._closed:
                 raise DuckMeshError("INTERNAL", "snapshot database is closed")
-            cursor = self._conn.cursor()
+            idle = self._idle.get(snapshot_id)
+            cursor = idle.pop() if idle else None
+            fresh = cursor is None
+            cursor = self._engine.cursor() if cursor is None else cursor
             self._active.add(cursor)
-            return cursor
+            return cursor, fresh
 
-    def _release(self, cursor: duckdb.DuckDBPyConnection) -> None:
+    def _release(self, cursor: duckdb.DuckDBPyConnection, snapshot_id: int | None) -> None:
+        """Keep the cursor for the next query of ``snapshot_id`` or close it."""
         with self._lock:
             self._active.discard(cursor)
-            cursor.close()
+            idle = self._idle.setdefault(snapshot_id, []) if snapshot_id is not None else None
+            keep = not self._closed and snapshot_id in self._snapshots
+            if idle is not None and keep and len(idle) < _IDLE_CURSORS:
+                idle.append(cursor)
+            else:
+                cursor.close()
             if self._closed and not self._active:
-                self._conn.close()
+                self._dispose()
+
+    def _dispose(self) -> None:
+        """Release the catalog (and a private engine); no query is running."""
+        for idle in self._idle.values():
+            for cursor in idle:
+                cursor.close()
+        self._idle.clear()
+        with contextlib.suppress(AttributeError):
+            self._conn.close()
+        if self._catalog:
+            self._engine.detach(self._catalog)
+        if self._owns_engine:
+            self._engine.close()
 
     def interrupt(self) -> None:
         """Interrupt every query running on this database (they raise QUERY_TIMEOUT)."""
@@ -482,7 +479,7 @@ class SnapshotDatabase:
                 return
             self._closed = True
             if not self._active:
-                self._conn.close()
+                self._dispose()
 
     def function_catalog(self) -> set[tuple[str, str]]:
         """(name, kind) of every function this database exposes (for the allow-list test)."""

@@ -29,12 +29,13 @@ from duckmesh.bus import IngestBus
 from duckmesh.catalog import reads
 from duckmesh.catalog.commands import stream_tenant
 from duckmesh.catalog.model import Snapshot
-from duckmesh.db import Conn, Database
+from duckmesh.db import Database
 from duckmesh.errors import DuckMeshError
 from duckmesh.ingest.limits import RateLimiter
 from duckmesh.lru import LRU, LRUStatistics
 from duckmesh.notify import Notifications
-from duckmesh.query._bindings import table_bindings
+from duckmesh.query._databases import TenantDatabases
+from duckmesh.query._result_cache import CacheKey, ResultCache, ResultCacheStatistics
 from duckmesh.query._slots import Handover
 from duckmesh.query._streaming import start_stream
 from duckmesh.query.barrier import wait_for_token
@@ -43,14 +44,12 @@ from duckmesh.query.sandbox import (
     QueryResult,
     SnapshotDatabase,
     SnapshotNotLoaded,
-    TableBinding,
 )
 from duckmesh.query.stream import StreamHead, produce
 from duckmesh.storage.protocol import ObjectStore
 
 T = TypeVar("T")
 
-MAX_TENANT_DATABASES = 64
 # A query still running this long after its timeout is answered QUERY_TIMEOUT
 # while its thread finishes in the background (holding its slots).
 ANSWER_GRACE_S = 0.5
@@ -73,6 +72,9 @@ class QuerySettings:
     tenant_rate: int = 0  # queries per second per tenant; 0 = unlimited
     # Streamed results: bytes read before the headers leave (exact truncation header).
     stream_readahead_bytes: int = 8 * 1024 * 1024
+    max_databases: int = 4096  # tenant databases kept warm
+    shared_engine: bool = True  # all tenant databases in one DuckDB instance (ADR 0018)
+    result_cache_bytes: int = 16 * 1024 * 1024  # 0 = no result cache
     # TEST ONLY (DUCKMESH_UNSAFE_BREAK=skip_barrier): answer without waiting for
     # the token, so the scenario runner can prove it notices (see barrier.py).
     unsafe_skip_barrier: bool = False
@@ -89,26 +91,13 @@ class QueryRequest:
     row_limit: int | None = None
 
 
-class _TenantDatabase:
-    """A tenant's warm database and the snapshots loaded in it, least recent first.
-
-    A snapshot pushed out of ``loaded`` waits in ``stale`` until the load that
-    pushed it drops its schema (in a thread, as DuckDB work)."""
-
-    def __init__(self, database: SnapshotDatabase, cache_size: int) -> None:
-        self.database = database
-        self.stale: list[int] = []
-        self.loaded: LRU[int, None] = LRU(
-            cache_size, on_evict=lambda snapshot_id, _: self.stale.append(snapshot_id)
-        )
-
-
 @attrs.frozen
 class QueryStatistics:
-    databases_built: int  # DuckDB databases constructed since start (one per tenant load)
+    databases_built: int  # tenant databases constructed since start (one per tenant load)
     tenant_databases: LRUStatistics
     snapshot_lookups: LRUStatistics  # the explicit snapshot-id lookup cache
     loaded_snapshots: int  # snapshot schemas present in the tenants' databases
+    result_cache: ResultCacheStatistics
 
 
 class QueryService:
@@ -134,15 +123,16 @@ class QueryService:
             settings.tenant_rate, code="QUOTA_EXCEEDED", what="query", unit="queries"
         )
         self._stopping = False
-        # One warm DuckDB database per tenant; each snapshot is a schema in it.
-        self._tenants: LRU[str, _TenantDatabase] = LRU(
-            MAX_TENANT_DATABASES, on_evict=lambda _, entry: entry.database.close()
+        # One warm database per tenant; each snapshot is a schema in it.
+        self._databases = TenantDatabases(
+            db,
+            store,
+            lambda: self._limits(None),
+            cache_size=settings.cache_size,
+            max_databases=settings.max_databases,
+            shared_engine=settings.shared_engine,
         )
-        # Loads in progress: one per (tenant, snapshot), and one database
-        # construction per tenant (a second would be built and leaked).
-        self._building: dict[tuple[str, int], trio.Event] = {}
-        self._constructing: dict[str, trio.Event] = {}
-        self._databases_built = 0
+        self._results = ResultCache(settings.result_cache_bytes)
         # Snapshots are immutable (but for expiry): explicit-id lookups are
         # cached, and forgotten when the tenant's maintenance stream moves.
         self._snapshots: LRU[tuple[str, int], Snapshot] = LRU(1024)
@@ -155,11 +145,13 @@ class QueryService:
                 self._snapshots.pop(key)
 
     def statistics(self) -> QueryStatistics:
+        databases = self._databases.statistics()
         return QueryStatistics(
-            databases_built=self._databases_built,
-            tenant_databases=self._tenants.statistics(),
+            databases_built=databases.databases_built,
+            tenant_databases=databases.tenant_databases,
             snapshot_lookups=self._snapshots.statistics(),
-            loaded_snapshots=sum(len(e.database.snapshot_ids()) for e in self._tenants.values()),
+            loaded_snapshots=databases.loaded_snapshots,
+            result_cache=self._results.statistics(),
         )
 
     def consistency_timeout(self, requested_ms: int | None) -> float:
@@ -223,69 +215,6 @@ class QueryService:
             timeout,
             skip=self.settings.unsafe_skip_barrier,
         )
-
-    async def _database(self, tenant: str, snap: Snapshot | None) -> tuple[SnapshotDatabase, int]:
-        """The tenant's warm database, with ``snap`` loaded as a schema."""
-        snapshot_id = snap.snapshot_id if snap else 0
-        key = (tenant, snapshot_id)
-        while True:
-            entry = self._tenants.get(tenant)
-            if entry is not None and entry.database.has_snapshot(snapshot_id):
-                entry.loaded.get(snapshot_id)  # now the tenant's most recent
-                return entry.database, snapshot_id
-            building = self._building.get(key)
-            if building is None:
-                break
-            await building.wait()
-        done = self._building[key] = trio.Event()
-        try:
-            return await self._load(tenant, snap, snapshot_id), snapshot_id
-        finally:
-            del self._building[key]
-            done.set()
-
-    async def _load(self, tenant: str, snap: Snapshot | None, snapshot_id: int) -> SnapshotDatabase:
-        def load(conn: Conn) -> list[TableBinding]:
-            if snap is None:
-                return table_bindings(self.store, conn, reads.list_tables(conn, tenant), [])
-            tables = reads.tables_as_of(conn, tenant, snap.created_at)
-            files = reads.snapshot_files(conn, tenant, snap.snapshot_id)
-            return table_bindings(self.store, conn, tables, files)
-
-        bindings = await self.db.run(load, transaction=False)
-        entry = await self._tenant_database(tenant)
-        await trio.to_thread.run_sync(entry.database.add_snapshot, snapshot_id, bindings)
-        entry.loaded.put(snapshot_id, None)  # past cache_size, the least recent go
-        stale, entry.stale = entry.stale, []
-        with trio.CancelScope(shield=True):  # out of ``loaded``: dropped now or never
-            for old in stale:
-                await trio.to_thread.run_sync(entry.database.drop_snapshot, old)
-        return entry.database
-
-    async def _tenant_database(self, tenant: str) -> _TenantDatabase:
-        """The tenant's database, built at most once however many loads ask at once."""
-        while True:
-            entry = self._tenants.peek(tenant)
-            if entry is not None:
-                return entry
-            constructing = self._constructing.get(tenant)
-            if constructing is None:
-                break
-            await constructing.wait()
-        done = self._constructing[tenant] = trio.Event()
-        try:
-            tenant_dir = self.store.directory(tenant)  # 0700, like every data directory
-            limits = self._limits(None)
-            database = await trio.to_thread.run_sync(
-                lambda: SnapshotDatabase(allowed_dir=str(tenant_dir), limits=limits)
-            )
-            self._databases_built += 1
-            entry = _TenantDatabase(database, self.settings.cache_size)
-            self._tenants.put(tenant, entry)  # past the limit, the least recent is closed
-            return entry
-        finally:
-            del self._constructing[tenant]
-            done.set()
 
     def _limits(self, row_limit: int | None) -> QueryLimits:
         s = self.settings
@@ -354,31 +283,90 @@ class QueryService:
         metrics.QUERY_SCANNED_FILES.inc(scanned_files)
         metrics.QUERY_SCANNED_BYTES.inc(scanned_bytes)
 
-    async def execute(self, tenant: str, req: QueryRequest) -> dict[str, Any]:
-        started = time.perf_counter()
+    async def execute(
+        self,
+        tenant: str,
+        req: QueryRequest,
+        roles: frozenset[str] = frozenset(),
+        started: float | None = None,
+    ) -> dict[str, Any]:
+        """A JSON-ready answer. ``roles`` (the asking key's) scope the result
+        cache; ``started`` is when the request arrived (``perf_counter``), so
+        ``stats.duration_ms`` covers all of it."""
+        started = time.perf_counter() if started is None else started
         limits = self._guarded_limits(tenant, req.row_limit)
         with self._admitted(tenant) as slots:
             snap = await self.resolve(tenant, req)
+            key = self._cache_key(tenant, snap, roles, req, limits)
+            cached = self._results.get(key) if key is not None else None
+            if key is not None:
+                metrics.QUERY_RESULT_CACHE.labels(outcome="miss" if cached is None else "hit").inc()
+            if cached is None:
 
-            async def start(database: SnapshotDatabase, snapshot_id: int) -> QueryResult:
-                work = functools.partial(database.execute, req.sql, req.params, limits, snapshot_id)
-                return await self._in_thread(slots, work, limits.timeout_s)
+                async def start(database: SnapshotDatabase, snapshot_id: int) -> QueryResult:
+                    work = functools.partial(
+                        database.execute, req.sql, req.params, limits, snapshot_id
+                    )
+                    return await self._in_thread(slots, work, limits.timeout_s)
 
-            result = await self._run(tenant, snap, start)
+                result = await self._run(tenant, snap, start)
+                if key is not None:
+                    self._remember(key, result)
+        if cached is None:
+            columns, rows, truncated = result.columns, result.rows, result.truncated
+            files, scanned, execution_ms = (
+                result.scanned_files,
+                result.scanned_bytes,
+                result.duration_ms,
+            )
+        else:
+            columns, rows, truncated = cached.columns, cached.rows, cached.truncated
+            files, scanned, execution_ms = (
+                cached.scanned_files,
+                cached.scanned_bytes,
+                cached.execution_ms,
+            )
         elapsed = time.perf_counter() - started
-        self._count_ok(elapsed, result.scanned_files, result.scanned_bytes)
+        self._count_ok(elapsed, files, scanned)
         return {
-            "columns": [{"name": n, "type": t} for n, t in result.columns],
-            "rows": result.rows,
-            "truncated": result.truncated,
+            "columns": [{"name": n, "type": t} for n, t in columns],
+            "rows": rows,
+            "truncated": truncated,
             **_snapshot_fields(snap),
             "stats": {
                 "duration_ms": round(elapsed * 1000, 3),
-                "execution_ms": round(result.duration_ms, 3),
-                "scanned_files": result.scanned_files,
-                "scanned_bytes": result.scanned_bytes,
+                "execution_ms": round(execution_ms, 3),
+                "scanned_files": files,
+                "scanned_bytes": scanned,
+                "cached": cached is not None,
             },
         }
+
+    def _cache_key(
+        self,
+        tenant: str,
+        snap: Snapshot | None,
+        roles: frozenset[str],
+        req: QueryRequest,
+        limits: QueryLimits,
+    ) -> CacheKey | None:
+        """The result-cache key; None when caching is off or the tenant has no
+        snapshot yet (its tables can change without one)."""
+        if not self._results.enabled or snap is None:
+            return None
+        return CacheKey.of(tenant, snap.snapshot_id, roles, req.sql, req.params, limits.row_limit)
+
+    def _remember(self, key: CacheKey, result: QueryResult) -> None:
+        self._results.put(
+            key,
+            result.columns,
+            result.rows,
+            truncated=result.truncated,
+            scanned_files=result.scanned_files,
+            scanned_bytes=result.scanned_bytes,
+            execution_ms=result.duration_ms,
+        )
+        metrics.QUERY_RESULT_CACHE_BYTES.set(self._results.bytes)
 
     async def stream(
         self, tenant: str, req: QueryRequest, media: str
@@ -433,7 +421,7 @@ class QueryService:
             if self._stopping:
                 raise DuckMeshError("NOT_READY", "the server is shutting down; retry elsewhere")
             try:
-                database, snapshot_id = await self._database(tenant, snap)
+                database, snapshot_id = await self._databases.get(tenant, snap)
                 return await start(database, snapshot_id)
             except SnapshotNotLoaded:
                 continue  # evicted while loading or before the run: load it again
@@ -469,12 +457,10 @@ class QueryService:
     def stop(self) -> None:
         """Refuse new queries and interrupt the running ones (shutdown)."""
         self._stopping = True
-        for entry in self._tenants.values():
-            entry.database.interrupt()
+        self._databases.interrupt()
 
     def close(self) -> None:
-        for entry in self._tenants.clear():
-            entry.database.close()
+        self._databases.close()
 
 
 def _snapshot_fields(snap: Snapshot | None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response, g, request
 
 from duckmesh.api.bodies import QueryBody
 from duckmesh.api.context import api, require
@@ -65,7 +65,8 @@ async def query(p: Principal) -> Response:
     queries = api().rt.queries
     req = body.to_request(queries)
     if media == JSON:
-        return json_response(await queries.execute(p.tenant_id, req))
+        started = g.get("started")  # set when the request arrived (api/app.py)
+        return json_response(await queries.execute(p.tenant_id, req, p.roles, started))
     snapshot, head, chunks = await queries.stream(p.tenant_id, req, media)
     row_limit = queries.settings.row_limit if req.row_limit is None else req.row_limit
     response = Response(
