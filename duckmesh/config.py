@@ -161,6 +161,8 @@ class Config:
     snapshot_retain_count: int = 100
     snapshot_retain_ms: int = 24 * 3600 * 1000
     gc_safety_window_ms: int = 3600 * 1000
+    # committed bus rows older than this are pruned: idempotency holds within it
+    idempotency_window_ms: int = 7 * 24 * 3600 * 1000
     # testing / chaos
     enable_faults: bool = False
     faults: str = ""
@@ -233,6 +235,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "snapshot_retain_count": _int(1, 1_000_000_000),
     "snapshot_retain_ms": _int(0, 3_153_600_000_000),  # up to 100 years
     "gc_safety_window_ms": _int(0, 3_153_600_000_000),  # up to 100 years
+    "idempotency_window_ms": _int(1000, 3_153_600_000_000),  # 1 s .. 100 years
     "enable_faults": _bool,
     "faults": _str,
     "unsafe_break": _unsafe_break,

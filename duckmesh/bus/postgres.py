@@ -14,9 +14,11 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from duckmesh.bus import batches
+from duckmesh.bus import batches, retention
 from duckmesh.bus.protocol import (
     Batch,
+    BusPrune,
+    BusRetained,
     IngestRecord,
     LeaseLost,
     QuarantineEntry,
@@ -327,6 +329,12 @@ class PostgresBus:
             transaction=False,
         )
         return int(row[0]) if row else 0
+
+    def prune(self, tenant_id: str, *, window_s: float, chunk_tokens: int) -> BusPrune:
+        return retention.prune(self.db, tenant_id, window_s=window_s, chunk_tokens=chunk_tokens)
+
+    def retained(self, tenant_id: str) -> BusRetained:
+        return retention.retained(self.db, tenant_id)
 
     def lag(self) -> dict[str, tuple[int, int]]:
         """tenant -> (latest token, committed token)."""

@@ -50,7 +50,9 @@ def collector_for(rt: Runtime) -> Collector:
             retain_count=cfg.snapshot_retain_count,
             retain_s=cfg.snapshot_retain_ms / 1000,
             safety_window_s=cfg.gc_safety_window_ms / 1000,
+            idempotency_window_s=cfg.idempotency_window_ms / 1000,
         ),
+        bus=rt.bus,
     )
 
 

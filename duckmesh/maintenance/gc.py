@@ -13,7 +13,11 @@ tenant's prefix that no catalog row knows (a commit or compaction that wrote
 files and crashed before publishing) — once older than the window. The
 window protects files a running commit has written but not yet published.
 
-Both are idempotent: a crash after deleting files but before recording it
+Last, the tenant's ingest bus is pruned: committed rows older than the
+idempotency window are deleted in token ranges (``IngestBus.prune``,
+ADR 0016), and the retained records and bytes are exported as gauges.
+
+All are idempotent: a crash after deleting files but before recording it
 leaves files the next run finds already gone, and records then.
 """
 
@@ -27,6 +31,7 @@ import attrs
 import structlog
 
 from duckmesh import metrics
+from duckmesh.bus import IngestBus
 from duckmesh.catalog import reads
 from duckmesh.catalog.commands import record_maintenance
 from duckmesh.catalog.snapshots import publish_removal
@@ -45,6 +50,8 @@ class RetentionSettings:
     retain_count: int = 100
     retain_s: float = 24 * 3600.0
     safety_window_s: float = 3600.0
+    idempotency_window_s: float = 7 * 24 * 3600.0
+    bus_prune_chunk_tokens: int = 50_000
 
 
 class Collector:
@@ -54,9 +61,11 @@ class Collector:
         store: ObjectStore,
         settings: RetentionSettings,
         actor: str = "retention",
+        bus: IngestBus | None = None,
     ) -> None:
         self.db = db
         self.store = store
+        self.bus = bus
         self.settings = settings
         self.actor = actor
 
@@ -65,11 +74,35 @@ class Collector:
         retired = self._call(lambda conn: self._apply_retention(conn, tenant))
         expired = self._call(lambda conn: self._expire(conn, tenant))
         collected, orphans = self._collect(tenant)
-        summary = RetentionSummary(retired, expired, collected, orphans)
+        pruned = self._prune_bus(tenant)
+        summary = RetentionSummary(retired, expired, collected, orphans, pruned)
         if summary.changed:
             done = MaintenanceCompleted(tenant, "retention", summary.to_json())
             self._call(lambda conn: self._record(conn, tenant, done))
         return summary
+
+    def _prune_bus(self, tenant: str) -> int:
+        """Delete the tenant's committed bus rows past the idempotency window."""
+        if self.bus is None:
+            return 0
+        pruned = self.bus.prune(
+            tenant,
+            window_s=self.settings.idempotency_window_s,
+            chunk_tokens=self.settings.bus_prune_chunk_tokens,
+        )
+        held = self.bus.retained(tenant)
+        metrics.BUS_PRUNED.inc(pruned.deleted)
+        metrics.BUS_RETAINED_RECORDS.labels(tenant=tenant).set(held.records)
+        metrics.BUS_RETAINED_BYTES.labels(tenant=tenant).set(held.bytes)
+        if pruned.deleted:
+            log.info(
+                "bus pruned",
+                tenant_id=tenant,
+                deleted=pruned.deleted,
+                pruned_token=pruned.pruned_token,
+                retained=held.records,
+            )
+        return pruned.deleted
 
     def _call(self, fn: Callable[[Conn], T]) -> T:
         # A compaction or another collector may append to the tenant's

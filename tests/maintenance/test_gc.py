@@ -76,7 +76,11 @@ async def test_gc_deletes_only_unreferenced_files_after_compaction(runtime: Runt
     assert result["rows"] == [[8]]
     # Idempotent: a second run finds nothing; projections still equal the log.
     assert _collector(rt, retain_count=1).retain("default") == RetentionSummary(
-        files_retired=0, snapshots_expired=0, files_deleted=0, orphans_deleted=0
+        files_retired=0,
+        snapshots_expired=0,
+        files_deleted=0,
+        orphans_deleted=0,
+        bus_records_deleted=0,
     )
     assert all(d.equal for d in rt.db.call(replay.verify, transaction=False))
 
@@ -106,6 +110,7 @@ async def test_retention_endpoint(server: LiveServer) -> None:
         "snapshots_expired": 0,
         "files_deleted": 0,
         "orphans_deleted": 0,
+        "bus_records_deleted": 0,
     }
 
 

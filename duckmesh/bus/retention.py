@@ -1,0 +1,152 @@
+"""Pruning the Postgres bus: committed rows older than the idempotency window go.
+
+A tenant's bus rows (``bus_record``, ``bus_batch``, ``bus_row_key``,
+``bus_upload``) are deleted as one token range at a time, oldest first, from
+``bus_scope.pruned_token`` (where the last run stopped) up to the first token
+that is either not yet committed (above ``acked_token``) or ingested within
+the window. Each range is one transaction of set-based deletes over the
+tables' ``(tenant_id, token)`` indexes, bounded by ``chunk_tokens``, so a
+large backlog never holds one long transaction and never deletes row by row
+(ADR 0016). A quarantined record or batch is kept (the quarantine report
+names its idempotency key), everything else in the range goes, so a retry of
+a pruned key is a new record: idempotency holds within the window.
+
+Rows are ingested in token order only approximately (a transaction's
+``now()`` is its start, tokens follow the counter lock), so the window is
+checked per range: a range stops before its first young token.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from duckmesh.bus.protocol import BusPrune, BusRetained
+from duckmesh.db import Conn, Database
+
+_KEEP_QUARANTINED_RECORD = (
+    " AND NOT EXISTS (SELECT 1 FROM bus_quarantine q"
+    " WHERE q.tenant_id = r.tenant_id AND q.token = r.token)"
+)
+_KEEP_QUARANTINED_BATCH = (
+    " AND NOT EXISTS (SELECT 1 FROM bus_quarantine q WHERE q.tenant_id = b.tenant_id"
+    " AND q.token BETWEEN b.first_token AND b.last_token)"
+)
+
+
+def _positions(conn: Conn, tenant_id: str) -> tuple[int, int] | None:
+    row = conn.execute(
+        "SELECT pruned_token, acked_token FROM bus_scope WHERE scope = %s", (tenant_id,)
+    ).fetchone()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def _range_end(
+    conn: Conn, tenant_id: str, lo: int, hi: int, acked: int, cutoff: dt.datetime
+) -> int:
+    """The end of the prunable range (lo, hi]: before the first row ingested
+    at or after ``cutoff``, and never cutting an upload batch in two (one
+    that starts in the range and ends past it is taken whole when committed;
+    its start was checked against the window with the range)."""
+    row = conn.execute(
+        "SELECT least("
+        " (SELECT min(token) FROM bus_record WHERE tenant_id = %(t)s"
+        "  AND token > %(lo)s AND token <= %(hi)s AND ingested_at >= %(cut)s),"
+        " (SELECT min(first_token) FROM bus_batch WHERE tenant_id = %(t)s"
+        "  AND first_token > %(lo)s AND first_token <= %(hi)s AND ingested_at >= %(cut)s))",
+        {"t": tenant_id, "lo": lo, "hi": hi, "cut": cutoff},
+    ).fetchone()
+    if row is not None and row[0] is not None:
+        return int(row[0]) - 1
+    straddling = conn.execute(
+        "SELECT first_token, last_token FROM bus_batch WHERE tenant_id = %s"
+        " AND first_token > %s AND first_token <= %s AND last_token > %s",
+        (tenant_id, lo, hi, hi),
+    ).fetchone()
+    if straddling is None:
+        return hi
+    first, last = int(straddling[0]), int(straddling[1])
+    return last if last <= acked else first - 1
+
+
+def _prune_range(conn: Conn, tenant_id: str, lo: int, hi: int) -> int:
+    """Delete the tenant's rows with tokens in (lo, hi]; returns records and rows deleted."""
+    args = {"t": tenant_id, "lo": lo, "hi": hi}
+    records = conn.execute(
+        "DELETE FROM bus_record r WHERE r.tenant_id = %(t)s"
+        " AND r.token > %(lo)s AND r.token <= %(hi)s" + _KEEP_QUARANTINED_RECORD,
+        args,
+    ).rowcount
+    rows = conn.execute(
+        "WITH gone AS (DELETE FROM bus_batch b WHERE b.tenant_id = %(t)s"
+        " AND b.first_token > %(lo)s AND b.last_token <= %(hi)s"
+        + _KEEP_QUARANTINED_BATCH
+        + " RETURNING last_token - first_token + 1 AS n) SELECT coalesce(sum(n), 0) FROM gone",
+        args,
+    ).fetchone()
+    conn.execute(
+        "DELETE FROM bus_row_key WHERE tenant_id = %(t)s AND token > %(lo)s AND token <= %(hi)s",
+        args,
+    )
+    conn.execute(
+        "DELETE FROM bus_upload WHERE tenant_id = %(t)s"
+        " AND last_token > %(lo)s AND last_token <= %(hi)s",
+        args,
+    )
+    return records + (int(rows[0]) if rows else 0)
+
+
+def prune(db: Database, tenant_id: str, *, window_s: float, chunk_tokens: int) -> BusPrune:
+    """Delete the tenant's committed rows older than ``window_s``, one token
+    range of at most ``chunk_tokens`` per transaction."""
+    deleted = 0
+    while True:
+
+        def step(conn: Conn) -> tuple[int, int] | None:
+            positions = _positions(conn, tenant_id)
+            if positions is None:
+                return None
+            lo, acked = positions
+            now = conn.execute("SELECT now()").fetchone()
+            assert now is not None
+            cutoff = now[0] - dt.timedelta(seconds=window_s)
+            hi = _range_end(conn, tenant_id, lo, min(lo + chunk_tokens, acked), acked, cutoff)
+            if hi <= lo:
+                return None
+            # Guarded by the old position: of two concurrent pruners one moves on.
+            moved = conn.execute(
+                "UPDATE bus_scope SET pruned_token = %s WHERE scope = %s AND pruned_token = %s",
+                (hi, tenant_id, lo),
+            ).rowcount
+            if moved != 1:
+                return None
+            return _prune_range(conn, tenant_id, lo, hi), hi
+
+        result = db.call(step)
+        if result is None:
+            break
+        deleted += result[0]
+    positions = db.call(lambda conn: _positions(conn, tenant_id), transaction=False)
+    return BusPrune(deleted, positions[0] if positions else 0)
+
+
+def retained(db: Database, tenant_id: str) -> BusRetained:
+    """Records (and upload rows) a tenant's bus holds, and their stored bytes."""
+
+    def run(conn: Conn) -> BusRetained:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM bus_record WHERE tenant_id = %(t)s),"
+            " (SELECT coalesce(sum(pg_column_size(payload) + pg_column_size(idempotency_key)), 0)"
+            "  FROM bus_record WHERE tenant_id = %(t)s),"
+            " (SELECT coalesce(sum(last_token - first_token + 1), 0) FROM bus_batch"
+            "  WHERE tenant_id = %(t)s),"
+            " (SELECT coalesce(sum(pg_column_size(data)), 0) FROM bus_batch"
+            "  WHERE tenant_id = %(t)s),"
+            " (SELECT coalesce(sum(pg_column_size(idempotency_key) + pg_column_size(row_hash)), 0)"
+            "  FROM bus_row_key WHERE tenant_id = %(t)s)",
+            {"t": tenant_id},
+        ).fetchone()
+        assert row is not None
+        records, record_bytes, batch_rows, batch_bytes, key_bytes = (int(v) for v in row)
+        return BusRetained(records + batch_rows, record_bytes + batch_bytes + key_bytes)
+
+    return db.call(run, transaction=False)

@@ -1,0 +1,3 @@
+DROP INDEX bus_upload_token;
+DROP INDEX bus_row_key_token;
+ALTER TABLE bus_scope DROP COLUMN pruned_token;

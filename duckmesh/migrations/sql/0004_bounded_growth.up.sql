@@ -1,0 +1,8 @@
+-- Bounded growth (ADR 0016): committed bus rows older than the idempotency
+-- window are deleted in token ranges; bus_scope.pruned_token is how far a
+-- tenant's bus has been pruned, so a run starts where the last one stopped.
+
+ALTER TABLE bus_scope ADD COLUMN pruned_token bigint NOT NULL DEFAULT 0;
+-- Range deletes by token (the primary keys are by idempotency key).
+CREATE INDEX bus_row_key_token ON bus_row_key (tenant_id, token);
+CREATE INDEX bus_upload_token ON bus_upload (tenant_id, last_token);
