@@ -163,6 +163,8 @@ class Config:
     gc_safety_window_ms: int = 3600 * 1000
     # committed bus rows older than this are pruned: idempotency holds within it
     idempotency_window_ms: int = 7 * 24 * 3600 * 1000
+    # the collector checkpoints the catalog once this many events were appended since the last
+    catalog_checkpoint_events: int = 10_000
     # testing / chaos
     enable_faults: bool = False
     faults: str = ""
@@ -236,6 +238,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "snapshot_retain_ms": _int(0, 3_153_600_000_000),  # up to 100 years
     "gc_safety_window_ms": _int(0, 3_153_600_000_000),  # up to 100 years
     "idempotency_window_ms": _int(1000, 3_153_600_000_000),  # 1 s .. 100 years
+    "catalog_checkpoint_events": _int(1, 1_000_000_000),
     "enable_faults": _bool,
     "faults": _str,
     "unsafe_break": _unsafe_break,

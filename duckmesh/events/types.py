@@ -163,6 +163,19 @@ class MaintenanceCompleted(Event):
     summary: JSON
 
 
+@attrs.frozen
+class CatalogPruned(Event):
+    """Catalog rows nothing needs any more are deleted (ADR 0016): the
+    tenant's expired, unpinned snapshots up to ``through_snapshot_id`` (with
+    their table watermarks), its collected ``data_file`` rows, and its
+    ``maintenance_run`` rows before log position ``runs_before``."""
+
+    event_type = "CatalogPruned"
+    tenant_id: str
+    through_snapshot_id: int
+    runs_before: int
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.event_type: cls
     for cls in (
@@ -180,6 +193,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SnapshotsExpired,
         FilesCollected,
         MaintenanceCompleted,
+        CatalogPruned,
     )
 }
 

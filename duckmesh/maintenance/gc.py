@@ -37,11 +37,18 @@ from duckmesh.catalog.commands import record_maintenance
 from duckmesh.catalog.snapshots import publish_removal
 from duckmesh.db import Conn, Database
 from duckmesh.events import Event, call_retrying
-from duckmesh.events.types import FilesCollected, MaintenanceCompleted, SnapshotsExpired
+from duckmesh.events.types import (
+    CatalogPruned,
+    FilesCollected,
+    MaintenanceCompleted,
+    SnapshotsExpired,
+)
 from duckmesh.maintenance.results import RetentionSummary
+from duckmesh.projections.catalog import PRUNABLE_SNAPSHOTS
 from duckmesh.storage.protocol import ObjectStore
 
 log = structlog.get_logger("duckmesh.gc")
+MAX_SNAPSHOT_ID = (1 << 63) - 1
 T = TypeVar("T")
 
 
@@ -52,6 +59,7 @@ class RetentionSettings:
     safety_window_s: float = 3600.0
     idempotency_window_s: float = 7 * 24 * 3600.0
     bus_prune_chunk_tokens: int = 50_000
+    maintenance_runs_kept: int = 1000  # newest maintenance_run rows kept per tenant
 
 
 class Collector:
@@ -74,12 +82,37 @@ class Collector:
         retired = self._call(lambda conn: self._apply_retention(conn, tenant))
         expired = self._call(lambda conn: self._expire(conn, tenant))
         collected, orphans = self._collect(tenant)
+        self._call(lambda conn: self._prune_catalog(conn, tenant))
         pruned = self._prune_bus(tenant)
         summary = RetentionSummary(retired, expired, collected, orphans, pruned)
         if summary.changed:
             done = MaintenanceCompleted(tenant, "retention", summary.to_json())
             self._call(lambda conn: self._record(conn, tenant, done))
         return summary
+
+    def _prune_catalog(self, conn: Conn, tenant: str) -> bool:
+        """Delete the catalog rows of expired snapshots and collected files
+        (``CatalogPruned``, so a replay deletes the same rows)."""
+        row = conn.execute(
+            f"SELECT (SELECT max(snapshot_id) FROM ({PRUNABLE_SNAPSHOTS}) AS gone),"
+            " EXISTS (SELECT 1 FROM data_file WHERE tenant_id = %(t)s"
+            "   AND collected_at IS NOT NULL),"
+            " (SELECT position FROM maintenance_run WHERE tenant_id = %(t)s"
+            "   ORDER BY position DESC OFFSET %(keep)s LIMIT 1)",
+            {
+                "t": tenant,
+                "through": MAX_SNAPSHOT_ID,
+                "keep": self.settings.maintenance_runs_kept,
+            },
+        ).fetchone()
+        assert row is not None
+        through, collected, newest_dropped_run = row
+        if through is None and not collected and newest_dropped_run is None:
+            return False
+        runs_before = 0 if newest_dropped_run is None else int(newest_dropped_run) + 1
+        event = CatalogPruned(tenant, int(through or 0), runs_before)
+        self._record(conn, tenant, event)
+        return True
 
     def _prune_bus(self, tenant: str) -> int:
         """Delete the tenant's committed bus rows past the idempotency window."""

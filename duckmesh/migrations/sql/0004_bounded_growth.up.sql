@@ -6,3 +6,14 @@ ALTER TABLE bus_scope ADD COLUMN pruned_token bigint NOT NULL DEFAULT 0;
 -- Range deletes by token (the primary keys are by idempotency key).
 CREATE INDEX bus_row_key_token ON bus_row_key (tenant_id, token);
 CREATE INDEX bus_upload_token ON bus_upload (tenant_id, last_token);
+
+-- Catalog checkpoints: the projections as of a log position live in schema
+-- duckmesh_checkpoint (created by the first checkpoint); replay starts there.
+-- Events at or before it of the bulk types are archived as Parquet in the
+-- object store (archive_key) and deleted from event_log.
+CREATE TABLE catalog_checkpoint (
+    position        bigint PRIMARY KEY,
+    taken_at        timestamptz NOT NULL DEFAULT now(),
+    events_archived bigint NOT NULL,
+    archive_key     text
+);
