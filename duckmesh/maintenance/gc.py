@@ -12,6 +12,8 @@ records it (``FilesCollected``); and it deletes orphans — objects under the
 tenant's prefix that no catalog row knows (a commit or compaction that wrote
 files and crashed before publishing) — once older than the window. The
 window protects files a running commit has written but not yet published.
+Files left in the store's scratch directory (a writer killed mid-file) go
+after the same window.
 
 Last, the tenant's ingest bus is pruned: committed rows older than the
 idempotency window are deleted in token ranges (``IngestBus.prune``,
@@ -24,6 +26,8 @@ leaves files the next run finds already gone, and records then.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -49,6 +53,7 @@ from duckmesh.storage.protocol import ObjectStore
 
 log = structlog.get_logger("duckmesh.gc")
 MAX_SNAPSHOT_ID = (1 << 63) - 1
+SCRATCH_MIN_AGE_S = 300.0
 T = TypeVar("T")
 
 
@@ -192,6 +197,29 @@ class Collector:
             self._record(conn, tenant, SnapshotsExpired(tenant, ids))
         return len(ids)
 
+    def sweep_scratch(self) -> int:
+        """Delete files in the store's scratch directory older than the safety
+        window, and never younger than ``SCRATCH_MIN_AGE_S`` (a window of 0
+        must not pull a file from under a live writer, whose file is renamed
+        away when complete): partial files of a commit, compaction or
+        checkpoint killed mid-write. Counted with the orphans."""
+        cutoff = time.time() - max(self.settings.safety_window_s, SCRATCH_MIN_AGE_S)
+        swept = 0
+        try:
+            entries = list(os.scandir(self.store.scratch_dir()))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    swept += 1
+            except FileNotFoundError:
+                continue  # renamed or swept by another process meanwhile
+        if swept:
+            log.info("scratch files swept", files=swept)
+        return swept
+
     def _collect(self, tenant: str) -> tuple[int, int]:
         window = self.settings.safety_window_s
 
@@ -226,7 +254,7 @@ class Collector:
                 )
             )
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=window)
-        orphans = 0
+        orphans = self.sweep_scratch()
         for obj in self.store.list(tenant):
             if obj.key not in known and obj.modified < cutoff:
                 orphans += self.store.delete(obj.key)

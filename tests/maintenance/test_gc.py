@@ -205,3 +205,20 @@ async def test_retention_never_touches_keyed_tables(runtime: Runtime) -> None:
     assert _collector(rt, retain_count=1000).retain("default").files_retired == 0
     result = await rt.queries.execute("default", QueryRequest(sql="select k from kv"))
     assert result["rows"] == []  # the delete still hides the key
+
+
+def test_stale_scratch_files_are_swept_after_the_safety_window(runtime: Runtime) -> None:
+    rt = runtime
+    stale = rt.store.scratch_path(".parquet")
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"PAR1 half a file from a commit killed mid-write")
+    fresh = rt.store.scratch_path(".parquet")
+    fresh.write_bytes(b"a commit writing right now")
+    collector = _collector(rt, safety_window_s=3600.0)
+    assert collector.retain("default").orphans_deleted == 0
+    assert stale.exists()
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    assert collector.retain("default").orphans_deleted == 1
+    assert not stale.exists()
+    assert fresh.exists()  # younger than the window: a live writer's file stays
