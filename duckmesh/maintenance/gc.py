@@ -47,6 +47,7 @@ from duckmesh.events.types import (
     MaintenanceCompleted,
     SnapshotsExpired,
 )
+from duckmesh.maintenance.keyed_retention import KeyedRetention
 from duckmesh.maintenance.results import RetentionSummary
 from duckmesh.projections.catalog import PRUNABLE_SNAPSHOTS
 from duckmesh.storage.protocol import ObjectStore
@@ -79,12 +80,14 @@ class Collector:
         self.db = db
         self.store = store
         self.bus = bus
+        self.keyed = KeyedRetention(db, store, actor)
         self.settings = settings
         self.actor = actor
 
     def retain(self, tenant: str) -> RetentionSummary:
         """Apply retention, expire, then collect, for one tenant."""
         retired = self._call(lambda conn: self._apply_retention(conn, tenant))
+        retired += self.keyed.retain(tenant, dt.datetime.now(dt.UTC))
         expired = self._call(lambda conn: self._expire(conn, tenant))
         collected, orphans = self._collect(tenant)
         self._call(lambda conn: self._prune_catalog(conn, tenant))
@@ -155,9 +158,9 @@ class Collector:
         ``retention.max_age_days`` whose newest event time is past it
         (append-only tables). Files with no event time are kept; older
         snapshots keep listing the files until they expire."""
-        # Append-only tables only: dropping a keyed table's old file could
-        # drop the newest version (or tombstone) of a key and bring an older
-        # version back, since versions are ordered by token, not event time.
+        # Append-only tables only: keyed tables retire whole keys
+        # (``keyed_retention``), since dropping an old file alone could drop a
+        # key's newest version and bring an older one back.
         tables = {
             t.table_id: t
             for t in reads.list_tables(conn, tenant)
