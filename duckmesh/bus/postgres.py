@@ -14,7 +14,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from duckmesh.bus import batches, retention
+from duckmesh.bus import batches, restore, retention
 from duckmesh.bus.protocol import (
     Batch,
     BusPrune,
@@ -23,6 +23,7 @@ from duckmesh.bus.protocol import (
     LeaseLost,
     QuarantineEntry,
     Receipt,
+    TokenJump,
     UploadReceipt,
     UploadRequest,
 )
@@ -335,6 +336,13 @@ class PostgresBus:
 
     def retained(self, tenant_id: str) -> BusRetained:
         return retention.retained(self.db, tenant_id)
+
+    def advance_tokens(self, tenant_id: str, gap: int, *, tx: Any = None) -> TokenJump:
+        def run(conn: Conn) -> TokenJump:
+            last, _ = _lock_counter(conn, tenant_id)
+            return restore.advance_tokens(conn, tenant_id, last, gap)
+
+        return run(tx) if tx is not None else self.db.call(run)
 
     def lag(self) -> dict[str, tuple[int, int]]:
         """tenant -> (latest token, committed token)."""

@@ -34,6 +34,10 @@ Semantics (SPEC §2.3), identical for every backend:
   ones excepted; a retry of a pruned idempotency key is a new record, so
   idempotency holds within the window (ADR 0016). ``retained`` counts what
   the bus holds for a tenant.
+- ``advance_tokens`` (after restoring a backup) moves the tenant's counter
+  and committed position on by ``gap``, renumbering records still pending by
+  ``gap``, so no token a lost range may have issued is issued again; ``tx``
+  as for ``ack``.
 - ``lag`` gives every tenant's (latest, committed) token; ``ingested_at``
   when given records were made durable (for the visibility-lag metric).
 
@@ -174,6 +178,14 @@ class BusRetained:
     bytes: int  # their stored payload bytes (keys and hashes included)
 
 
+@attrs.frozen
+class TokenJump:
+    """A tenant's bus positions before ``advance_tokens``."""
+
+    committed_token: int
+    issued_token: int
+
+
 class LeaseLost(DuckMeshError):
     """The consumer no longer holds the scope (another took it over)."""
 
@@ -224,6 +236,8 @@ class IngestBus(Protocol):
     def prune(self, tenant_id: str, *, window_s: float, chunk_tokens: int) -> BusPrune: ...
 
     def retained(self, tenant_id: str) -> BusRetained: ...
+
+    def advance_tokens(self, tenant_id: str, gap: int, *, tx: Any = None) -> TokenJump: ...
 
     def lag(self) -> dict[str, tuple[int, int]]: ...
 

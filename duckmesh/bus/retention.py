@@ -40,6 +40,20 @@ def _positions(conn: Conn, tenant_id: str) -> tuple[int, int] | None:
     return None if row is None else (int(row[0]), int(row[1]))
 
 
+def _skip_empty(conn: Conn, tenant_id: str, lo: int, acked: int) -> int:
+    """Move past tokens no row holds (pruned ranges kept for quarantined rows,
+    the void range a restore left): ranges start at the next row."""
+    row = conn.execute(
+        "SELECT least("
+        " (SELECT min(token) FROM bus_record WHERE tenant_id = %(t)s AND token > %(lo)s),"
+        " (SELECT min(first_token) FROM bus_batch WHERE tenant_id = %(t)s"
+        "  AND first_token > %(lo)s))",
+        {"t": tenant_id, "lo": lo},
+    ).fetchone()
+    nxt = row[0] if row is not None and row[0] is not None else acked + 1
+    return max(lo, min(int(nxt) - 1, acked))
+
+
 def _range_end(
     conn: Conn, tenant_id: str, lo: int, hi: int, acked: int, cutoff: dt.datetime
 ) -> int:
@@ -106,6 +120,7 @@ def prune(db: Database, tenant_id: str, *, window_s: float, chunk_tokens: int) -
             if positions is None:
                 return None
             lo, acked = positions
+            lo = _skip_empty(conn, tenant_id, lo, acked)
             now = conn.execute("SELECT now()").fetchone()
             assert now is not None
             cutoff = now[0] - dt.timedelta(seconds=window_s)

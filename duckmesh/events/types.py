@@ -176,6 +176,27 @@ class CatalogPruned(Event):
     runs_before: int
 
 
+@attrs.frozen
+class TenantRestored(Event):
+    """The tenant's catalog was restored from a backup (``duckmesh restore``).
+
+    At the backup the tenant had published snapshots up to
+    ``backup_snapshot_id`` and committed tokens up to ``committed_token`` of
+    the ``issued_token`` issued. What came after was lost, so snapshot ids
+    ``backup_snapshot_id+1 .. +snapshot_gap`` and tokens ``issued_token+1 ..
+    +token_gap`` are void (never issued again); records pending at the
+    backup (tokens ``committed_token+1 .. issued_token``) were renumbered by
+    ``token_gap`` (ADR 0016)."""
+
+    event_type = "TenantRestored"
+    tenant_id: str
+    backup_snapshot_id: int
+    committed_token: int
+    issued_token: int
+    snapshot_gap: int
+    token_gap: int
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.event_type: cls
     for cls in (
@@ -194,6 +215,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         FilesCollected,
         MaintenanceCompleted,
         CatalogPruned,
+        TenantRestored,
     )
 }
 

@@ -32,6 +32,7 @@ from duckmesh.events.types import (
     TenantCreated,
     TenantDisabled,
     TenantEnabled,
+    TenantRestored,
 )
 
 Conn = psycopg.Connection[Any]
@@ -48,6 +49,7 @@ PROJECTION_TABLES = (
     "data_file",
     "snapshot_pin",
     "maintenance_run",
+    "restore_gap",
 )
 
 
@@ -244,6 +246,24 @@ def _pruned(conn: Conn, rec: RecordedEvent, ev: CatalogPruned) -> None:
     )
 
 
+def _restored(conn: Conn, rec: RecordedEvent, ev: TenantRestored) -> None:
+    conn.execute(
+        "INSERT INTO restore_gap (position, tenant_id, restored_at, backup_snapshot_id,"
+        " committed_token, issued_token, snapshot_gap, token_gap)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            rec.position,
+            ev.tenant_id,
+            rec.recorded_at,
+            ev.backup_snapshot_id,
+            ev.committed_token,
+            ev.issued_token,
+            ev.snapshot_gap,
+            ev.token_gap,
+        ),
+    )
+
+
 _PROJECTORS: dict[type[Event], Projector] = {
     TenantCreated: _tenant_created,
     TenantDisabled: _tenant_disabled,
@@ -260,6 +280,7 @@ _PROJECTORS: dict[type[Event], Projector] = {
     FilesCollected: _collected,
     MaintenanceCompleted: _maintenance,
     CatalogPruned: _pruned,
+    TenantRestored: _restored,
 }
 
 

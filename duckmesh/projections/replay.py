@@ -59,7 +59,10 @@ def _load_checkpoint(conn: Conn, schema: str) -> int:
     if base == 0:
         return 0
     for table in PROJECTION_TABLES:
-        cols = sql.SQL(", ").join(map(sql.Identifier, _columns(conn, CHECKPOINT_SCHEMA, table)))
+        names = _columns(conn, CHECKPOINT_SCHEMA, table)
+        if not names:
+            continue  # a projection table added after the checkpoint: empty then
+        cols = sql.SQL(", ").join(map(sql.Identifier, names))
         conn.execute(
             sql.SQL("INSERT INTO {}.{} ({}) SELECT {} FROM {}.{}").format(
                 sql.Identifier(schema),

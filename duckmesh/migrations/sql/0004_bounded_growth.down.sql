@@ -1,3 +1,4 @@
+DROP TABLE restore_gap;
 DROP SCHEMA IF EXISTS duckmesh_checkpoint CASCADE;
 DROP TABLE catalog_checkpoint;
 DROP INDEX bus_upload_token;

@@ -17,3 +17,18 @@ CREATE TABLE catalog_checkpoint (
     events_archived bigint NOT NULL,
     archive_key     text
 );
+
+-- Restores (projection of TenantRestored): the snapshot ids and tokens a
+-- restored backup's lost range may have used are void; tokens of records
+-- pending at the backup were renumbered by token_gap.
+CREATE TABLE restore_gap (
+    position            bigint PRIMARY KEY,
+    tenant_id           text NOT NULL,
+    restored_at         timestamptz NOT NULL,
+    backup_snapshot_id  bigint NOT NULL,
+    committed_token     bigint NOT NULL,
+    issued_token        bigint NOT NULL,
+    snapshot_gap        bigint NOT NULL,
+    token_gap           bigint NOT NULL
+);
+CREATE INDEX restore_gap_tenant ON restore_gap (tenant_id, position);
