@@ -226,7 +226,7 @@ class Collector:
     def _collect(self, tenant: str) -> tuple[int, int]:
         window = self.settings.safety_window_s
 
-        def unreferenced(conn: Conn) -> tuple[list[tuple[str, str]], set[str]]:
+        def unreferenced(conn: Conn) -> tuple[list[tuple[str, str]], set[str], set[str]]:
             # Files removed by a snapshot older than the window that no live
             # (unexpired or pinned) snapshot still lists.
             rows = conn.execute(
@@ -245,11 +245,19 @@ class Collector:
                 r[0]
                 for r in conn.execute("SELECT path FROM data_file WHERE tenant_id = %s", (tenant,))
             }
-            return [(r[0], r[1]) for r in rows], known
+            # A snapshot restore lists an object again under a new file id:
+            # such a path is still needed by a row that is not collected.
+            shared = conn.execute(
+                "SELECT DISTINCT path FROM data_file WHERE tenant_id = %s"
+                " AND collected_at IS NULL AND path = ANY(%s) AND NOT file_id = ANY(%s)",
+                (tenant, [r[1] for r in rows], [r[0] for r in rows]),
+            )
+            return [(r[0], r[1]) for r in rows], known, {r[0] for r in shared}
 
-        doomed, known = self.db.call(unreferenced, transaction=False)
+        doomed, known, needed = self.db.call(unreferenced, transaction=False)
         for _, path in doomed:
-            self.store.delete(path)  # idempotent: a missing file is fine
+            if path not in needed:
+                self.store.delete(path)  # idempotent: a missing file is fine
         if doomed:
             self._call(
                 lambda conn: self._record(
