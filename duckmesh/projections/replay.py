@@ -152,13 +152,14 @@ def rebuild(conn: Conn, *, progress: Progress | None = None, lock_timeout_ms: in
     schema = "duckmesh_replay_rebuild"
     with conn.transaction():
         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout_ms)))
+        # The checkpoint lock first, as a checkpoint takes it: no lock-order deadlock.
+        hold_checkpoint(conn, shared=True)
         try:
             conn.execute("LOCK TABLE event_stream, event_log IN EXCLUSIVE MODE")
         except psycopg.errors.LockNotAvailable:
             raise ReplayRefused(
                 "the event log is busy (appends in progress); stop writers or retry"
             ) from None
-        hold_checkpoint(conn, shared=True)
         applied = build_scratch(conn, schema, progress)
         for table in PROJECTION_TABLES:
             ident = sql.Identifier(table)

@@ -361,6 +361,27 @@ class IngestBusContract:
         assert bus.prune("acme", window_s=0.0, chunk_tokens=2).deleted == 0
         assert bus.retained("other").records == 0
 
+    def test_advance_tokens_voids_a_range_and_renumbers_pending_records(
+        self, bus: IngestBus
+    ) -> None:
+        ok(bus.publish("acme", [[rec("a"), rec("b"), rec("c")]])[0])
+        batch = self.claim(bus, "A", limit=2)
+        assert batch is not None
+        bus.ack(batch)
+        jump = bus.advance_tokens("acme", 100)
+        assert (jump.committed_token, jump.issued_token) == (2, 3)
+        assert (bus.committed_token("acme"), bus.latest_token("acme")) == (102, 103)
+        # The pending record keeps its key under its new token; tokens go on after it.
+        assert ok(bus.publish("acme", [[rec("c"), rec("d")]])[0]) == [
+            Receipt(103, True),
+            Receipt(104, False),
+        ]
+        nxt = self.claim(bus, "B")  # the old consumer's lease is gone: anyone may claim
+        assert nxt is not None
+        assert batch_tokens(nxt) == [103, 104]
+        with pytest.raises(DuckMeshError):
+            bus.advance_tokens("acme", 1)  # not more than the 2 pending tokens
+
     def test_lag_and_ingested_at_follow_the_committed_position(self, bus: IngestBus) -> None:
         ok(bus.publish("acme", [[rec(f"k{i}") for i in range(4)]])[0])
         ok(bus.publish("beta", [[rec("x")]])[0])
