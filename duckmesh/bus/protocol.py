@@ -175,7 +175,7 @@ class BusPrune:
 @attrs.frozen
 class BusRetained:
     records: int  # records and upload rows held
-    bytes: int  # their stored payload bytes (keys and hashes included)
+    bytes: int  # bus storage attributed to them (by share of records; indexes included)
 
 
 @attrs.frozen

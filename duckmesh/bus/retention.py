@@ -122,22 +122,24 @@ def prune(db: Database, tenant_id: str, *, window_s: float, chunk_tokens: int) -
             positions = _positions(conn, tenant_id)
             if positions is None:
                 return None
-            lo, acked = positions
-            lo = _skip_empty(conn, tenant_id, lo, acked)
+            stored, acked = positions
+            lo = _skip_empty(conn, tenant_id, stored, acked)
             now = conn.execute("SELECT now()").fetchone()
             assert now is not None
             cutoff = now[0] - dt.timedelta(seconds=window_s)
             hi = _range_end(conn, tenant_id, lo, min(lo + chunk_tokens, acked), acked, cutoff)
             if hi <= lo:
-                return None
+                hi = lo  # nothing to delete; still record the skipped empty tokens
+                if hi == stored:
+                    return None
             # Guarded by the old position: of two concurrent pruners one moves on.
             moved = conn.execute(
                 "UPDATE bus_scope SET pruned_token = %s WHERE scope = %s AND pruned_token = %s",
-                (hi, tenant_id, lo),
+                (hi, tenant_id, stored),
             ).rowcount
             if moved != 1:
                 return None
-            return _prune_range(conn, tenant_id, lo, hi), hi
+            return (_prune_range(conn, tenant_id, lo, hi) if hi > lo else 0), hi
 
         result = db.call(step)
         if result is None:
@@ -161,24 +163,32 @@ def _vacuum(db: Database) -> None:
     db.call(run, transaction=False)
 
 
+# Records a tenant's bus holds: the tokens above the pruned position, plus
+# the quarantined ones kept below it. No scan of the tenant's rows.
+_HELD = (
+    "SELECT c.last_token - coalesce(s.pruned_token, 0)"
+    " + (SELECT count(*) FROM bus_quarantine q WHERE q.tenant_id = c.tenant_id"
+    "    AND q.token <= coalesce(s.pruned_token, 0))"
+    " FROM bus_token_counter c LEFT JOIN bus_scope s ON s.scope = c.tenant_id"
+)
+
+
 def retained(db: Database, tenant_id: str) -> BusRetained:
-    """Records (and upload rows) a tenant's bus holds, and their stored bytes."""
+    """Records (and upload rows) a tenant's bus holds, and the bus tables'
+    size on disk attributed by its share of the records (indexes and space
+    awaiting reuse included). Computed from counters and catalog sizes, not
+    by scanning the rows: the collector calls it every run."""
 
     def run(conn: Conn) -> BusRetained:
+        mine = conn.execute(_HELD + " WHERE c.tenant_id = %s", (tenant_id,)).fetchone()
+        held = int(mine[0]) if mine and mine[0] is not None else 0
         row = conn.execute(
-            "SELECT (SELECT count(*) FROM bus_record WHERE tenant_id = %(t)s),"
-            " (SELECT coalesce(sum(pg_column_size(payload) + pg_column_size(idempotency_key)), 0)"
-            "  FROM bus_record WHERE tenant_id = %(t)s),"
-            " (SELECT coalesce(sum(last_token - first_token + 1), 0) FROM bus_batch"
-            "  WHERE tenant_id = %(t)s),"
-            " (SELECT coalesce(sum(pg_column_size(data)), 0) FROM bus_batch"
-            "  WHERE tenant_id = %(t)s),"
-            " (SELECT coalesce(sum(pg_column_size(idempotency_key) + pg_column_size(row_hash)), 0)"
-            "  FROM bus_row_key WHERE tenant_id = %(t)s)",
-            {"t": tenant_id},
+            f"SELECT (SELECT coalesce(sum(n), 0) FROM ({_HELD}) AS t(n)),"
+            " pg_total_relation_size('bus_record') + pg_total_relation_size('bus_batch')"
+            " + pg_total_relation_size('bus_row_key') + pg_total_relation_size('bus_upload')"
         ).fetchone()
         assert row is not None
-        records, record_bytes, batch_rows, batch_bytes, key_bytes = (int(v) for v in row)
-        return BusRetained(records + batch_rows, record_bytes + batch_bytes + key_bytes)
+        total, size = int(row[0]), int(row[1])
+        return BusRetained(held, size * held // total if total else 0)
 
     return db.call(run, transaction=False)

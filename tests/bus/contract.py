@@ -376,11 +376,16 @@ class IngestBusContract:
             Receipt(103, True),
             Receipt(104, False),
         ]
+        with pytest.raises(DuckMeshError):
+            bus.advance_tokens("acme", 2)  # must exceed the 2 pending tokens (103, 104)
         nxt = self.claim(bus, "B")  # the old consumer's lease is gone: anyone may claim
         assert nxt is not None
         assert batch_tokens(nxt) == [103, 104]
-        with pytest.raises(DuckMeshError):
-            bus.advance_tokens("acme", 1)  # not more than the 2 pending tokens
+        bus.ack(nxt)
+        # Pruning steps over the void range and counts nothing in it.
+        pruned = bus.prune("acme", window_s=0.0, chunk_tokens=2)
+        assert (pruned.deleted, pruned.pruned_token) == (4, 104)
+        assert bus.retained("acme").records == 0
 
     def test_lag_and_ingested_at_follow_the_committed_position(self, bus: IngestBus) -> None:
         ok(bus.publish("acme", [[rec(f"k{i}") for i in range(4)]])[0])
