@@ -188,6 +188,10 @@ class Config:
     s3_path_style: bool = True  # path-style addressing (False: virtual-hosted)
     object_cache_dir: str = ""  # "" = cache/ under the data dir
     object_cache_bytes: int = 0  # 0 = a quarter of the cache disk's size
+    # committed bus rows older than this are pruned: idempotency holds within it
+    idempotency_window_ms: int = 7 * 24 * 3600 * 1000
+    # the collector checkpoints the catalog once this many events were appended since the last
+    catalog_checkpoint_events: int = 10_000
     # testing / chaos
     enable_faults: bool = False
     faults: str = ""
@@ -270,6 +274,8 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "s3_path_style": _bool,
     "object_cache_dir": _str,
     "object_cache_bytes": _int(0, 1 << 50),
+    "idempotency_window_ms": _int(1000, 3_153_600_000_000),  # 1 s .. 100 years
+    "catalog_checkpoint_events": _int(1, 1_000_000_000),
     "enable_faults": _bool,
     "faults": _str,
     "unsafe_break": _unsafe_break,

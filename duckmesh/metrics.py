@@ -153,6 +153,26 @@ BISECTED_COMMITS = Counter(
     registry=REGISTRY,
 )
 
+BUS_RETAINED_RECORDS = Gauge(
+    "duckmesh_bus_retained_records",
+    "Records (and upload rows) the ingest bus holds per tenant, after the last pruning.",
+    ["tenant"],
+    multiprocess_mode=_GAUGE_MODE,
+    registry=REGISTRY,
+)
+BUS_RETAINED_BYTES = Gauge(
+    "duckmesh_bus_retained_bytes",
+    "Stored bytes of the records the ingest bus holds per tenant, after the last pruning.",
+    ["tenant"],
+    multiprocess_mode=_GAUGE_MODE,
+    registry=REGISTRY,
+)
+BUS_PRUNED = Counter(
+    "duckmesh_bus_pruned_records_total",
+    "Committed bus records (and upload rows) deleted past the idempotency window.",
+    registry=REGISTRY,
+)
+
 # query
 QUERY_REQUESTS = Counter(
     "duckmesh_query_requests_total", "Queries by outcome.", ["status"], registry=REGISTRY

@@ -157,6 +157,25 @@ class QueryBody:
 
 
 @attrs.frozen
+class RestoreBody:
+    """``POST /v1/snapshots/restore``."""
+
+    snapshot_id: int
+
+    @classmethod
+    def parse(cls, body: dict[str, Any]) -> RestoreBody:
+        snapshot_id = int_field(body, "snapshot_id", 1)
+        unknown = set(body) - {"snapshot_id"}
+        if snapshot_id is None or unknown:
+            raise DuckMeshError(
+                "VALIDATION_FAILED",
+                'the body is {"snapshot_id": <integer from 1>}',
+                unknown=sorted(unknown),
+            )
+        return cls(snapshot_id)
+
+
+@attrs.frozen
 class PinBody:
     """``POST /v1/snapshots/pin``."""
 

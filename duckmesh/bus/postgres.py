@@ -19,13 +19,16 @@ from typing import Any
 
 import psycopg
 
-from duckmesh.bus import batches, record_batches
+from duckmesh.bus import batches, record_batches, restore, retention
 from duckmesh.bus.protocol import (
     Batch,
+    BusPrune,
+    BusRetained,
     IngestRecord,
     LeaseLost,
     QuarantineEntry,
     Receipt,
+    TokenJump,
     UploadReceipt,
     UploadRequest,
 )
@@ -362,6 +365,19 @@ class PostgresBus:
             transaction=False,
         )
         return int(row[0]) if row else 0
+
+    def prune(self, tenant_id: str, *, window_s: float, chunk_tokens: int) -> BusPrune:
+        return retention.prune(self.db, tenant_id, window_s=window_s, chunk_tokens=chunk_tokens)
+
+    def retained(self, tenant_id: str) -> BusRetained:
+        return retention.retained(self.db, tenant_id)
+
+    def advance_tokens(self, tenant_id: str, gap: int, *, tx: Any = None) -> TokenJump:
+        def run(conn: Conn) -> TokenJump:
+            last, _ = _lock_counter(conn, tenant_id)
+            return restore.advance_tokens(conn, tenant_id, last, gap)
+
+        return run(tx) if tx is not None else self.db.call(run)
 
     def lag(self) -> dict[str, tuple[int, int]]:
         """tenant -> (latest token, committed token)."""

@@ -29,6 +29,15 @@ Semantics (SPEC §2.3), identical for every backend:
   order, with the records (``Batch.uploads``). ``upload_receipt`` answers
   a retry of a whole-request key before the upload is parsed (409 when the
   key was used with other content); ``publish_upload`` checks again.
+- ``prune`` deletes a tenant's committed rows (tokens at or below the
+  committed position) ingested longer than ``window_s`` ago, quarantined
+  ones excepted; a retry of a pruned idempotency key is a new record, so
+  idempotency holds within the window (ADR 0016). ``retained`` counts what
+  the bus holds for a tenant.
+- ``advance_tokens`` (after restoring a backup) moves the tenant's counter
+  and committed position on by ``gap``, renumbering records still pending by
+  ``gap``, so no token a lost range may have issued is issued again; ``tx``
+  as for ``ack``.
 - ``lag`` gives every tenant's (latest, committed) token; ``ingested_at``
   when given records were made durable (for the visibility-lag metric).
 
@@ -157,6 +166,26 @@ class QuarantineEntry:
     reason: str
 
 
+@attrs.frozen
+class BusPrune:
+    deleted: int  # records and upload rows deleted by this run
+    pruned_token: int  # every committed row at or below it is gone (quarantined ones kept)
+
+
+@attrs.frozen
+class BusRetained:
+    records: int  # records and upload rows held
+    bytes: int  # bus storage attributed to them (by share of records; indexes included)
+
+
+@attrs.frozen
+class TokenJump:
+    """A tenant's bus positions before ``advance_tokens``."""
+
+    committed_token: int
+    issued_token: int
+
+
 class LeaseLost(DuckMeshError):
     """The consumer no longer holds the scope (another took it over)."""
 
@@ -203,6 +232,12 @@ class IngestBus(Protocol):
     ) -> None: ...
 
     def quarantined(self, tenant_id: str, recent: int = 10) -> tuple[int, list[dict[str, Any]]]: ...
+
+    def prune(self, tenant_id: str, *, window_s: float, chunk_tokens: int) -> BusPrune: ...
+
+    def retained(self, tenant_id: str) -> BusRetained: ...
+
+    def advance_tokens(self, tenant_id: str, gap: int, *, tx: Any = None) -> TokenJump: ...
 
     def lag(self) -> dict[str, tuple[int, int]]: ...
 

@@ -42,6 +42,10 @@ SUMMARIES: dict[str, Summary] = {
     "SnapshotsExpired": _fields("snapshot_ids"),
     "FilesCollected": lambda payload: {"file_count": len(payload["file_ids"])},
     "MaintenanceCompleted": _fields("kind", "summary"),
+    "CatalogPruned": _fields("through_snapshot_id", "runs_before"),
+    "TenantRestored": _fields(
+        "backup_snapshot_id", "committed_token", "issued_token", "snapshot_gap", "token_gap"
+    ),
 }
 # Event types deliberately left out of the audit trail, with the reason.
 NOT_AUDITED: dict[str, str] = {

@@ -7,6 +7,11 @@ relies on is stated here, once::
     snapshot id == version of the snapshots stream after its event
                == parent snapshot id + 1   (the first snapshot is 1)
 
+except for the ``restore`` snapshot that ``duckmesh restore`` publishes
+after restoring a backup: it skips ``skip_ids`` ids (the stream's version
+jumps with it), so ids a lost range may have used are never issued again
+(ADR 0016); the equation holds again from there on.
+
 so publishing a snapshot on ``parent`` is appending at expected version
 ``parent``: two publishers that read the same head cannot both win, and
 snapshot ids have no gaps.
@@ -43,6 +48,7 @@ from duckmesh.catalog.model import DataFile as ListedFile
 from duckmesh.catalog.model import Snapshot
 from duckmesh.errors import DuckMeshError
 from duckmesh.events import ConcurrencyConflict
+from duckmesh.events.store import skip_versions
 from duckmesh.events.types import SnapshotPublished
 from duckmesh.storage.layout import DataFile
 
@@ -125,11 +131,13 @@ def publish_in(
     *,
     before: TxHook | None = None,
     after: TxHook | None = None,
+    skip_ids: int = 0,
 ) -> Published:
     """Publish ``change`` on ``parent`` in the caller's transaction (policy
-    ABORT): raises ``StaleParent`` when ``parent`` is no longer the head."""
+    ABORT): raises ``StaleParent`` when ``parent`` is no longer the head.
+    ``skip_ids``: only a restore (see the module docstring)."""
     parent_id = parent.snapshot_id if parent else 0
-    snapshot_id = parent_id + 1  # the invariant: see the module docstring
+    snapshot_id = parent_id + 1 + skip_ids  # the invariant: see the module docstring
     watermark = change.max_visibility_token
     if watermark is None:
         watermark = parent.max_visibility_token if parent else 0
@@ -149,10 +157,13 @@ def publish_in(
         restored_from=change.restored_from,
     )
     try:
+        expected = parent_id
+        if skip_ids:
+            expected = skip_versions(conn, snapshots_stream(change.tenant_id), parent_id, skip_ids)
         journal.append(
             conn,
             snapshots_stream(change.tenant_id),
-            parent_id,
+            expected,
             [event],
             tenant_id=change.tenant_id,
             metadata=dict(change.metadata) or None,

@@ -12,7 +12,7 @@ import contextlib
 from typing import Any, NoReturn
 
 from duckmesh.catalog.model import ROLES as KEY_ROLES
-from duckmesh.cli import demo, load
+from duckmesh.cli import demo, load, restore
 
 __all__ = ["parser"]
 
@@ -89,6 +89,7 @@ def parser() -> argparse.ArgumentParser:
         "example: DUCKMESH_API_KEY=dmk_... duckmesh load orders orders.csv --op upsert --wait",
     )
     demo.add_parser(sub)
+    restore.add_parser(sub)
     for command in sub.choices.values():
         _add_data_dir(command)
     return p

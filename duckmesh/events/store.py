@@ -2,7 +2,8 @@
 
 Optimistic concurrency lives in ``event_stream``: appending checks and bumps
 the stream's version in one UPDATE, so two writers that read the same version
-cannot both append, and versions have no gaps. The store knows nothing of
+cannot both append, and versions have no gaps (except the one a restore
+makes on purpose: ``skip_versions``). The store knows nothing of
 the tables derived from the log: ``duckmesh.catalog.journal.append`` appends
 here and applies the projections in the same transaction. Call inside a
 transaction.
@@ -89,6 +90,29 @@ def call_retrying(db: Database, fn: Callable[[psycopg.Connection[Any]], T], atte
 def stream_version(conn: psycopg.Connection[Any], stream: str) -> int:
     row = conn.execute("SELECT version FROM event_stream WHERE stream = %s", (stream,)).fetchone()
     return int(row[0]) if row else 0
+
+
+def skip_versions(
+    conn: psycopg.Connection[Any], stream: str, expected_version: int, by: int
+) -> int:
+    """Advance an existing stream's version by ``by`` without events: the one
+    gap a stream can have, made only by a restore so that numbers a lost
+    range may have used are never issued again (ADR 0016). Returns the new
+    version; ``ConcurrencyConflict`` when the stream moved on."""
+    if expected_version == 0:
+        cur = conn.execute(
+            "INSERT INTO event_stream (stream, version) VALUES (%s, %s)"
+            " ON CONFLICT (stream) DO NOTHING",
+            (stream, by),
+        )
+    else:
+        cur = conn.execute(
+            "UPDATE event_stream SET version = version + %s WHERE stream = %s AND version = %s",
+            (by, stream, expected_version),
+        )
+    if cur.rowcount != 1:
+        raise ConcurrencyConflict(stream, expected_version)
+    return expected_version + by
 
 
 def append(

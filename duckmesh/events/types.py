@@ -163,6 +163,40 @@ class MaintenanceCompleted(Event):
     summary: JSON
 
 
+@attrs.frozen
+class CatalogPruned(Event):
+    """Catalog rows nothing needs any more are deleted (ADR 0016): the
+    tenant's expired, unpinned snapshots up to ``through_snapshot_id`` (with
+    their table watermarks), its collected ``data_file`` rows, and its
+    ``maintenance_run`` rows before log position ``runs_before``."""
+
+    event_type = "CatalogPruned"
+    tenant_id: str
+    through_snapshot_id: int
+    runs_before: int
+
+
+@attrs.frozen
+class TenantRestored(Event):
+    """The tenant's catalog was restored from a backup (``duckmesh restore``).
+
+    At the backup the tenant had published snapshots up to
+    ``backup_snapshot_id`` and committed tokens up to ``committed_token`` of
+    the ``issued_token`` issued. What came after was lost, so snapshot ids
+    ``backup_snapshot_id+1 .. +snapshot_gap`` and tokens ``issued_token+1 ..
+    +token_gap`` are void (never issued again); records pending at the
+    backup (tokens ``committed_token+1 .. issued_token``) were renumbered by
+    ``token_gap`` (ADR 0016)."""
+
+    event_type = "TenantRestored"
+    tenant_id: str
+    backup_snapshot_id: int
+    committed_token: int
+    issued_token: int
+    snapshot_gap: int
+    token_gap: int
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.event_type: cls
     for cls in (
@@ -180,6 +214,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         SnapshotsExpired,
         FilesCollected,
         MaintenanceCompleted,
+        CatalogPruned,
+        TenantRestored,
     )
 }
 

@@ -5,8 +5,8 @@ small files (see ``compaction``); the collector visits every tenant each
 ``maintenance_interval_ms`` to expire old snapshots and delete files nothing
 references any more (see ``gc``). Every pass re-reads the catalog, so the
 actors hold no state that a restart could lose; an interrupted pass leaves
-nothing visible changed. Retention by event time and integrity checks are
-not built yet.
+nothing visible changed. After each pass over the tenants the collector
+checkpoints the catalog (``checkpoint``) once enough events accumulated.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import trio
 
 from duckmesh.catalog import reads
 from duckmesh.db import Database
+from duckmesh.maintenance import checkpoint
 from duckmesh.maintenance.compaction import CompactionSettings, Compactor
 from duckmesh.maintenance.gc import Collector, RetentionSettings
 from duckmesh.supervisors import Actor
@@ -52,20 +53,29 @@ def collector_for(rt: Runtime) -> Collector:
             retain_count=cfg.snapshot_retain_count,
             retain_s=cfg.snapshot_retain_ms / 1000,
             safety_window_s=cfg.gc_safety_window_ms / 1000,
+            idempotency_window_s=cfg.idempotency_window_ms / 1000,
         ),
+        bus=rt.bus,
     )
 
 
 class TenantPassActor(Actor):
-    """Runs ``job(tenant)`` for every tenant, then waits ``interval_s``."""
+    """Runs ``job(tenant)`` for every tenant, then ``after_pass()`` (work that
+    is not per tenant), then waits ``interval_s``."""
 
     def __init__(
-        self, name: str, job: Callable[[str], object], db: Database, interval_s: float
+        self,
+        name: str,
+        job: Callable[[str], object],
+        db: Database,
+        interval_s: float,
+        after_pass: Callable[[], object] | None = None,
     ) -> None:
         super().__init__(name)
         self.job = job
         self.db = db
         self.interval_s = interval_s
+        self.after_pass = after_pass
         self.passes = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -76,6 +86,8 @@ class TenantPassActor(Actor):
                 if self.stop_requested.is_set():
                     break
                 await trio.to_thread.run_sync(self.job, tenant, abandon_on_cancel=False)
+            if self.after_pass is not None and not self.stop_requested.is_set():
+                await trio.to_thread.run_sync(self.after_pass, abandon_on_cancel=False)
             self.passes += 1
             with trio.move_on_after(self.interval_s):
                 await self.stop_requested.wait()
@@ -88,6 +100,12 @@ def maintenance_actors(rt: Runtime) -> list[Actor]:
             "compactor", compactor_for(rt).compact, rt.db, cfg.compaction_interval_ms / 1000
         ),
         TenantPassActor(
-            "collector", collector_for(rt).retain, rt.db, cfg.maintenance_interval_ms / 1000
+            "collector",
+            collector_for(rt).retain,
+            rt.db,
+            cfg.maintenance_interval_ms / 1000,
+            after_pass=lambda: checkpoint.take(
+                rt.db, rt.store, min_events=cfg.catalog_checkpoint_events
+            ),
         ),
     ]

@@ -12,14 +12,22 @@ records it (``FilesCollected``); and it deletes orphans — objects under the
 tenant's prefix that no catalog row knows (a commit or compaction that wrote
 files and crashed before publishing) — once older than the window. The
 window protects files a running commit has written but not yet published.
+Files left in the store's scratch directory (a writer killed mid-file) go
+after the same window.
 
-Both are idempotent: a crash after deleting files but before recording it
+Last, the tenant's ingest bus is pruned: committed rows older than the
+idempotency window are deleted in token ranges (``IngestBus.prune``,
+ADR 0016), and the retained records and bytes are exported as gauges.
+
+All are idempotent: a crash after deleting files but before recording it
 leaves files the next run finds already gone, and records then.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -27,16 +35,26 @@ import attrs
 import structlog
 
 from duckmesh import metrics
+from duckmesh.bus import IngestBus
 from duckmesh.catalog import reads
 from duckmesh.catalog.commands import record_maintenance
 from duckmesh.catalog.snapshots import publish_removal
 from duckmesh.db import Conn, Database
 from duckmesh.events import Event, call_retrying
-from duckmesh.events.types import FilesCollected, MaintenanceCompleted, SnapshotsExpired
+from duckmesh.events.types import (
+    CatalogPruned,
+    FilesCollected,
+    MaintenanceCompleted,
+    SnapshotsExpired,
+)
+from duckmesh.maintenance.keyed_retention import KeyedRetention
 from duckmesh.maintenance.results import RetentionSummary
+from duckmesh.projections.catalog import PRUNABLE_SNAPSHOTS
 from duckmesh.storage.protocol import ObjectStore
 
 log = structlog.get_logger("duckmesh.gc")
+MAX_SNAPSHOT_ID = (1 << 63) - 1
+SCRATCH_MIN_AGE_S = 300.0
 T = TypeVar("T")
 
 
@@ -45,6 +63,9 @@ class RetentionSettings:
     retain_count: int = 100
     retain_s: float = 24 * 3600.0
     safety_window_s: float = 3600.0
+    idempotency_window_s: float = 7 * 24 * 3600.0
+    bus_prune_chunk_tokens: int = 50_000
+    maintenance_runs_kept: int = 1000  # newest maintenance_run rows kept per tenant
 
 
 class Collector:
@@ -54,22 +75,75 @@ class Collector:
         store: ObjectStore,
         settings: RetentionSettings,
         actor: str = "retention",
+        bus: IngestBus | None = None,
     ) -> None:
         self.db = db
         self.store = store
+        self.bus = bus
+        self.keyed = KeyedRetention(db, store, actor)
         self.settings = settings
         self.actor = actor
 
     def retain(self, tenant: str) -> RetentionSummary:
         """Apply retention, expire, then collect, for one tenant."""
         retired = self._call(lambda conn: self._apply_retention(conn, tenant))
+        retired += self.keyed.retain(tenant, dt.datetime.now(dt.UTC))
         expired = self._call(lambda conn: self._expire(conn, tenant))
         collected, orphans = self._collect(tenant)
-        summary = RetentionSummary(retired, expired, collected, orphans)
+        self._call(lambda conn: self._prune_catalog(conn, tenant))
+        pruned = self._prune_bus(tenant)
+        summary = RetentionSummary(retired, expired, collected, orphans, pruned)
         if summary.changed:
             done = MaintenanceCompleted(tenant, "retention", summary.to_json())
             self._call(lambda conn: self._record(conn, tenant, done))
         return summary
+
+    def _prune_catalog(self, conn: Conn, tenant: str) -> bool:
+        """Delete the catalog rows of expired snapshots and collected files
+        (``CatalogPruned``, so a replay deletes the same rows)."""
+        row = conn.execute(
+            f"SELECT (SELECT max(snapshot_id) FROM ({PRUNABLE_SNAPSHOTS}) AS gone),"
+            " EXISTS (SELECT 1 FROM data_file WHERE tenant_id = %(t)s"
+            "   AND collected_at IS NOT NULL),"
+            " (SELECT position FROM maintenance_run WHERE tenant_id = %(t)s"
+            "   ORDER BY position DESC OFFSET %(keep)s LIMIT 1)",
+            {
+                "t": tenant,
+                "through": MAX_SNAPSHOT_ID,
+                "keep": self.settings.maintenance_runs_kept,
+            },
+        ).fetchone()
+        assert row is not None
+        through, collected, newest_dropped_run = row
+        if through is None and not collected and newest_dropped_run is None:
+            return False
+        runs_before = 0 if newest_dropped_run is None else int(newest_dropped_run) + 1
+        event = CatalogPruned(tenant, int(through or 0), runs_before)
+        self._record(conn, tenant, event)
+        return True
+
+    def _prune_bus(self, tenant: str) -> int:
+        """Delete the tenant's committed bus rows past the idempotency window."""
+        if self.bus is None:
+            return 0
+        pruned = self.bus.prune(
+            tenant,
+            window_s=self.settings.idempotency_window_s,
+            chunk_tokens=self.settings.bus_prune_chunk_tokens,
+        )
+        held = self.bus.retained(tenant)
+        metrics.BUS_PRUNED.inc(pruned.deleted)
+        metrics.BUS_RETAINED_RECORDS.labels(tenant=tenant).set(held.records)
+        metrics.BUS_RETAINED_BYTES.labels(tenant=tenant).set(held.bytes)
+        if pruned.deleted:
+            log.info(
+                "bus pruned",
+                tenant_id=tenant,
+                deleted=pruned.deleted,
+                pruned_token=pruned.pruned_token,
+                retained=held.records,
+            )
+        return pruned.deleted
 
     def _call(self, fn: Callable[[Conn], T]) -> T:
         # A compaction or another collector may append to the tenant's
@@ -84,9 +158,9 @@ class Collector:
         ``retention.max_age_days`` whose newest event time is past it
         (append-only tables). Files with no event time are kept; older
         snapshots keep listing the files until they expire."""
-        # Append-only tables only: dropping a keyed table's old file could
-        # drop the newest version (or tombstone) of a key and bring an older
-        # version back, since versions are ordered by token, not event time.
+        # Append-only tables only: keyed tables retire whole keys
+        # (``keyed_retention``), since dropping an old file alone could drop a
+        # key's newest version and bring an older one back.
         tables = {
             t.table_id: t
             for t in reads.list_tables(conn, tenant)
@@ -126,10 +200,33 @@ class Collector:
             self._record(conn, tenant, SnapshotsExpired(tenant, ids))
         return len(ids)
 
+    def sweep_scratch(self) -> int:
+        """Delete files in the store's scratch directory older than the safety
+        window, and never younger than ``SCRATCH_MIN_AGE_S`` (a window of 0
+        must not pull a file from under a live writer, whose file is renamed
+        away when complete): partial files of a commit, compaction or
+        checkpoint killed mid-write. Counted with the orphans."""
+        cutoff = time.time() - max(self.settings.safety_window_s, SCRATCH_MIN_AGE_S)
+        swept = 0
+        try:
+            entries = list(os.scandir(self.store.scratch_dir()))
+        except FileNotFoundError:
+            return 0
+        for entry in entries:
+            try:
+                if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < cutoff:
+                    os.unlink(entry.path)
+                    swept += 1
+            except FileNotFoundError:
+                continue  # renamed or swept by another process meanwhile
+        if swept:
+            log.info("scratch files swept", files=swept)
+        return swept
+
     def _collect(self, tenant: str) -> tuple[int, int]:
         window = self.settings.safety_window_s
 
-        def unreferenced(conn: Conn) -> tuple[list[tuple[str, str]], set[str]]:
+        def unreferenced(conn: Conn) -> tuple[list[tuple[str, str]], set[str], set[str]]:
             # Files removed by a snapshot older than the window that no live
             # (unexpired or pinned) snapshot still lists.
             rows = conn.execute(
@@ -148,11 +245,19 @@ class Collector:
                 r[0]
                 for r in conn.execute("SELECT path FROM data_file WHERE tenant_id = %s", (tenant,))
             }
-            return [(r[0], r[1]) for r in rows], known
+            # A snapshot restore lists an object again under a new file id:
+            # such a path is still needed by a row that is not collected.
+            shared = conn.execute(
+                "SELECT DISTINCT path FROM data_file WHERE tenant_id = %s"
+                " AND collected_at IS NULL AND path = ANY(%s) AND NOT file_id = ANY(%s)",
+                (tenant, [r[1] for r in rows], [r[0] for r in rows]),
+            )
+            return [(r[0], r[1]) for r in rows], known, {r[0] for r in shared}
 
-        doomed, known = self.db.call(unreferenced, transaction=False)
+        doomed, known, needed = self.db.call(unreferenced, transaction=False)
         for _, path in doomed:
-            self.store.delete(path)  # idempotent: a missing file is fine
+            if path not in needed:
+                self.store.delete(path)  # idempotent: a missing file is fine
         if doomed:
             self._call(
                 lambda conn: self._record(
@@ -160,7 +265,7 @@ class Collector:
                 )
             )
         cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=window)
-        orphans = 0
+        orphans = self.sweep_scratch()
         for obj in self.store.list(tenant):
             if obj.key not in known and obj.modified < cutoff:
                 orphans += self.store.delete(obj.key)

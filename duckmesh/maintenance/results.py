@@ -29,6 +29,7 @@ class RetentionSummary:
     snapshots_expired: int = 0
     files_deleted: int = 0  # unreferenced files collected
     orphans_deleted: int = 0  # objects no catalog row knows, past the safety window
+    bus_records_deleted: int = 0  # committed bus records past the idempotency window
 
     @property
     def changed(self) -> bool:

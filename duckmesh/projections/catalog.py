@@ -18,6 +18,7 @@ from duckmesh.events.store import RecordedEvent
 from duckmesh.events.types import (
     ApiKeyIssued,
     ApiKeyRevoked,
+    CatalogPruned,
     Event,
     FilesCollected,
     MaintenanceCompleted,
@@ -31,6 +32,7 @@ from duckmesh.events.types import (
     TenantCreated,
     TenantDisabled,
     TenantEnabled,
+    TenantRestored,
 )
 
 Conn = psycopg.Connection[Any]
@@ -47,6 +49,7 @@ PROJECTION_TABLES = (
     "data_file",
     "snapshot_pin",
     "maintenance_run",
+    "restore_gap",
 )
 
 
@@ -213,6 +216,54 @@ def _maintenance(conn: Conn, rec: RecordedEvent, ev: MaintenanceCompleted) -> No
     )
 
 
+# Snapshot rows ``CatalogPruned`` deletes (parameters ``t``, ``through``):
+# expired, unpinned, and not the snapshot that removed a file GC has yet to
+# collect (GC dates a file by the snapshot that removed it).
+PRUNABLE_SNAPSHOTS = (
+    "SELECT snapshot_id FROM snapshot s WHERE s.tenant_id = %(t)s"
+    " AND s.snapshot_id <= %(through)s AND s.expired_at IS NOT NULL"
+    " AND NOT EXISTS (SELECT 1 FROM snapshot_pin p"
+    "   WHERE p.tenant_id = s.tenant_id AND p.snapshot_id = s.snapshot_id)"
+    " AND NOT EXISTS (SELECT 1 FROM data_file f WHERE f.tenant_id = s.tenant_id"
+    "   AND f.removed_in = s.snapshot_id AND f.collected_at IS NULL)"
+)
+
+
+def _pruned(conn: Conn, rec: RecordedEvent, ev: CatalogPruned) -> None:
+    conn.execute(
+        "DELETE FROM data_file WHERE tenant_id = %s AND collected_at IS NOT NULL", (ev.tenant_id,)
+    )
+    gone = PRUNABLE_SNAPSHOTS
+    args = {"t": ev.tenant_id, "through": ev.through_snapshot_id}
+    conn.execute(
+        f"DELETE FROM snapshot_table_watermark WHERE tenant_id = %(t)s AND snapshot_id IN ({gone})",
+        args,
+    )
+    conn.execute(f"DELETE FROM snapshot WHERE tenant_id = %(t)s AND snapshot_id IN ({gone})", args)
+    conn.execute(
+        "DELETE FROM maintenance_run WHERE tenant_id = %s AND position < %s",
+        (ev.tenant_id, ev.runs_before),
+    )
+
+
+def _restored(conn: Conn, rec: RecordedEvent, ev: TenantRestored) -> None:
+    conn.execute(
+        "INSERT INTO restore_gap (position, tenant_id, restored_at, backup_snapshot_id,"
+        " committed_token, issued_token, snapshot_gap, token_gap)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            rec.position,
+            ev.tenant_id,
+            rec.recorded_at,
+            ev.backup_snapshot_id,
+            ev.committed_token,
+            ev.issued_token,
+            ev.snapshot_gap,
+            ev.token_gap,
+        ),
+    )
+
+
 _PROJECTORS: dict[type[Event], Projector] = {
     TenantCreated: _tenant_created,
     TenantDisabled: _tenant_disabled,
@@ -228,6 +279,8 @@ _PROJECTORS: dict[type[Event], Projector] = {
     SnapshotsExpired: _expired,
     FilesCollected: _collected,
     MaintenanceCompleted: _maintenance,
+    CatalogPruned: _pruned,
+    TenantRestored: _restored,
 }
 
 

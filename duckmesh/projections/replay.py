@@ -1,5 +1,8 @@
 """Replay: rebuild every projection from the event log and compare or swap.
 
+Replay starts from the latest catalog checkpoint (the projections as of a
+log position, ``checkpoint.py``; ADR 0016) when there is one, and applies
+the events after it.
 ``verify`` rebuilds into a scratch schema (tables created ``LIKE`` the live
 ones, so there is one DDL) and diffs row sets; ``rebuild`` does the same
 under a lock that stops appends, then replaces the live rows. Replay is
@@ -16,6 +19,7 @@ import psycopg
 from psycopg import sql
 
 from duckmesh.events.store import read_all
+from duckmesh.projections.archive import CHECKPOINT_SCHEMA, checkpoint_position, hold_checkpoint
 from duckmesh.projections.catalog import PROJECTION_TABLES, apply
 
 Conn = psycopg.Connection[Any]
@@ -39,7 +43,44 @@ class ReplayRefused(RuntimeError):
     """Rebuild cannot run safely now; the message says why."""
 
 
-def _build_scratch(conn: Conn, schema: str, progress: Progress | None) -> int:
+def _columns(conn: Conn, schema: str, table: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_schema = %s AND table_name = %s ORDER BY ordinal_position",
+        (schema, table),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _load_checkpoint(conn: Conn, schema: str) -> int:
+    """Copy the latest checkpoint into ``schema``; its log position (0: none).
+    Columns a later migration added take their defaults."""
+    base = checkpoint_position(conn)
+    if base == 0:
+        return 0
+    for table in PROJECTION_TABLES:
+        names = _columns(conn, CHECKPOINT_SCHEMA, table)
+        if not names:
+            continue  # a projection table added after the checkpoint: empty then
+        cols = sql.SQL(", ").join(map(sql.Identifier, names))
+        conn.execute(
+            sql.SQL("INSERT INTO {}.{} ({}) SELECT {} FROM {}.{}").format(
+                sql.Identifier(schema),
+                sql.Identifier(table),
+                cols,
+                cols,
+                sql.Identifier(CHECKPOINT_SCHEMA),
+                sql.Identifier(table),
+            )
+        )
+    return base
+
+
+def build_scratch(
+    conn: Conn, schema: str, progress: Progress | None = None, upto: int | None = None
+) -> int:
+    """Rebuild the projections in ``schema``: the latest checkpoint, then the
+    events after it (up to position ``upto``). Returns events applied."""
     ident = sql.Identifier(schema)
     conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident))
     conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
@@ -49,11 +90,14 @@ def _build_scratch(conn: Conn, schema: str, progress: Progress | None) -> int:
                 ident, sql.Identifier(table), sql.Identifier(table)
             )
         )
+    base = _load_checkpoint(conn, schema)
     conn.execute(sql.SQL("SET LOCAL search_path TO {}, public").format(ident))
     applied = 0
     # read_all runs on the same connection: event_log is not a projection
     # table, so it resolves to public.
-    for rec in read_all(conn):
+    for rec in read_all(conn, base):
+        if upto is not None and rec.position > upto:
+            break
         apply(conn, rec)
         applied += 1
         if progress and applied % 500 == 0:
@@ -96,7 +140,8 @@ def verify(conn: Conn, *, progress: Progress | None = None) -> list[TableDiff]:
     with conn.transaction():
         # A consistent view of log and projections, without blocking writers.
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        _build_scratch(conn, schema, progress)
+        hold_checkpoint(conn, shared=True)  # a checkpoint does not swap under us
+        build_scratch(conn, schema, progress)
         diffs = _diff(conn, schema)
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
     return diffs
@@ -107,13 +152,15 @@ def rebuild(conn: Conn, *, progress: Progress | None = None, lock_timeout_ms: in
     schema = "duckmesh_replay_rebuild"
     with conn.transaction():
         conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(lock_timeout_ms)))
+        # The checkpoint lock first, as a checkpoint takes it: no lock-order deadlock.
+        hold_checkpoint(conn, shared=True)
         try:
             conn.execute("LOCK TABLE event_stream, event_log IN EXCLUSIVE MODE")
         except psycopg.errors.LockNotAvailable:
             raise ReplayRefused(
                 "the event log is busy (appends in progress); stop writers or retry"
             ) from None
-        applied = _build_scratch(conn, schema, progress)
+        applied = build_scratch(conn, schema, progress)
         for table in PROJECTION_TABLES:
             ident = sql.Identifier(table)
             conn.execute(sql.SQL("DELETE FROM public.{}").format(ident))

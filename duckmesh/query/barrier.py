@@ -4,7 +4,10 @@ Woken by snapshot notices, re-checking the catalog at least every
 ``POLL_S`` so a lost notice only costs latency. A token above anything
 issued to the tenant fails at once (``VISIBILITY_TOKEN_INVALID``); a token
 not visible by the deadline fails with ``CONSISTENCY_TIMEOUT`` and the
-current watermark, so the caller can retry or report.
+current watermark, so the caller can retry or report. After a restore from
+backup, a token the lost range issued fails at once
+(``VISIBILITY_TOKEN_INVALID``) and one of a record renumbered by the restore
+waits for its new number (``maintenance.restore``).
 
 ``skip=True`` is a test-only switch (``QuerySettings.unsafe_skip_barrier``, set
 by ``DUCKMESH_UNSAFE_BREAK=skip_barrier``, accepted only with
@@ -21,6 +24,7 @@ from duckmesh import metrics
 from duckmesh.bus import IngestBus
 from duckmesh.catalog import reads
 from duckmesh.catalog.model import Snapshot
+from duckmesh.catalog.restores import current_token, restore_gaps
 from duckmesh.db import Database
 from duckmesh.errors import DuckMeshError
 from duckmesh.notify import Notifications
@@ -50,6 +54,10 @@ async def wait_for_token(
         )
     if skip:
         return await latest(db, tenant)  # deliberately broken: no wait, any watermark
+    if token > 0:
+        # After a restore a token may be void or renumbered (ADR 0016).
+        gaps = await db.run(lambda conn: restore_gaps(conn, tenant), transaction=False)
+        token = current_token(token, gaps)
     deadline = trio.current_time() + timeout_s
     signal = notifications.snapshots(tenant)
     checked_issued = False

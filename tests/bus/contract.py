@@ -333,6 +333,60 @@ class IngestBusContract:
         assert bus.quarantined("acme", recent=1)[1][0]["token"] == 3
         assert bus.quarantined("other") == (0, [])
 
+    def test_prune_deletes_only_committed_rows_past_the_window(self, bus: IngestBus) -> None:
+        ok(bus.publish("acme", [[rec("a"), rec("b"), rec("c"), rec("d")]])[0])
+        batch = self.claim(bus, "A", limit=3)
+        assert batch is not None
+        assert batch_tokens(batch) == [1, 2, 3]
+        bus.quarantine(batch, [QuarantineEntry(2, TABLE, "bad b")])
+        bus.ack(batch)
+        # Within the window nothing goes.
+        assert bus.prune("acme", window_s=3600.0, chunk_tokens=2).deleted == 0
+        assert bus.retained("acme").records == 4
+        pruned = bus.prune("acme", window_s=0.0, chunk_tokens=2)
+        assert (pruned.deleted, pruned.pruned_token) == (2, 3)
+        # Kept: the quarantined record (its report still names its key) and
+        # the uncommitted one.
+        assert bus.retained("acme").records == 2
+        assert bus.retained("acme").bytes > 0
+        assert bus.quarantined("acme")[1][0]["idempotency_key"] == "b"
+        # A pruned key is new again; an uncommitted one is still a duplicate.
+        assert ok(bus.publish("acme", [[rec("a"), rec("d")]])[0]) == [
+            Receipt(5, False),
+            Receipt(4, True),
+        ]
+        nxt = self.claim(bus, "A")
+        assert nxt is not None
+        assert batch_tokens(nxt) == [4, 5]
+        assert bus.prune("acme", window_s=0.0, chunk_tokens=2).deleted == 0
+        assert bus.retained("other").records == 0
+
+    def test_advance_tokens_voids_a_range_and_renumbers_pending_records(
+        self, bus: IngestBus
+    ) -> None:
+        ok(bus.publish("acme", [[rec("a"), rec("b"), rec("c")]])[0])
+        batch = self.claim(bus, "A", limit=2)
+        assert batch is not None
+        bus.ack(batch)
+        jump = bus.advance_tokens("acme", 100)
+        assert (jump.committed_token, jump.issued_token) == (2, 3)
+        assert (bus.committed_token("acme"), bus.latest_token("acme")) == (102, 103)
+        # The pending record keeps its key under its new token; tokens go on after it.
+        assert ok(bus.publish("acme", [[rec("c"), rec("d")]])[0]) == [
+            Receipt(103, True),
+            Receipt(104, False),
+        ]
+        with pytest.raises(DuckMeshError):
+            bus.advance_tokens("acme", 2)  # must exceed the 2 pending tokens (103, 104)
+        nxt = self.claim(bus, "B")  # the old consumer's lease is gone: anyone may claim
+        assert nxt is not None
+        assert batch_tokens(nxt) == [103, 104]
+        bus.ack(nxt)
+        # Pruning steps over the void range and counts nothing in it.
+        pruned = bus.prune("acme", window_s=0.0, chunk_tokens=2)
+        assert (pruned.deleted, pruned.pruned_token) == (4, 104)
+        assert bus.retained("acme").records == 0
+
     def test_lag_and_ingested_at_follow_the_committed_position(self, bus: IngestBus) -> None:
         ok(bus.publish("acme", [[rec(f"k{i}") for i in range(4)]])[0])
         ok(bus.publish("beta", [[rec("x")]])[0])

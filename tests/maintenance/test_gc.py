@@ -52,7 +52,8 @@ async def test_expiry_keeps_latest_newest_and_pinned(runtime: Runtime) -> None:
         "default", QueryRequest(sql="select count(*) from log", snapshot_id=pinned)
     )
     assert old["snapshot_id"] == pinned
-    gone = min(i for i, expired in after.items() if expired)
+    # Expired snapshots are also pruned from the catalog (CatalogPruned).
+    gone = min(set(ids) - kept)
     with pytest.raises(DuckMeshError) as refused:
         await rt.queries.execute("default", QueryRequest(sql="select 1", snapshot_id=gone))
     assert refused.value.error_code == "SNAPSHOT_NOT_FOUND"
@@ -76,7 +77,11 @@ async def test_gc_deletes_only_unreferenced_files_after_compaction(runtime: Runt
     assert result["rows"] == [[8]]
     # Idempotent: a second run finds nothing; projections still equal the log.
     assert _collector(rt, retain_count=1).retain("default") == RetentionSummary(
-        files_retired=0, snapshots_expired=0, files_deleted=0, orphans_deleted=0
+        files_retired=0,
+        snapshots_expired=0,
+        files_deleted=0,
+        orphans_deleted=0,
+        bus_records_deleted=0,
     )
     assert all(d.equal for d in rt.db.call(replay.verify, transaction=False))
 
@@ -106,6 +111,7 @@ async def test_retention_endpoint(server: LiveServer) -> None:
         "snapshots_expired": 0,
         "files_deleted": 0,
         "orphans_deleted": 0,
+        "bus_records_deleted": 0,
     }
 
 
@@ -158,9 +164,11 @@ async def test_table_retention_drops_old_event_time_from_latest_only(runtime: Ru
     assert all(d.equal for d in rt.db.call(replay.verify, transaction=False))
 
 
-async def test_retention_never_touches_keyed_tables(runtime: Runtime) -> None:
-    """A keyed table's old file may hold a key's newest version or tombstone;
-    dropping it would resurrect an older version, so retention skips it."""
+async def test_keyed_retention_retires_keys_and_never_resurrects_a_version(
+    runtime: Runtime,
+) -> None:
+    """A keyed table retires a key whose current version is past the limit,
+    with every older version of it: nothing superseded ever comes back."""
     import datetime as dt
 
     from tests.maintenance.test_compaction import _ingest_commits
@@ -168,34 +176,68 @@ async def test_retention_never_touches_keyed_tables(runtime: Runtime) -> None:
     rt = runtime
     rt.db.call(
         lambda c: commands.create_table(
-            c,
-            "default",
-            {**KV_TABLE, "retention": {"max_age_days": 1}},
+            c, "default", {**KV_TABLE, "retention": {"max_age_days": 1}}
         )
     )
-    now = dt.datetime.now(dt.UTC)
+    now = dt.datetime.now(dt.UTC).isoformat()
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(days=5)).isoformat()
+
+    def upsert(key: str, k: int, v: str, when: str, op: str = "upsert") -> list[dict[str, Any]]:
+        return [{"idempotency_key": key, "op": op, "payload": {"k": k, "v": v}, "event_time": when}]
+
     _ingest_commits(
         rt,
         "kv",
         [
-            [
-                {
-                    "idempotency_key": "a",
-                    "op": "upsert",
-                    "payload": {"k": 1, "v": "first"},
-                    "event_time": now.isoformat(),
-                }
-            ],
-            [
-                {
-                    "idempotency_key": "b",
-                    "op": "delete",
-                    "payload": {"k": 1},
-                    "event_time": (now - dt.timedelta(days=5)).isoformat(),
-                }
-            ],
+            # k=1: first a recent version, then a newer one (by token) with an old event time.
+            upsert("1a", 1, "superseded", now) + upsert("2a", 2, "kept", now),
+            upsert("1b", 1, "current but old", old),
+            # k=3: an old version superseded by a recent one: stays, at its current version.
+            upsert("3a", 3, "superseded", old),
+            upsert("3b", 3, "current", now),
+            # k=4: recent version, then an old delete: stays deleted.
+            upsert("4a", 4, "superseded", now),
+            [{"idempotency_key": "4b", "op": "delete", "payload": {"k": 4}, "event_time": old}],
         ],
     )
+    sql = "select k, v from kv order by k"
+    before = await rt.queries.execute("default", QueryRequest(sql=sql))
+    assert before["rows"] == [[1, "current but old"], [2, "kept"], [3, "current"]]
+    summary = _collector(rt, retain_count=1000).retain("default")
+    # Old files: k=1's, k=3's first and k=4's delete; the file with k=1, 2 and
+    # the one with k=4's first version hold retired keys' rows: rewritten.
+    assert summary.files_retired == 5
+    after = await rt.queries.execute("default", QueryRequest(sql=sql))
+    assert after["rows"] == [[2, "kept"], [3, "current"]]  # no "superseded" anywhere
+    assert after["max_visibility_token"] == before["max_visibility_token"]
+    raw = await rt.queries.execute(
+        "default", QueryRequest(sql="select count(*) from kv where v = 'superseded'")
+    )
+    assert raw["rows"] == [[0]]
+    # Idempotent; compaction afterwards changes nothing either.
     assert _collector(rt, retain_count=1000).retain("default").files_retired == 0
-    result = await rt.queries.execute("default", QueryRequest(sql="select k from kv"))
-    assert result["rows"] == []  # the delete still hides the key
+    compactor_for(rt).compact("default")
+    assert (await rt.queries.execute("default", QueryRequest(sql=sql)))["rows"] == after["rows"]
+    # Time travel to before retention still answers as before.
+    again = await rt.queries.execute(
+        "default", QueryRequest(sql=sql, snapshot_id=before["snapshot_id"])
+    )
+    assert again["rows"] == before["rows"]
+    assert all(d.equal for d in rt.db.call(replay.verify, transaction=False))
+
+
+def test_stale_scratch_files_are_swept_after_the_safety_window(runtime: Runtime) -> None:
+    rt = runtime
+    stale = rt.store.scratch_path(".parquet")
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"PAR1 half a file from a commit killed mid-write")
+    fresh = rt.store.scratch_path(".parquet")
+    fresh.write_bytes(b"a commit writing right now")
+    collector = _collector(rt, safety_window_s=3600.0)
+    assert collector.retain("default").orphans_deleted == 0
+    assert stale.exists()
+    old = time.time() - 7200
+    os.utime(stale, (old, old))
+    assert collector.retain("default").orphans_deleted == 1
+    assert not stale.exists()
+    assert fresh.exists()  # younger than the window: a live writer's file stays

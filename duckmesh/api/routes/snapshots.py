@@ -1,4 +1,5 @@
-"""Snapshots: list, describe one (tables, watermarks, files), pin and unpin."""
+"""Snapshots: list, describe one (tables, watermarks, files), pin and unpin,
+restore an older one as the latest."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from typing import Any
 
 from quart import Blueprint, Response
 
-from duckmesh.api.bodies import MAX_INT, PinBody, int_arg
+from duckmesh.api.bodies import MAX_INT, PinBody, RestoreBody, int_arg
 from duckmesh.api.context import api, require
 from duckmesh.api.http import Principal, json_body, json_response
 from duckmesh.catalog import commands, reads
+from duckmesh.catalog.snapshot_restore import restore_snapshot
 from duckmesh.db import Conn, Database
 from duckmesh.errors import DuckMeshError
 
@@ -52,6 +54,16 @@ async def pin(p: Principal) -> Response:
         ),
     )
     return json_response({"snapshot_id": body.snapshot_id, "pinned": body.pinned})
+
+
+@bp.post("/v1/snapshots/restore")
+@require("table_admin", "ops_admin")
+async def restore(p: Principal) -> Response:
+    body = RestoreBody.parse(await json_body())
+    result = await api().run_command(
+        p, lambda c: restore_snapshot(c, p.tenant_id, body.snapshot_id, actor=p.key_id)
+    )
+    return json_response(result)
 
 
 async def describe_snapshot(db: Database, tenant: str, snapshot_id: int) -> dict[str, Any]:
