@@ -3,8 +3,8 @@
 -- tenant's bus has been pruned, so a run starts where the last one stopped.
 
 ALTER TABLE bus_scope ADD COLUMN pruned_token bigint NOT NULL DEFAULT 0;
--- Range deletes by token (the primary keys are by idempotency key).
-CREATE INDEX bus_row_key_token ON bus_row_key (tenant_id, token);
+-- Range deletes by token (the primary keys are by idempotency key);
+-- bus_row_key's token index came with 0003.
 CREATE INDEX bus_upload_token ON bus_upload (tenant_id, last_token);
 
 -- Catalog checkpoints: the projections as of a log position live in schema
