@@ -161,6 +161,11 @@ class Config:
     snapshot_retain_count: int = 100
     snapshot_retain_ms: int = 24 * 3600 * 1000
     gc_safety_window_ms: int = 3600 * 1000
+    # lifecycle and self-healing (ADR 0017)
+    shutdown_grace_ms: int = 5_000  # running queries get this long after a stop signal
+    min_free_disk_bytes: int = 256 * 1024 * 1024  # below: ingest answers 507 DISK_LOW
+    integrity_interval_ms: int = 3_600_000  # the integrity actor's pass; 0 = off
+    integrity_bytes_per_s: int = 64 * 1024 * 1024  # its read rate limit
     # testing / chaos
     enable_faults: bool = False
     faults: str = ""
@@ -233,6 +238,10 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "snapshot_retain_count": _int(1, 1_000_000_000),
     "snapshot_retain_ms": _int(0, 3_153_600_000_000),  # up to 100 years
     "gc_safety_window_ms": _int(0, 3_153_600_000_000),  # up to 100 years
+    "shutdown_grace_ms": _int(0, 600_000),
+    "min_free_disk_bytes": _int(0, 1 << 50),
+    "integrity_interval_ms": _int(0, 86_400_000 * 30),
+    "integrity_bytes_per_s": _int(1024, 1 << 40),
     "enable_faults": _bool,
     "faults": _str,
     "unsafe_break": _unsafe_break,

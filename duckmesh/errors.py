@@ -39,6 +39,8 @@ ErrorCode = Literal[
     "CONSISTENCY_TIMEOUT",
     "INTEGRITY_CHECK_FAILED",
     "UNSUPPORTED_MEDIA_TYPE",
+    "SHUTTING_DOWN",
+    "DISK_LOW",
 ]
 
 # code -> (HTTP status, retryable)
@@ -71,6 +73,10 @@ ERROR_CODES: dict[ErrorCode, tuple[int, bool]] = {
     "OVERLOADED": (503, True),
     "CONSISTENCY_TIMEOUT": (504, True),
     "INTEGRITY_CHECK_FAILED": (500, False),
+    # The server is stopping (ADR 0017): retry on another node or after the restart.
+    "SHUTTING_DOWN": (503, True),
+    # Free disk below DUCKMESH_MIN_FREE_DISK_BYTES: ingest waits until space is freed.
+    "DISK_LOW": (507, True),
 }
 if set(ERROR_CODES) != set(get_args(ErrorCode)):  # pragma: no cover - caught at import
     raise RuntimeError("ERROR_CODES and ErrorCode list different codes")
