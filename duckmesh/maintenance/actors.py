@@ -3,14 +3,16 @@
 The compactor visits every tenant each ``compaction_interval_ms`` and merges
 small files (see ``compaction``); the collector visits every tenant each
 ``maintenance_interval_ms`` to expire old snapshots and delete files nothing
-references any more (see ``gc``). Every pass re-reads the catalog, so the
-actors hold no state that a restart could lose; an interrupted pass leaves
-nothing visible changed. Retention by event time and integrity checks are
-not built yet.
+references any more (see ``gc``); the integrity actor checks every tenant's
+files each ``integrity_interval_ms`` at a bounded read rate (see
+``integrity``). Every pass re-reads the catalog, so the actors hold no state
+that a restart could lose; an interrupted pass leaves nothing visible
+changed.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,7 @@ from duckmesh.catalog import reads
 from duckmesh.db import Database
 from duckmesh.maintenance.compaction import CompactionSettings, Compactor
 from duckmesh.maintenance.gc import Collector, RetentionSettings
+from duckmesh.maintenance.integrity import CheckStopped, IntegrityChecker, Pacer
 from duckmesh.supervisors import Actor
 
 if TYPE_CHECKING:
@@ -79,9 +82,31 @@ class TenantPassActor(Actor):
                 await self.stop_requested.wait()
 
 
+class IntegrityActor(TenantPassActor):
+    """Checks every tenant's files each ``interval_s`` at a bounded read rate."""
+
+    def __init__(self, rt: Runtime, interval_s: float) -> None:
+        self.pacer = Pacer(rt.config.integrity_bytes_per_s)
+        checker = IntegrityChecker(rt.db, rt.store, self.pacer)
+        super().__init__("integrity", self._check, rt.db, interval_s)
+        self.checker = checker
+
+    def _check(self, tenant: str) -> None:
+        with contextlib.suppress(CheckStopped):  # stopping: the next run checks again
+            self.checker.verify(tenant)
+
+    def request_stop(self) -> None:
+        super().request_stop()
+        self.pacer.stop.set()  # ends a paced sleep in the worker thread
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self.pacer.stop.clear()
+        await super().run(task_status=task_status)
+
+
 def maintenance_actors(rt: Runtime) -> list[Actor]:
     cfg = rt.config
-    return [
+    actors: list[Actor] = [
         TenantPassActor(
             "compactor", compactor_for(rt).compact, rt.db, cfg.compaction_interval_ms / 1000
         ),
@@ -89,3 +114,6 @@ def maintenance_actors(rt: Runtime) -> list[Actor]:
             "collector", collector_for(rt).retain, rt.db, cfg.maintenance_interval_ms / 1000
         ),
     ]
+    if cfg.integrity_interval_ms:
+        actors.append(IntegrityActor(rt, cfg.integrity_interval_ms / 1000))
+    return actors
