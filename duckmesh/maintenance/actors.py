@@ -83,7 +83,8 @@ class TenantPassActor(Actor):
 
 
 class IntegrityActor(TenantPassActor):
-    """Checks every tenant's files each ``interval_s`` at a bounded read rate."""
+    """Checks every tenant's files each ``interval_s`` (the first time one
+    interval after its start) at a bounded read rate."""
 
     def __init__(self, rt: Runtime, interval_s: float) -> None:
         self.pacer = Pacer(rt.config.integrity_bytes_per_s)
@@ -100,8 +101,14 @@ class IntegrityActor(TenantPassActor):
         self.pacer.stop.set()  # ends a paced sleep in the worker thread
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # The first pass comes one interval after the start: a restarted
+        # process does not reread every file at once.
         self.pacer.stop.clear()
-        await super().run(task_status=task_status)
+        task_status.started()
+        with trio.move_on_after(self.interval_s):
+            await self.stop_requested.wait()
+        if not self.stop_requested.is_set():
+            await super().run()
 
 
 def maintenance_actors(rt: Runtime) -> list[Actor]:
