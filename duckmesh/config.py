@@ -192,6 +192,11 @@ class Config:
     idempotency_window_ms: int = 7 * 24 * 3600 * 1000
     # the collector checkpoints the catalog once this many events were appended since the last
     catalog_checkpoint_events: int = 10_000
+    # lifecycle and self-healing (ADR 0017)
+    shutdown_grace_ms: int = 5_000  # running queries get this long after a stop signal
+    min_free_disk_bytes: int = 256 * 1024 * 1024  # below: ingest answers 507 DISK_LOW
+    integrity_interval_ms: int = 3_600_000  # the integrity actor's pass; 0 = off
+    integrity_bytes_per_s: int = 64 * 1024 * 1024  # its read rate limit
     # testing / chaos
     enable_faults: bool = False
     faults: str = ""
@@ -276,6 +281,10 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "object_cache_bytes": _int(0, 1 << 50),
     "idempotency_window_ms": _int(1000, 3_153_600_000_000),  # 1 s .. 100 years
     "catalog_checkpoint_events": _int(1, 1_000_000_000),
+    "shutdown_grace_ms": _int(0, 600_000),
+    "min_free_disk_bytes": _int(0, 1 << 50),
+    "integrity_interval_ms": _int(0, 86_400_000 * 30),
+    "integrity_bytes_per_s": _int(1024, 1 << 40),
     "enable_faults": _bool,
     "faults": _str,
     "unsafe_break": _unsafe_break,

@@ -133,6 +133,26 @@ class EmbeddedPostgres:
             time.sleep(0.02)
         log.info("embedded Postgres now requires a password", password_file=PASSWORD_FILE)
 
+    def postmaster_pid(self) -> int | None:
+        """The pid of the running postmaster of this data directory, or None."""
+        from pgserver.utils import PostmasterInfo
+
+        info = PostmasterInfo.read_from_pgdata(self.pgdata)
+        if info is None or not info.is_running():
+            return None
+        return int(info.pid) if info.pid is not None else None
+
+    def ensure_running(self) -> bool:
+        """Start the server again if it died (Postgres runs crash recovery on
+        start); True when it had to be started. Refused if not started first."""
+        if self._server is None:
+            raise RuntimeError("the embedded Postgres was never started")
+        if self.postmaster_pid() is not None:
+            return False
+        with self._server._lock:  # pgserver's own lock between processes
+            self._server.ensure_postgres_running()
+        return True
+
     def stop(self) -> None:
         """Stop the server we started (fast shutdown: sessions are rolled back).
 

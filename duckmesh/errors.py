@@ -41,6 +41,8 @@ ErrorCode = Literal[
     "UNSUPPORTED_MEDIA_TYPE",
     "OBJECT_STORE_UNAVAILABLE",
     "DATA_FILE_CORRUPT",
+    "SHUTTING_DOWN",
+    "DISK_LOW",
 ]
 
 # code -> (HTTP status, retryable)
@@ -76,6 +78,10 @@ ERROR_CODES: dict[ErrorCode, tuple[int, bool]] = {
     "OBJECT_STORE_UNAVAILABLE": (503, True),
     # A stored file of the queried table cannot be read: retrying will not help.
     "DATA_FILE_CORRUPT": (500, False),
+    # The server is stopping (ADR 0017): retry on another node or after the restart.
+    "SHUTTING_DOWN": (503, True),
+    # Free disk below DUCKMESH_MIN_FREE_DISK_BYTES: ingest waits until space is freed.
+    "DISK_LOW": (507, True),
 }
 if set(ERROR_CODES) != set(get_args(ErrorCode)):  # pragma: no cover - caught at import
     raise RuntimeError("ERROR_CODES and ErrorCode list different codes")

@@ -260,6 +260,18 @@ ACTOR_UP = Gauge(
     registry=REGISTRY,
 )
 
+# lifecycle and self-healing (ADR 0017)
+COMPACTION_DAMAGED_FILES = Counter(
+    "duckmesh_compaction_damaged_files_total",
+    "Compaction groups skipped because an input file was missing, truncated or unreadable.",
+    registry=REGISTRY,
+)
+POSTGRES_RESTARTS = Counter(
+    "duckmesh_postgres_restarts_total",
+    "Times the embedded Postgres was found dead and started again.",
+    registry=REGISTRY,
+)
+
 
 # query plane budget (docs/OPERATIONS.md, "Threads and memory per tenant")
 QUERY_DATABASES = Gauge(

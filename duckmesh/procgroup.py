@@ -1,8 +1,9 @@
 """``duckmesh serve`` with role ``all``: a supervised group of processes (ADR 0012).
 
-The root process holds the data-directory lock, owns the embedded Postgres,
-migrates the catalog and binds the listening socket once; it then runs no
-request itself. Its Trio supervision tree holds one actor per child process:
+The root process holds the data-directory lock, owns the embedded Postgres
+(supervised: restarted when it dies, duckmesh.pg_supervision), migrates the
+catalog and binds the listening socket once; it then runs no request itself.
+Its Trio supervision tree holds one actor per child process:
 ``DUCKMESH_API_WORKERS`` API workers (``serve --role api``, accepting on the
 inherited socket), one coordinator process and one maintenance process. A
 child that dies is restarted with the policy's backoff; too many restarts
@@ -28,13 +29,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import attrs
 import structlog
 import trio
 from prometheus_client import multiprocess
 
 from duckmesh import metrics
 from duckmesh.config import Config, api_worker_count
+from duckmesh.embedded import EmbeddedPostgres
 from duckmesh.files import private_dir, write_private
+from duckmesh.pg_supervision import PostgresActor
 from duckmesh.supervisors import Actor, RestartPolicy, Supervisor, run_root
 
 log = structlog.get_logger("duckmesh.procgroup")
@@ -49,8 +53,10 @@ METRICS_DIR = "metrics"
 STATUS_INTERVAL_S = 0.2
 SERVE_ARGV = [sys.executable, "-m", "duckmesh.cli.main", "serve", "--role"]
 
-# A child's own graceful stop takes up to its root's grace (8 s): the parents
-# wait longer before they SIGKILL it. Reasons in docs/SUPERVISION.md.
+# A child's own graceful stop takes up to DUCKMESH_SHUTDOWN_GRACE_MS (running
+# queries, duckmesh.shutdown) plus its root's grace (8 s): the parents wait
+# longer before they SIGKILL it (build_group adds the configured grace to these).
+# Reasons in docs/SUPERVISION.md.
 WORKER_POLICY = RestartPolicy(
     max_restarts=5, within_seconds=60, backoff_initial=0.2, backoff_max=5.0, shutdown_grace=12.0
 )
@@ -151,20 +157,32 @@ def child_env(config: Config, group_dir: Path) -> dict[str, str]:
 
 
 def build_group(
-    config: Config, listener: socket.socket, group_dir: Path
-) -> tuple[Supervisor, Supervisor, list[ChildProcess]]:
-    """The root supervisor, its API-worker supervisor and every child actor."""
+    config: Config,
+    listener: socket.socket,
+    group_dir: Path,
+    embedded: EmbeddedPostgres | None = None,
+) -> tuple[Supervisor, Supervisor, list[ChildProcess | PostgresActor]]:
+    """The root supervisor, its API-worker supervisor and every child actor;
+    the embedded Postgres (when the root owns one) is supervised first."""
     env = child_env(config, group_dir)
     workers = [
         ChildProcess(f"api-{n}", "api", env, listener) for n in range(api_worker_count(config))
     ]
-    api = Supervisor("api", workers, WORKER_POLICY)
+    grace_s = config.shutdown_grace_ms / 1000
+    worker_policy = attrs.evolve(
+        WORKER_POLICY, shutdown_grace=WORKER_POLICY.shutdown_grace + grace_s
+    )
+    api = Supervisor("api", workers, worker_policy)
     background = [ChildProcess(role, role, env) for role in ("coordinator", "maintenance")]
-    root = Supervisor("root", [api, *background], GROUP_POLICY)
-    return root, api, [*workers, *background]
+    group_policy = attrs.evolve(GROUP_POLICY, shutdown_grace=GROUP_POLICY.shutdown_grace + grace_s)
+    postgres = [] if embedded is None else [PostgresActor(embedded)]
+    root = Supervisor("root", [*postgres, api, *background], group_policy)
+    return root, api, [*postgres, *workers, *background]
 
 
-def process_rows(root: Supervisor, children: list[ChildProcess]) -> list[dict[str, object]]:
+def process_rows(
+    root: Supervisor, children: list[ChildProcess | PostgresActor]
+) -> list[dict[str, object]]:
     stats = root.statistics()
     own = {"name": "root", "role": "all", "pid": os.getpid()}
     return [dict(own, restarts=stats.restarts, state=stats.state.value)] + [
@@ -173,7 +191,7 @@ def process_rows(root: Supervisor, children: list[ChildProcess]) -> list[dict[st
 
 
 async def publish_status(
-    path: Path, root: Supervisor, children: list[ChildProcess], ready: trio.Event
+    path: Path, root: Supervisor, children: list[ChildProcess | PostgresActor], ready: trio.Event
 ) -> None:
     """Keep ``group.json`` (0600) current for the workers' ``/v1/ready``."""
     last = b""
@@ -186,21 +204,26 @@ async def publish_status(
         await trio.sleep(STATUS_INTERVAL_S)
 
 
-async def serve_group(config: Config, listener: socket.socket) -> int:
+async def serve_group(
+    config: Config, listener: socket.socket, embedded: EmbeddedPostgres | None = None
+) -> int:
     """Run the group until a stop signal or an escalation; the exit code."""
     group_dir = private_dir(config.data_dir.resolve() / GROUP_DIR)
     # Counters of an earlier run are not this group's: start from zero.
     shutil.rmtree(group_dir / METRICS_DIR, ignore_errors=True)
     private_dir(group_dir / METRICS_DIR)
     status_path = group_dir / STATUS_FILE
-    root, api, children = build_group(config, listener, group_dir)
+    root, api, children = build_group(config, listener, group_dir, embedded)
     ready = trio.Event()
 
     async def on_signals() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
             async for signum in signals:
                 log.info("shutting down the group", signal=signal.Signals(signum).name)
-                await api.stop()  # drain the API workers first
+                # Drain the API workers first; once their grace is over (they
+                # are interrupting queries), stop the background processes too.
+                with trio.move_on_after(config.shutdown_grace_ms / 1000):
+                    await api.stop()
                 await root.stop()  # then the coordinator and maintenance processes
                 return
 

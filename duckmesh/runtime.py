@@ -25,6 +25,7 @@ from duckmesh.coordinator.actor import CoordinatorActor
 from duckmesh.coordinator.committer import CommitSettings, Committer
 from duckmesh.coordinator.health import CommitHealth
 from duckmesh.db import Database
+from duckmesh.diskspace import DiskGuard
 from duckmesh.embedded import EmbeddedPostgres
 from duckmesh.files import prepare_data_dir
 from duckmesh.ingest.group_commit import GroupCommitter
@@ -32,6 +33,7 @@ from duckmesh.logs import show_bootstrap_key
 from duckmesh.notify import Notifications
 from duckmesh.query.service import QueryService, QuerySettings
 from duckmesh.storage.factory import open_object_store
+from duckmesh.shutdown import ShutdownState
 from duckmesh.storage.protocol import ObjectStore
 from duckmesh.supervisors import Supervisor
 from duckmesh.supervisors.faults import FaultPoints
@@ -57,6 +59,15 @@ class Runtime:
     # is one of its workers: shared rate limits and the process tree live there.
     group_dir: Path | None = None
     commit_health: CommitHealth = attrs.field(factory=CommitHealth)
+    # Set by a stop signal (duckmesh.shutdown): new requests are answered 503.
+    shutdown: ShutdownState = attrs.field(factory=ShutdownState)
+    # Free disk of the data directory: ingest backpressure (duckmesh.diskspace).
+    disk: DiskGuard = attrs.field(
+        default=attrs.Factory(
+            lambda self: DiskGuard(self.config.data_dir, self.config.min_free_disk_bytes),
+            takes_self=True,
+        )
+    )
 
     def close(self) -> None:
         self.queries.close()

@@ -2,7 +2,9 @@
 
 The tree of every role is declared in ``build_tree`` (drawn in
 docs/SUPERVISION.md). SIGINT, SIGTERM and SIGHUP ask the root to stop
-gracefully: the HTTP server stops accepting and drains, in-flight commits
+gracefully (bounded by ``DUCKMESH_SHUTDOWN_GRACE_MS``, duckmesh.shutdown):
+new requests are answered 503 SHUTTING_DOWN, running queries get the grace
+and are then interrupted, the HTTP server stops and drains, in-flight commits
 finish or roll back, leases are released, and the embedded Postgres is
 stopped last (by the caller, after ``serve`` returns). With role ``all`` and
 several API workers ``duckmesh serve`` runs a process group instead
@@ -24,7 +26,9 @@ import trio
 
 from duckmesh.api.app import create_app
 from duckmesh.coordinator.lag import LagMonitor
+from duckmesh.pg_supervision import PostgresActor
 from duckmesh.runtime import Runtime, coordinator_actors
+from duckmesh.shutdown import drain_queries, keep_interrupting
 from duckmesh.supervisors import Actor, FunctionActor, RestartPolicy, Supervisor, run_root
 
 log = structlog.get_logger("duckmesh.server")
@@ -78,6 +82,9 @@ def build_tree(rt: Runtime, listener: socket.socket | None) -> Supervisor:
     async def listen(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await rt.notifications.listen(rt.dsn, stop=notifier.stop_requested, task_status=task_status)
 
+    if rt.embedded is not None and rt.embedded.owner:
+        # This process owns the embedded Postgres: it is restarted when it dies.
+        children.append(PostgresActor(rt.embedded))
     notifier = FunctionActor("notifier", listen)
     children.append(notifier)
     if role in ("all", "api"):
@@ -127,10 +134,14 @@ async def serve(
     async def on_signals() -> None:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
             async for signum in signals:
-                log.info("shutting down", signal=signal.Signals(signum).name)
-                # A running DuckDB query holds its worker thread until it ends:
-                # interrupt them all so that shutdown fits the grace period.
-                rt.queries.stop()
+                grace_s = rt.config.shutdown_grace_ms / 1000
+                log.info("shutting down", signal=signal.Signals(signum).name, grace_s=grace_s)
+                # New requests are answered 503 at once; running queries get
+                # the grace, then are interrupted (a DuckDB query holds its
+                # worker thread until it ends), then the tree stops.
+                rt.shutdown.begin()
+                await drain_queries(rt.queries, grace_s)
+                nursery.start_soon(keep_interrupting, rt.queries)
                 await root.stop()
                 return
 

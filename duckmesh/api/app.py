@@ -15,7 +15,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from duckmesh import metrics
-from duckmesh.api.context import ApiContext
+from duckmesh.api.context import ApiContext, api
 from duckmesh.api.http import error_response, log, receive_body, start_trace
 from duckmesh.api.openapi import load_openapi
 from duckmesh.api.routes import (
@@ -68,6 +68,7 @@ def create_app(rt: Runtime) -> QuartTrio:
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     ApiContext.build(rt).install(app)
     app.before_request(_before)
+    app.after_request(_after)
     app.register_error_handler(DuckMeshError, _duckmesh_error)
     app.register_error_handler(RecursionError, _too_deep)
     app.register_error_handler(HTTPException, _http_error)
@@ -77,11 +78,24 @@ def create_app(rt: Runtime) -> QuartTrio:
     return app
 
 
-async def _before() -> None:
+async def _before() -> Response | None:
     g.started = time.perf_counter()  # what a route reports as the request's duration
     start_trace()
     if not is_upload(request.path, request.headers.get("Content-Type")):
         await receive_body()  # an upload streams its own body (ingest/upload.py)
+    if api().rt.shutdown.refuses(request.path):
+        # After a stop signal (duckmesh.shutdown): an answer, never a hang.
+        return error_response(
+            DuckMeshError("SHUTTING_DOWN", "the server is shutting down; retry elsewhere")
+        )
+    return None
+
+
+async def _after(response: Response) -> Response:
+    if api().rt.shutdown.signalled:
+        # The connection is not kept for a next request this process will refuse.
+        response.headers["Connection"] = "close"
+    return response
 
 
 async def _duckmesh_error(exc: DuckMeshError) -> Response:

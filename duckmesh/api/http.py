@@ -38,6 +38,8 @@ _TRACEPARENT = re.compile(
     r"^(?!ff)([0-9a-f]{2})-(?!0{32})([0-9a-f]{32})-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}(-.*)?$"
 )
 log = structlog.get_logger("duckmesh.api")
+# 5xx answers that report a known state of the server, not a failure: info lines.
+EXPECTED_STATES = frozenset({"SHUTTING_DOWN", "DISK_LOW"})
 encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
@@ -58,10 +60,10 @@ def error_response(exc: DuckMeshError) -> Response:
     """The spec's error body; also one log line with the code (trace and
     tenant ids come from the context). Never logs the request itself."""
     headers = {}
-    if exc.http_status == 429:  # RATE_LIMITED, QUOTA_EXCEEDED
+    if exc.http_status in (429, 507):  # RATE_LIMITED, QUOTA_EXCEEDED, DISK_LOW
         headers["Retry-After"] = str(exc.context.get("retry_after_s", 1))
     status = exc.http_status
-    (log.error if status >= 500 else log.info)(
+    (log.error if status >= 500 and exc.error_code not in EXPECTED_STATES else log.info)(
         "request failed",
         method=request.method,
         path=request.path,

@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from duckmesh.cli import demo, load, restore
+from duckmesh.cli import demo, load, repair, restore
 from duckmesh.cli.parser import parser
 from duckmesh.cli.progress import ProgressBar
 from duckmesh.cli.serve import cmd_serve
@@ -337,6 +337,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "load": load.cmd_load,
     "demo": demo.cmd_demo,
     "restore": restore.cmd_restore,
+    "repair": repair.cmd_repair,
 }
 
 

@@ -73,7 +73,7 @@ def _serve_root(config: Config, *, group: bool) -> int:
             try:
                 migrate_and_bootstrap(rt)
                 if group:
-                    return trio.run(serve_group, config, listener)
+                    return trio.run(serve_group, config, listener, rt.embedded)
                 return trio.run(serve, rt, listener)
             finally:
                 rt.close()  # stops the embedded Postgres last

@@ -3,14 +3,17 @@
 The compactor visits every tenant each ``compaction_interval_ms`` and merges
 small files (see ``compaction``); the collector visits every tenant each
 ``maintenance_interval_ms`` to expire old snapshots and delete files nothing
-references any more (see ``gc``). Every pass re-reads the catalog, so the
-actors hold no state that a restart could lose; an interrupted pass leaves
-nothing visible changed. After each pass over the tenants the collector
-checkpoints the catalog (``checkpoint``) once enough events accumulated.
+references any more (see ``gc``); the integrity actor checks every tenant's
+files each ``integrity_interval_ms`` at a bounded read rate (see
+``integrity``). Every pass re-reads the catalog, so the actors hold no state
+that a restart could lose; an interrupted pass leaves nothing visible
+changed. After each pass over the tenants the collector checkpoints the
+catalog (``checkpoint``) once enough events accumulated.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -22,6 +25,7 @@ from duckmesh.db import Database
 from duckmesh.maintenance import checkpoint
 from duckmesh.maintenance.compaction import CompactionSettings, Compactor
 from duckmesh.maintenance.gc import Collector, RetentionSettings
+from duckmesh.maintenance.integrity import CheckStopped, IntegrityChecker, Pacer
 from duckmesh.supervisors import Actor
 
 if TYPE_CHECKING:
@@ -93,9 +97,38 @@ class TenantPassActor(Actor):
                 await self.stop_requested.wait()
 
 
+class IntegrityActor(TenantPassActor):
+    """Checks every tenant's files each ``interval_s`` (the first time one
+    interval after its start) at a bounded read rate."""
+
+    def __init__(self, rt: Runtime, interval_s: float) -> None:
+        self.pacer = Pacer(rt.config.integrity_bytes_per_s)
+        checker = IntegrityChecker(rt.db, rt.store, self.pacer)
+        super().__init__("integrity", self._check, rt.db, interval_s)
+        self.checker = checker
+
+    def _check(self, tenant: str) -> None:
+        with contextlib.suppress(CheckStopped):  # stopping: the next run checks again
+            self.checker.verify(tenant)
+
+    def request_stop(self) -> None:
+        super().request_stop()
+        self.pacer.stop.set()  # ends a paced sleep in the worker thread
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # The first pass comes one interval after the start: a restarted
+        # process does not reread every file at once.
+        self.pacer.stop.clear()
+        task_status.started()
+        with trio.move_on_after(self.interval_s):
+            await self.stop_requested.wait()
+        if not self.stop_requested.is_set():
+            await super().run()
+
+
 def maintenance_actors(rt: Runtime) -> list[Actor]:
     cfg = rt.config
-    return [
+    actors: list[Actor] = [
         TenantPassActor(
             "compactor", compactor_for(rt).compact, rt.db, cfg.compaction_interval_ms / 1000
         ),
@@ -109,3 +142,6 @@ def maintenance_actors(rt: Runtime) -> list[Actor]:
             ),
         ),
     ]
+    if cfg.integrity_interval_ms:
+        actors.append(IntegrityActor(rt, cfg.integrity_interval_ms / 1000))
+    return actors

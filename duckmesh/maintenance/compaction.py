@@ -13,7 +13,10 @@ merged files and removing their inputs, rebased over commits that land
 meanwhile. Older
 snapshots still list the old files, so time travel is unaffected. A crash or
 a lost race before the publish commit changes nothing visible; the files
-written are orphans for GC.
+written are orphans for GC. A damaged input (missing, of the wrong size, or
+unreadable by DuckDB) skips its group with an error log line and a metric
+instead of failing the pass: the compactor keeps serving every other table
+(``duckmesh repair`` and the integrity actor deal with the damage).
 """
 
 from __future__ import annotations
@@ -80,6 +83,15 @@ def _groups(
     return [g for g in groups if len(g) >= settings.min_files]
 
 
+class DamagedInput(Exception):
+    """An input file of a merge is missing, truncated or unreadable."""
+
+    def __init__(self, file: DataFile, reason: str) -> None:
+        super().__init__(f"{file.path}: {reason}")
+        self.file = file
+        self.reason = reason
+
+
 class Compactor:
     def __init__(
         self,
@@ -117,11 +129,20 @@ class Compactor:
             transaction=False,
         )
         added: list[layout.DataFile] = []
+        merged: list[list[DataFile]] = []
         for seq, group in enumerate(groups, start=1):
             table = tables[group[0].table_id]
             newest = max(f.schema_version for f in group)
             columns = present[(table.table_id, newest)]
-            added.append(self._merge(head.snapshot_id + 1, seq, table, columns, group))
+            try:
+                added.append(self._merge(head.snapshot_id + 1, seq, table, columns, group))
+            except DamagedInput as exc:
+                self._report_damage(tenant, table, exc)
+                continue  # the other groups, tables and tenants still compact
+            merged.append(group)
+        groups = merged
+        if not groups:
+            return CompactionSummary()
         self.faults.hit("compaction.after_write")
         summary = CompactionSummary(
             files_merged=sum(len(g) for g in groups),
@@ -157,6 +178,7 @@ class Compactor:
         present: set[str],
         group: list[DataFile],
     ) -> layout.DataFile:
+        self._check_sizes(group)
         scratch = self.store.scratch_path(".parquet")
         try:
             paths = [str(p) for p in self.store.local_paths([f.path for f in group])]
@@ -172,6 +194,10 @@ class Compactor:
                     memory_mb=self.settings.memory_mb,
                 )
                 count = self._run_merge(sql, scratch, None)
+            except duckdb.Error as exc:
+                with duckdb.connect() as conn:
+                    self._find_unreadable(conn, group, exc)
+                raise
             digest = layout.sha256_file(scratch)
             key = layout.compacted_key(layout.partition_dir(group[0].path), snapshot_id, seq)
             info = self.store.put_file(scratch, key, digest)
@@ -192,6 +218,38 @@ class Compactor:
             max_token=max(f.max_token for f in group),
             min_event_time=min(starts) if starts else None,
             max_event_time=max(ends) if ends else None,
+        )
+
+    def _check_sizes(self, group: list[DataFile]) -> None:
+        """A missing or truncated input is found by its size, before any read."""
+        for f in group:
+            info = self.store.stat(f.path)
+            if info is None:
+                raise DamagedInput(f, "missing")
+            if info.size != f.size_bytes:
+                raise DamagedInput(f, f"size {info.size}, recorded {f.size_bytes}")
+
+    def _find_unreadable(
+        self, conn: duckdb.DuckDBPyConnection, group: list[DataFile], exc: duckdb.Error
+    ) -> None:
+        """After a failed merge: the input DuckDB cannot read alone, if any."""
+        for f in group:
+            try:
+                conn.execute(
+                    "SELECT count(*) FROM read_parquet(?)", [str(self.store.local_path(f.path))]
+                )
+            except duckdb.Error as alone:
+                raise DamagedInput(f, str(alone).splitlines()[0]) from exc
+
+    def _report_damage(self, tenant: str, table: TableDef, exc: DamagedInput) -> None:
+        metrics.COMPACTION_DAMAGED_FILES.inc()
+        log.error(
+            "damaged data file skipped by compaction",
+            tenant_id=tenant,
+            table=table.name,
+            path=exc.file.path,
+            reason=exc.reason,
+            error_code="DATA_FILE_DAMAGED",
         )
 
     def _publish(

@@ -7,9 +7,19 @@ keeps one, so S3 needs no download; else hashed from the local copy). It
 records the result (``MaintenanceCompleted`` kind ``integrity``) and reports
 problems; the API turns a failed check into ``INTEGRITY_CHECK_FAILED``.
 Read-only on the data, so always safe to rerun.
+
+Besides ``POST /v1/integrity/run`` (on demand), the maintenance process runs
+it on a schedule (``IntegrityActor``, duckmesh.maintenance.actors) every
+``DUCKMESH_INTEGRITY_INTERVAL_MS``, reading at most
+``DUCKMESH_INTEGRITY_BYTES_PER_S`` (a ``Pacer``), so a damaged file is
+reported (log line, metrics, the ``DuckMeshIntegrityCheckFailed`` alert)
+without anyone asking.
 """
 
 from __future__ import annotations
+
+import threading
+import time
 
 import structlog
 
@@ -27,10 +37,36 @@ from duckmesh.storage.protocol import ObjectStore
 log = structlog.get_logger("duckmesh.integrity")
 
 
+class CheckStopped(Exception):
+    """A paced check was asked to stop (its actor is stopping); nothing recorded."""
+
+
+class Pacer:
+    """Keeps a check's reads at or under ``bytes_per_s`` on average, sleeping
+    between files; the sleep ends early (``CheckStopped``) once ``stop`` is set."""
+
+    def __init__(self, bytes_per_s: int) -> None:
+        self.bytes_per_s = bytes_per_s
+        self.stop = threading.Event()
+        self._started = time.monotonic()
+        self._bytes = 0
+
+    def start(self) -> None:
+        self._started = time.monotonic()
+        self._bytes = 0
+
+    def account(self, nbytes: int) -> None:
+        self._bytes += nbytes
+        ahead = self._bytes / self.bytes_per_s - (time.monotonic() - self._started)
+        if self.stop.wait(max(0.0, ahead)) or self.stop.is_set():
+            raise CheckStopped
+
+
 class IntegrityChecker:
-    def __init__(self, db: Database, store: ObjectStore) -> None:
+    def __init__(self, db: Database, store: ObjectStore, pacer: Pacer | None = None) -> None:
         self.db = db
         self.store = store
+        self.pacer = pacer  # the scheduled check reads at a bounded rate
 
     def verify(self, tenant: str, *, checksums: bool = True) -> IntegrityReport:
         def load(conn: Conn) -> tuple[list[int], dict[str, DataFile]]:
@@ -49,14 +85,19 @@ class IntegrityChecker:
         missing: list[str] = []
         wrong_size: list[str] = []
         wrong_checksum: list[str] = []
+        if self.pacer is not None:
+            self.pacer.start()
         for f in files.values():
             info = self.store.stat(f.path)
             if info is None:
                 missing.append(f.path)
             elif info.size != f.size_bytes:
                 wrong_size.append(f.path)
-            elif checksums and self._checksum(f.path) != f.checksum:
-                wrong_checksum.append(f.path)
+            elif checksums:
+                if self._checksum(f.path) != f.checksum:
+                    wrong_checksum.append(f.path)
+                if self.pacer is not None:
+                    self.pacer.account(info.size)
         metrics.INTEGRITY_FILES_CHECKED.inc(len(files))
         metrics.INTEGRITY_MISSING.inc(len(missing))
         metrics.INTEGRITY_SIZE_MISMATCH.inc(len(wrong_size) + len(wrong_checksum))

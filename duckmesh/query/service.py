@@ -9,7 +9,8 @@ Tenants are kept apart: a tenant runs at most ``tenant_concurrency`` queries
 at once (below the server-wide ``concurrency``, so others always find a free
 slot) and queues at most ``tenant_queue`` more (then 429 RATE_LIMITED for that
 tenant only); ``tenant_rate`` queries per second (0 = unlimited) is a quota
-answered with 429 QUOTA_EXCEEDED. On shutdown running queries are interrupted.
+answered with 429 QUOTA_EXCEEDED. On shutdown running queries are interrupted
+(after the grace of duckmesh.shutdown) and answered 503 SHUTTING_DOWN.
 """
 
 from __future__ import annotations
@@ -243,7 +244,7 @@ class QueryService:
     def _admit(self, tenant: str) -> trio.CapacityLimiter:
         """The tenant's slots, or 429 when its quota, its queue or the server's is full."""
         if self._stopping:
-            raise DuckMeshError("NOT_READY", "the server is shutting down; retry elsewhere")
+            raise DuckMeshError("SHUTTING_DOWN", "the server is shutting down; retry elsewhere")
         self._quota.take(tenant, 1)
         slots = self._tenant_slots(tenant)
         if self._in_flight.get(tenant, 0) >= slots.total_tokens + self.settings.tenant_queue:
@@ -419,7 +420,7 @@ class QueryService:
     ) -> T:
         while True:
             if self._stopping:
-                raise DuckMeshError("NOT_READY", "the server is shutting down; retry elsewhere")
+                raise DuckMeshError("SHUTTING_DOWN", "the server is shutting down; retry elsewhere")
             try:
                 database, snapshot_id = await self._databases.get(tenant, snap)
                 return await start(database, snapshot_id)
@@ -428,7 +429,7 @@ class QueryService:
             except DuckMeshError as exc:
                 if exc.error_code == "QUERY_TIMEOUT" and self.stopping():
                     raise DuckMeshError(
-                        "NOT_READY", "the query was stopped: the server is shutting down"
+                        "SHUTTING_DOWN", "the query was stopped: the server is shutting down"
                     ) from None
                 raise
 
@@ -453,6 +454,10 @@ class QueryService:
 
     def stopping(self) -> bool:
         return self._stopping
+
+    def running(self) -> int:
+        """Queries admitted and not yet answered (running or queued)."""
+        return sum(self._in_flight.values())
 
     def stop(self) -> None:
         """Refuse new queries and interrupt the running ones (shutdown)."""

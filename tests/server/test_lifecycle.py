@@ -84,6 +84,7 @@ def test_stop_signal_leaves_no_process_and_no_postgres(
             "api",
             "coordinator",
             "maintenance",
+            "postgres",  # the embedded Postgres, supervised by the root (ADR 0017)
         ]
         pids = [int(p["pid"]) for p in processes] + [_postmaster_pid(data)]
         assert all(_alive(pid) for pid in pids)

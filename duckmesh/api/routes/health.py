@@ -57,10 +57,13 @@ async def readiness(rt: Runtime) -> tuple[dict[str, Any], bool]:
     # A tenant whose commits fail degrades the node but does not make it
     # unready: it still serves every other tenant (docs/OPERATIONS.md).
     failing = [f.as_dict() for f in rt.commit_health.failing()]
-    status = ("degraded" if failing or store_down else "ready") if ok else "not_ready"
+    # Low disk refuses ingest (507) but queries still work: degraded, not unready.
+    disk = await trio.to_thread.run_sync(rt.disk.status)
+    status = ("degraded" if failing or store_down or disk.low else "ready") if ok else "not_ready"
     body = {
         "status": status,
         "checks": checks,
+        "disk": disk.as_dict(),
         "actors": actors,
         "failing_tenants": failing,
         "role": rt.config.role,

@@ -30,6 +30,7 @@ bp = Blueprint("ingest", __name__)
 async def ingest(p: Principal, table: str) -> Response:
     started = time.perf_counter()
     ctx = api()
+    ctx.rt.disk.check()  # 507 DISK_LOW before anything is read or written
     if is_upload(request.path, request.headers.get("Content-Type")):
         return json_response(await upload(ctx, p.tenant_id, table))
     body = IngestBody.parse(await json_body(), ctx.rt.config.max_consistency_timeout_ms)
