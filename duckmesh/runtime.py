@@ -32,8 +32,8 @@ from duckmesh.ingest.group_commit import GroupCommitter
 from duckmesh.logs import show_bootstrap_key
 from duckmesh.notify import Notifications
 from duckmesh.query.service import QueryService, QuerySettings
-from duckmesh.storage.factory import open_object_store
 from duckmesh.shutdown import ShutdownState
+from duckmesh.storage.factory import open_object_store
 from duckmesh.storage.protocol import ObjectStore
 from duckmesh.supervisors import Supervisor
 from duckmesh.supervisors.faults import FaultPoints
