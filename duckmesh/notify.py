@@ -23,6 +23,9 @@ from duckmesh.events import EVENTS_CHANNEL
 log = structlog.get_logger("duckmesh.notify")
 
 CHANNELS = (RECORDS_CHANNEL, SNAPSHOTS_CHANNEL, EVENTS_CHANNEL)
+# Only coordinators wait for new records; every group commit notifies, so a
+# process without one skips the channel (a thread hop per publish saved).
+NO_RECORDS = (SNAPSHOTS_CHANNEL, EVENTS_CHANNEL)
 
 
 class Signal:
@@ -87,15 +90,20 @@ class Notifications:
     # -- the listener ------------------------------------------------------
 
     async def listen(
-        self, dsn: str, *, stop: trio.Event, task_status: Any = trio.TASK_STATUS_IGNORED
+        self,
+        dsn: str,
+        *,
+        stop: trio.Event,
+        channels: tuple[str, ...] = CHANNELS,
+        task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Run the LISTEN loop in a worker thread until ``stop`` is set."""
+        """Run the LISTEN loop on ``channels`` in a worker thread until ``stop`` is set."""
         token = trio.lowlevel.current_trio_token()
         ready = trio.Event()
 
         def loop() -> None:
             with psycopg.connect(dsn, autocommit=True) as conn:
-                for channel in CHANNELS:
+                for channel in channels:
                     conn.execute(f"LISTEN {channel}")
                 trio.from_thread.run_sync(ready.set, trio_token=token)
                 while not stop.is_set():

@@ -24,6 +24,7 @@ import trio
 
 from duckmesh.api.app import create_app
 from duckmesh.coordinator.lag import LagMonitor
+from duckmesh.notify import CHANNELS, NO_RECORDS
 from duckmesh.runtime import Runtime, coordinator_actors
 from duckmesh.supervisors import Actor, FunctionActor, RestartPolicy, Supervisor, run_root
 
@@ -75,8 +76,12 @@ def build_tree(rt: Runtime, listener: socket.socket | None) -> Supervisor:
     role = rt.config.role
     children: list[Actor] = []
 
+    channels = CHANNELS if role in ("all", "coordinator") else NO_RECORDS
+
     async def listen(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await rt.notifications.listen(rt.dsn, stop=notifier.stop_requested, task_status=task_status)
+        await rt.notifications.listen(
+            rt.dsn, stop=notifier.stop_requested, channels=channels, task_status=task_status
+        )
 
     notifier = FunctionActor("notifier", listen)
     children.append(notifier)
