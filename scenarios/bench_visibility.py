@@ -9,11 +9,11 @@ rate). A probe measures, one at a time:
 The baseline in the same run is the plain ack latency (a write without wait).
 
     python -m scenarios.bench_visibility [--seconds 20] [--rate 2000]
-    python -m scenarios.bench_visibility --rate 0 --writers 8 --compare-cadence
+    python -m scenarios.bench_visibility --rate 0 --writers 8 --compare-cadence 0,50
 
 ``--rate 0`` saturates (the writers send flat out); ``--compare-cadence``
-runs a second server, in the same invocation, with the adaptive commit
-cadence off (ADR 0015). The report gives each process's CPU per record.
+runs more servers in the same invocation, one per busy commit interval
+(ADR 0015; 0 turns the adaptive cadence off). The report gives each process's CPU per record.
 """
 
 from __future__ import annotations
@@ -164,13 +164,14 @@ def main() -> None:
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument(
         "--compare-cadence",
-        action="store_true",
-        help="also run with DUCKMESH_COMMIT_BUSY_PAUSE_MAX_MS=0 (back-to-back commits)",
+        default="",
+        metavar="MS,MS",
+        help="also run with these DUCKMESH_COMMIT_BUSY_INTERVAL_MS (0: back-to-back commits)",
     )
     args = ap.parse_args()
     configs: dict[str, dict[str, str]] = {"default": {}}
-    if args.compare_cadence:
-        configs["back-to-back"] = {"DUCKMESH_COMMIT_BUSY_PAUSE_MAX_MS": "0"}
+    for cap in filter(None, args.compare_cadence.split(",")):
+        configs[f"busy interval {cap} ms"] = {"DUCKMESH_COMMIT_BUSY_INTERVAL_MS": cap}
     runs = {label: measure(args, env) for label, env in configs.items()}
     for label, results in runs.items():
         _print(label, results)

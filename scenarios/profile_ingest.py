@@ -57,12 +57,18 @@ COORDINATOR_BUCKETS: list[tuple[str, tuple[str, ...]]] = [
 
 
 def group_pids(root: int) -> dict[str, int]:
-    """role -> pid of the group's children (``serve --role ROLE``)."""
-    pids = {}
+    """Name -> pid of the group's children (``serve --role ROLE``): the role,
+    numbered from the second process of a role on (api, api-1, ...)."""
+    pids: dict[str, int] = {}
     for child in psutil.Process(root).children():
         cmd = child.cmdline()
         if "--role" in cmd:
-            pids[cmd[cmd.index("--role") + 1]] = child.pid
+            role = cmd[cmd.index("--role") + 1]
+            name, n = role, 0
+            while name in pids:
+                n += 1
+                name = f"{role}-{n}"
+            pids[name] = child.pid
     return pids
 
 

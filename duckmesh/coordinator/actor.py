@@ -6,9 +6,9 @@ records. Without notices it polls every ``flush_interval_ms``. All state
 lives in Postgres, so a restart simply resumes (SPEC §2.4).
 
 The cadence adapts to load (ADR 0015): while commits keep finding records,
-the actor pauses between them (``Cadence.busy_pause``), so a busy tenant
-gets fewer, larger snapshots and the coordinator less CPU per record; the
-pause is bounded so that write-to-visible stays short.
+they start at most once per ``commit_busy_interval_ms`` (``Cadence``), so a
+busy tenant gets fewer, larger snapshots and the coordinator less CPU per
+record; a record waits at most about one interval plus one commit.
 """
 
 from __future__ import annotations
@@ -22,9 +22,6 @@ from duckmesh.coordinator.committer import CommitOutcome, Committer
 from duckmesh.notify import Notifications
 from duckmesh.supervisors import Actor
 
-# While busy, the pause is this many times the last commit's duration: the
-# coordinator then spends at most 1/(1 + BUSY_FACTOR) of its time committing.
-BUSY_FACTOR = 2.0
 # A tenant committed within this long counts as busy (shares the pause).
 BUSY_WINDOW_S = 1.0
 
@@ -34,18 +31,19 @@ class Cadence:
     """When the next commit starts, from what the last ones did."""
 
     linger_s: float
-    busy_pause_max_s: float
+    busy_interval_s: float
     _busy: dict[str, float] = attrs.field(factory=dict)  # tenant -> when last committed
 
     def busy_pause(
         self, outcome: CommitOutcome, duration_s: float, batch_max: int, now: float
     ) -> float:
-        """The pause before the next commit after ``outcome`` took ``duration_s``.
+        """The pause before the next commit after ``outcome`` took ``duration_s``:
+        what is left of ``busy_interval_s`` since that commit started.
 
         Each commit serves one tenant: with several busy tenants the pause is
         split between them, so a tenant's own cadence grows by one pause per
         round of commits, not by one per busy tenant."""
-        if outcome.snapshot_id is None or self.busy_pause_max_s <= 0:
+        if outcome.snapshot_id is None or self.busy_interval_s <= 0:
             return 0.0  # given back (others go on), or adaptation off
         if outcome.records + outcome.quarantined >= batch_max:
             return 0.0  # a full batch: a backlog to catch up with, not a pace to keep
@@ -53,8 +51,7 @@ class Cadence:
         for tenant, at in list(self._busy.items()):
             if now - at > BUSY_WINDOW_S:
                 del self._busy[tenant]
-        pause = min(self.busy_pause_max_s, max(self.linger_s, BUSY_FACTOR * duration_s))
-        return pause / len(self._busy)
+        return max(0.0, self.busy_interval_s - duration_s) / len(self._busy)
 
 
 class CoordinatorActor(Actor):
@@ -66,13 +63,13 @@ class CoordinatorActor(Actor):
         *,
         flush_interval_s: float,
         linger_s: float,
-        busy_pause_max_s: float = 0.0,
+        busy_interval_s: float = 0.0,
     ) -> None:
         super().__init__(name)
         self.committer = committer
         self.notifications = notifications
         self.flush_interval_s = flush_interval_s
-        self.cadence = Cadence(linger_s, busy_pause_max_s)
+        self.cadence = Cadence(linger_s, busy_interval_s)
         self.commits = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
