@@ -22,6 +22,9 @@ from duckmesh.coordinator.committer import CommitOutcome, Committer
 from duckmesh.notify import Notifications
 from duckmesh.supervisors import Actor
 
+# Pacing starts with the third commit in a row that finds records: a burst of
+# writes (or a client waiting on each write) keeps ADR 0007's cadence.
+BUSY_STREAK = 3
 # A tenant committed within this long counts as busy (shares the pause).
 BUSY_WINDOW_S = 1.0
 
@@ -75,6 +78,7 @@ class CoordinatorActor(Actor):
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         batch_max = self.committer.settings.batch_max_records
+        streak = 0  # commits in a row that found records, with no quiet wait between
         try:
             while not self.stop_requested.is_set():
                 seen = self.notifications.records.seq
@@ -85,11 +89,13 @@ class CoordinatorActor(Actor):
                 if outcome is not None:
                     self.commits += outcome.snapshot_id is not None
                     now = time.monotonic()
-                    pause = self.cadence.busy_pause(outcome, now - started, batch_max, now)
-                    if pause:
+                    streak = streak + 1 if outcome.snapshot_id is not None else 0
+                    if streak >= BUSY_STREAK:  # a short burst is committed as before
+                        pause = self.cadence.busy_pause(outcome, now - started, batch_max, now)
                         with trio.move_on_after(pause):
                             await self.stop_requested.wait()
                     continue
+                streak = 0
                 await self.notifications.records.wait(seen, self.flush_interval_s)
                 if self.cadence.linger_s:
                     await trio.sleep(self.cadence.linger_s)

@@ -24,7 +24,8 @@ HEADERS = {"Authorization": f"Bearer {BOOTSTRAP_KEY}"}
 
 def _group(spawn_server: Callable[..., ServerProcess], **env: str) -> ServerProcess:
     srv = spawn_server(DUCKMESH_API_WORKERS="2", **env)
-    srv.start()
+    srv.start(wait=False)
+    srv.wait_ready(timeout=90)  # four children start one after another; CI may be busy
     _wait_processes(srv, lambda rows: all(r["state"] == "running" for r in rows.values()))
     return srv
 
