@@ -149,6 +149,7 @@ class Config:
     coordinators: int = 1
     flush_interval_ms: int = 200
     commit_linger_ms: int = 50
+    commit_busy_interval_ms: int = 80  # while busy, commits start at most this often (ADR 0015)
     batch_max_records: int = 100_000
     batch_max_bytes: int = 64 * 1024 * 1024
     lease_ms: int = 10_000
@@ -243,6 +244,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "coordinators": _int(1, 64),
     "flush_interval_ms": _int(10, 60_000),
     "commit_linger_ms": _int(0, 10_000),
+    "commit_busy_interval_ms": _int(0, 10_000),
     "batch_max_records": _int(1, 10_000_000),
     "batch_max_bytes": _int(1024, 1 << 34),
     "lease_ms": _int(500, 3_600_000),

@@ -171,6 +171,7 @@ def coordinator_actors(rt: Runtime) -> list[CoordinatorActor]:
                 rt.notifications,
                 flush_interval_s=cfg.flush_interval_ms / 1000,
                 linger_s=cfg.commit_linger_ms / 1000,
+                busy_interval_s=cfg.commit_busy_interval_ms / 1000,
             )
         )
     return actors

@@ -26,6 +26,7 @@ import trio
 
 from duckmesh.api.app import create_app
 from duckmesh.coordinator.lag import LagMonitor
+from duckmesh.notify import CHANNELS, NO_RECORDS
 from duckmesh.pg_supervision import PostgresActor
 from duckmesh.runtime import Runtime, coordinator_actors
 from duckmesh.shutdown import drain_queries, keep_interrupting
@@ -79,8 +80,12 @@ def build_tree(rt: Runtime, listener: socket.socket | None) -> Supervisor:
     role = rt.config.role
     children: list[Actor] = []
 
+    channels = CHANNELS if role in ("all", "coordinator") else NO_RECORDS
+
     async def listen(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        await rt.notifications.listen(rt.dsn, stop=notifier.stop_requested, task_status=task_status)
+        await rt.notifications.listen(
+            rt.dsn, stop=notifier.stop_requested, channels=channels, task_status=task_status
+        )
 
     if rt.embedded is not None and rt.embedded.owner:
         # This process owns the embedded Postgres: it is restarted when it dies.

@@ -9,6 +9,11 @@ rate). A probe measures, one at a time:
 The baseline in the same run is the plain ack latency (a write without wait).
 
     python -m scenarios.bench_visibility [--seconds 20] [--rate 2000]
+    python -m scenarios.bench_visibility --rate 0 --writers 8 --compare-cadence 0,50
+
+``--rate 0`` saturates (the writers send flat out); ``--compare-cadence``
+runs more servers in the same invocation, one per busy commit interval
+(ADR 0015; 0 turns the adaptive cadence off). The report gives each process's CPU per record.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ import argparse
 import itertools
 import threading
 import time
+from collections.abc import Iterator
+
+import psutil
 
 from scenarios.harness import (
     EVENTS_TABLE,
@@ -26,24 +34,65 @@ from scenarios.harness import (
     target_line,
     write_report,
 )
+from scenarios.profile_ingest import group_pids
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=float, default=20.0)
-    ap.add_argument("--rate", type=int, default=2000, help="background records/s")
-    ap.add_argument("--writers", type=int, default=4)
-    args = ap.parse_args()
+def _probe(port: int, ids: Iterator[int], until: float) -> dict[str, list[float] | int]:
+    """One write at a time: plain ack, wait_for_visibility (B), write then query (A)."""
+    probe = HttpClient(port)
+    ack: list[float] = []
+    mode_b: list[float] = []
+    mode_a: list[float] = []
+    errors = 0
+
+    def one() -> dict[str, object]:
+        i = next(ids)
+        return {"idempotency_key": f"p{i}", "payload": {"id": i, "value": 2.0}}
+
+    while time.monotonic() < until:
+        t0 = time.perf_counter()
+        status, body = probe.post("/v1/ingest/events", {"records": [one()]})
+        ack.append(time.perf_counter() - t0)
+        errors += status != 200
+        t0 = time.perf_counter()
+        status, body = probe.post(
+            "/v1/ingest/events", {"records": [one()], "wait_for_visibility": True}
+        )
+        mode_b.append(time.perf_counter() - t0)
+        errors += status != 200
+        rec = one()
+        t0 = time.perf_counter()
+        status, body = probe.post("/v1/ingest/events", {"records": [rec]})
+        status2, _ = probe.post(
+            "/v1/query",
+            {
+                "sql": f"select count(*) from events where id = {rec['payload']['id']}",  # type: ignore[index]
+                "min_visibility_token": body.get("max_visibility_token"),
+            },
+        )
+        mode_a.append(time.perf_counter() - t0)
+        errors += status != 200 or status2 != 200
+    return {"ack": ack, "mode_b": mode_b, "mode_a": mode_a, "errors": errors}
+
+
+def _cpu_s(pids: dict[str, int]) -> dict[str, float]:
+    return {role: sum(psutil.Process(pid).cpu_times()[:2]) for role, pid in pids.items()}
+
+
+def measure(args: argparse.Namespace, env: dict[str, str]) -> dict[str, object]:
+    """Background writers (paced at ``--rate``, or flat out with 0) plus the probe."""
     ids = itertools.count()
-    with Server() as server:
+    with Server(split=False, **env) as server:
         with server.client() as c:
             assert c.post("/v1/tables", json=EVENTS_TABLE).status_code == 201
+        assert server.proc is not None
+        pids = group_pids(server.proc.pid) or {"all": server.proc.pid}
         stop = time.monotonic() + args.seconds
         sent = [0] * args.writers
 
         def background(n: int) -> None:
             client = HttpClient(server.port)
-            interval = args.writers * 10 / args.rate  # seconds between 10-record requests
+            interval = args.writers * 10 / args.rate if args.rate else 0.0
             next_at = time.monotonic()
             while time.monotonic() < stop:
                 recs = [
@@ -60,75 +109,78 @@ def main() -> None:
         threads = [threading.Thread(target=background, args=(n,)) for n in range(args.writers)]
         for t in threads:
             t.start()
-        probe = HttpClient(server.port)
-        ack: list[float] = []
-        mode_b: list[float] = []
-        mode_a: list[float] = []
-        errors = 0
         time.sleep(1.0)  # let the steady state settle before sampling
-        while time.monotonic() < stop - 1:
-            i = next(ids)
-            rec = {"records": [{"idempotency_key": f"p{i}", "payload": {"id": i, "value": 2.0}}]}
-            t0 = time.perf_counter()
-            status, body = probe.post("/v1/ingest/events", rec)
-            ack.append(time.perf_counter() - t0)
-            errors += status != 200
-            i = next(ids)
-            t0 = time.perf_counter()
-            status, body = probe.post(
-                "/v1/ingest/events",
-                {
-                    "records": [{"idempotency_key": f"p{i}", "payload": {"id": i, "value": 2.0}}],
-                    "wait_for_visibility": True,
-                },
-            )
-            mode_b.append(time.perf_counter() - t0)
-            errors += status != 200
-            i = next(ids)
-            t0 = time.perf_counter()
-            status, body = probe.post(
-                "/v1/ingest/events",
-                {"records": [{"idempotency_key": f"p{i}", "payload": {"id": i, "value": 2.0}}]},
-            )
-            token = body.get("max_visibility_token")
-            status2, _ = probe.post(
-                "/v1/query",
-                {
-                    "sql": f"select count(*) from events where id = {i}",
-                    "min_visibility_token": token,
-                },
-            )
-            mode_a.append(time.perf_counter() - t0)
-            errors += status != 200 or status2 != 200
+        cpu_before, began, sent_before = _cpu_s(pids), time.monotonic(), sum(sent)
+        probed = _probe(server.port, ids, stop - 1)
+        cpu_after, ended, sent_after = _cpu_s(pids), time.monotonic(), sum(sent)
         for t in threads:
             t.join()
         rss = server.rss_mib()
+        with server.client() as c:
+            snapshots = int(c.get("/v1/lag").json()["latest_snapshot_id"] or 0)
         achieved = sum(sent) / args.seconds
-    results = {
+    records = max(1, sent_after - sent_before)
+    return {
+        "env": env,
         "background_records_per_s": round(achieved),
-        "ack": summary_ms(ack),
-        "write_to_visible_mode_b": summary_ms(mode_b),
-        "strict_write_query_mode_a": summary_ms(mode_a),
-        "errors": errors,
+        "ack": summary_ms(probed["ack"]),  # type: ignore[arg-type]
+        "write_to_visible_mode_b": summary_ms(probed["mode_b"]),  # type: ignore[arg-type]
+        "strict_write_query_mode_a": summary_ms(probed["mode_a"]),  # type: ignore[arg-type]
+        "errors": probed["errors"],
+        "cpu_us_per_record": {
+            role: round((cpu_after[role] - cpu_before[role]) / records * 1e6, 1) for role in pids
+        },
+        "cpu_cores": {
+            role: round((cpu_after[role] - cpu_before[role]) / (ended - began), 2) for role in pids
+        },
+        "snapshots": snapshots,
+        "records_per_snapshot": round(sum(sent) / max(1, snapshots), 1),
         "server_rss_mib": round(rss, 1),
     }
-    print(f"\nsteady load ~{achieved:,.0f} records/s in 10-record requests, default settings")
-    for label, key in (
+
+
+def _print(label: str, results: dict[str, object]) -> None:
+    print(f"\n{label}: ~{results['background_records_per_s']:,} records/s in 10-record requests")
+    for name, key in (
         ("ack (no wait)", "ack"),
         ("write-to-visible (mode B)", "write_to_visible_mode_b"),
         ("strict write->query (mode A)", "strict_write_query_mode_a"),
     ):
-        s = results[key]
+        s: dict[str, float] = results[key]  # type: ignore[assignment]
         print(
-            f"  {label:<30} n={s['n']:<5} p50={s['p50_ms']:.1f} ms  p95={s['p95_ms']:.1f} ms"
+            f"  {name:<30} n={s['n']:<5} p50={s['p50_ms']:.1f} ms  p95={s['p95_ms']:.1f} ms"
             f"  p99={s['p99_ms']:.1f} ms"
         )
-    print(f"  errors: {errors}; server RSS {rss:.0f} MiB")
+    print(f"  CPU us/record by process: {results['cpu_us_per_record']}")
+    print(f"  CPU cores by process: {results['cpu_cores']}")
+    print(f"  snapshots: {results['snapshots']}, {results['records_per_snapshot']} records each")
+    print(f"  errors: {results['errors']}; server RSS {results['server_rss_mib']:.0f} MiB")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--rate", type=int, default=2000, help="background records/s (0: flat out)")
+    ap.add_argument("--writers", type=int, default=4)
+    ap.add_argument(
+        "--compare-cadence",
+        default="",
+        metavar="MS,MS",
+        help="also run with these DUCKMESH_COMMIT_BUSY_INTERVAL_MS (0: back-to-back commits)",
+    )
+    args = ap.parse_args()
+    configs: dict[str, dict[str, str]] = {"default": {}}
+    for cap in filter(None, args.compare_cadence.split(",")):
+        configs[f"busy interval {cap} ms"] = {"DUCKMESH_COMMIT_BUSY_INTERVAL_MS": cap}
+    runs = {label: measure(args, env) for label, env in configs.items()}
+    for label, results in runs.items():
+        _print(label, results)
+    results = runs["default"]
     print("targets:")
     print(
         target_line(
             "write-to-visible p95 ms",
-            results["write_to_visible_mode_b"]["p95_ms"],
+            results["write_to_visible_mode_b"]["p95_ms"],  # type: ignore[index]
             250,
             lower_is_better=True,
         )
@@ -136,12 +188,15 @@ def main() -> None:
     print(
         target_line(
             "mode A p95 ms",
-            results["strict_write_query_mode_a"]["p95_ms"],
+            results["strict_write_query_mode_a"]["p95_ms"],  # type: ignore[index]
             300,
             lower_is_better=True,
         )
     )
-    write_report("visibility", {"seconds": args.seconds, "target_rate": args.rate, **results})
+    write_report(
+        "visibility",
+        {"seconds": args.seconds, "target_rate": args.rate, **results, "runs": runs},
+    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from duckmesh.api.validators import TableValidators
 from duckmesh.db import Conn
 from duckmesh.errors import DuckMeshError
 from duckmesh.events import acting_as, call_retrying
+from duckmesh.ingest.backlog import Backlog
 from duckmesh.ingest.limits import RateLimiter, StorageQuota
 from duckmesh.maintenance.actors import collector_for, compactor_for
 from duckmesh.maintenance.compaction import Compactor
@@ -40,6 +41,7 @@ class ApiContext:
     validators: TableValidators
     rate_limiter: RateLimiter
     storage_quota: StorageQuota
+    backlog: Backlog
     compactor: Compactor
     collector: Collector
     integrity: IntegrityChecker
@@ -62,6 +64,13 @@ class ApiContext:
             validators=validators,
             rate_limiter=RateLimiter(rt.config.ingest_rate_limit, shared_dir=rt.group_dir),
             storage_quota=quota,
+            backlog=Backlog(
+                rt.bus,
+                rt.config.max_pending_records,
+                own_latest=lambda tenant: rt.ingest.latest_token.get(tenant, 0),
+                notified_watermark=lambda t: rt.notifications.watermarks.get(t, (0, 0))[1],
+                db=rt.db,
+            ),
             compactor=compactor_for(rt),
             collector=collector_for(rt),
             integrity=IntegrityChecker(rt.db, rt.store),

@@ -16,11 +16,9 @@ from duckmesh import metrics
 from duckmesh.api.bodies import IngestBody
 from duckmesh.api.context import ApiContext, api, require
 from duckmesh.api.http import Principal, json_body, json_response
-from duckmesh.errors import DuckMeshError
 from duckmesh.ingest.upload import ingest_upload, is_upload
 from duckmesh.ingest.validation import validate_records
 from duckmesh.query.barrier import wait_for_token
-from duckmesh.runtime import Runtime
 
 bp = Blueprint("ingest", __name__)
 
@@ -41,7 +39,7 @@ async def upload(ctx: ApiContext, tenant: str, table: str) -> dict[str, Any]:
     """A CSV, NDJSON, Arrow or Parquet upload: the same admission as records."""
 
     async def admit(rows: int) -> None:
-        _check_backpressure(ctx.rt, tenant)
+        await ctx.backlog.check(tenant)
         await ctx.storage_quota.check(tenant)
         ctx.rate_limiter.take(tenant, rows)
 
@@ -61,7 +59,7 @@ async def accept(
         max_records=rt.config.max_records_per_request,
         max_record_bytes=rt.config.max_record_bytes,
     )
-    _check_backpressure(rt, tenant)
+    await ctx.backlog.check(tenant)
     await ctx.storage_quota.check(tenant)
     ctx.rate_limiter.take(tenant, len(records))
     receipts = await rt.ingest.submit(tenant, records)
@@ -94,19 +92,3 @@ async def accept(
         result["visible_snapshot_id"] = snap.snapshot_id if snap else None
         result["status"] = "visible"
     return result
-
-
-def _check_backpressure(rt: Runtime, tenant: str) -> None:
-    """429 before collapse: refuse ingest while too much is pending."""
-    latest = rt.ingest.latest_token.get(tenant)
-    known = rt.notifications.watermarks.get(tenant)
-    if latest is None or known is None:
-        return
-    pending = latest - known[1]
-    if pending > rt.config.max_pending_records:
-        raise DuckMeshError(
-            "RATE_LIMITED",
-            f"{pending} records are waiting to become visible; slow down",
-            pending_records=pending,
-            retry_after_s=1,
-        )
