@@ -101,7 +101,11 @@ def _prune_range(conn: Conn, tenant_id: str, lo: int, hi: int) -> int:
         args,
     ).fetchone()
     conn.execute(
-        "DELETE FROM bus_row_key WHERE tenant_id = %(t)s AND token > %(lo)s AND token <= %(hi)s",
+        "DELETE FROM bus_row_key k WHERE k.tenant_id = %(t)s"
+        " AND k.token > %(lo)s AND k.token <= %(hi)s"
+        # A quarantined record's key stays: the lag report names it.
+        " AND NOT EXISTS (SELECT 1 FROM bus_quarantine q"
+        " WHERE q.tenant_id = k.tenant_id AND q.token = k.token)",
         args,
     )
     conn.execute(

@@ -32,7 +32,9 @@ def _record(table_id: str, key: str, payload: dict[str, object]) -> IngestRecord
 def _write_as_before_0003(dsn: str, table_id: str, records: list[IngestRecord]) -> None:
     """What the bus wrote before 0003: one bus_record row per record."""
     with psycopg.connect(dsn) as conn:
-        migrations.migrate_down(conn)
+        # Back to 0002, whatever came after 0003.
+        newer = [v for v in migrations.applied(conn) if v >= 3]
+        migrations.migrate_down(conn, steps=len(newer))
         conn.execute(
             "INSERT INTO bus_token_counter (tenant_id, last_token) VALUES ('default', %s)",
             (len(records),),
