@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from duckmesh.cli import load
+from duckmesh.cli import load, sql
 from duckmesh.cli.parser import parser
 from duckmesh.cli.serve import cmd_serve
 from duckmesh.config import Config, ConfigError, load_config, parse_flag, to_toml
@@ -332,6 +332,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "bench": cmd_bench,
     "scenario": cmd_scenario,
     "load": load.cmd_load,
+    "sql": sql.cmd_sql,
 }
 
 

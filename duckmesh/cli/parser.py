@@ -12,7 +12,7 @@ import contextlib
 from typing import Any, NoReturn
 
 from duckmesh.catalog.model import ROLES as KEY_ROLES
-from duckmesh.cli import load
+from duckmesh.cli import load, sql
 
 __all__ = ["parser"]
 
@@ -76,6 +76,7 @@ def parser() -> argparse.ArgumentParser:
     _catalog_commands(sub)
     _tool_commands(sub)
     load.add_parser(sub)
+    sql.add_parser(sub)
     for command in sub.choices.values():
         _add_data_dir(command)
     return p
