@@ -53,6 +53,12 @@ def _str(name: str, raw: str) -> str:
     return raw
 
 
+def _http_url(name: str, raw: str) -> str:
+    if raw and not (raw.startswith(("http://", "https://")) and len(raw) > len("https://")):
+        raise ConfigError(f"{name}={raw!r} must be empty or an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
 def _choice(*choices: str) -> Callable[[str, str], str]:
     def parse(name: str, raw: str) -> str:
         if raw not in choices:
@@ -161,6 +167,11 @@ class Config:
     snapshot_retain_count: int = 100
     snapshot_retain_ms: int = 24 * 3600 * 1000
     gc_safety_window_ms: int = 3600 * 1000
+    # natural language -> SQL (POST /v1/query/translate); off while the URL is empty
+    translate_url: str = ""  # an OpenAI-compatible API base, e.g. http://host:11434/v1
+    translate_model: str = ""
+    translate_api_key: str = ""
+    translate_timeout_ms: int = 30_000
     # testing / chaos
     enable_faults: bool = False
     faults: str = ""
@@ -173,7 +184,7 @@ class Config:
         out: dict[str, Any] = {}
         for field in attrs.fields(Config):
             value = getattr(self, field.name)
-            if field.name == "bootstrap_api_key" and value:
+            if field.name in ("bootstrap_api_key", "translate_api_key") and value:
                 value = "<redacted>"
             elif field.name == "catalog_dsn" and value:
                 value = redact_dsn(value)
@@ -233,6 +244,10 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "snapshot_retain_count": _int(1, 1_000_000_000),
     "snapshot_retain_ms": _int(0, 3_153_600_000_000),  # up to 100 years
     "gc_safety_window_ms": _int(0, 3_153_600_000_000),  # up to 100 years
+    "translate_url": _http_url,
+    "translate_model": _str,
+    "translate_api_key": _str,
+    "translate_timeout_ms": _int(100, 600_000),
     "enable_faults": _bool,
     "faults": _str,
     "unsafe_break": _unsafe_break,

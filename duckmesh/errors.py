@@ -39,6 +39,9 @@ ErrorCode = Literal[
     "CONSISTENCY_TIMEOUT",
     "INTEGRITY_CHECK_FAILED",
     "UNSUPPORTED_MEDIA_TYPE",
+    "NOT_CONFIGURED",
+    "UPSTREAM_FAILED",
+    "SNAPSHOT_EXPIRED",
 ]
 
 # code -> (HTTP status, retryable)
@@ -71,6 +74,9 @@ ERROR_CODES: dict[ErrorCode, tuple[int, bool]] = {
     "OVERLOADED": (503, True),
     "CONSISTENCY_TIMEOUT": (504, True),
     "INTEGRITY_CHECK_FAILED": (500, False),
+    "NOT_CONFIGURED": (404, False),
+    "UPSTREAM_FAILED": (502, True),
+    "SNAPSHOT_EXPIRED": (410, False),
 }
 if set(ERROR_CODES) != set(get_args(ErrorCode)):  # pragma: no cover - caught at import
     raise RuntimeError("ERROR_CODES and ErrorCode list different codes")

@@ -16,7 +16,17 @@ from duckmesh import metrics
 from duckmesh.api.context import ApiContext
 from duckmesh.api.http import error_response, log, receive_body, start_trace
 from duckmesh.api.openapi import load_openapi
-from duckmesh.api.routes import audit, health, ingest, lag, maintenance, query, snapshots, tables
+from duckmesh.api.routes import (
+    audit,
+    health,
+    ingest,
+    lag,
+    maintenance,
+    query,
+    snapshots,
+    tables,
+    translate,
+)
 from duckmesh.errors import DuckMeshError, ErrorCode
 from duckmesh.ingest.upload import is_upload
 from duckmesh.runtime import Runtime
@@ -37,7 +47,16 @@ _HTTP_CODES: dict[int, ErrorCode] = {
 # and the document, so every process of a split deployment can be scraped.
 _EVERY_ROLE = (health.bp,)
 _API_ROLES = ("all", "api")
-_API_ONLY = (tables.bp, ingest.bp, query.bp, snapshots.bp, maintenance.bp, audit.bp, lag.bp)
+_API_ONLY = (
+    tables.bp,
+    ingest.bp,
+    query.bp,
+    snapshots.bp,
+    maintenance.bp,
+    audit.bp,
+    lag.bp,
+    translate.bp,
+)
 
 
 def create_app(rt: Runtime) -> QuartTrio:

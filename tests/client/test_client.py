@@ -79,7 +79,9 @@ async def test_sync_client_every_method(server: LiveServer) -> None:
             schema = dm.schema()
             assert {t["name"] for t in schema["tables"]} == {"orders", "events"}
 
-            # CHANGES-TRANSLATE
+            # CHANGES
+            with pytest.raises(errors.NotConfigured):
+                dm.translate("how many orders?")
 
             with pytest.raises(errors.SqlError) as caught:
                 dm.query("select * from nowhere")
