@@ -18,6 +18,7 @@ from duckmesh.api.http import error_response, log, receive_body, start_trace
 from duckmesh.api.openapi import load_openapi
 from duckmesh.api.routes import (
     audit,
+    changes,
     health,
     ingest,
     lag,
@@ -56,6 +57,7 @@ _API_ONLY = (
     audit.bp,
     lag.bp,
     translate.bp,
+    changes.bp,
 )
 
 

@@ -79,7 +79,9 @@ async def test_sync_client_every_method(server: LiveServer) -> None:
             schema = dm.schema()
             assert {t["name"] for t in schema["tables"]} == {"orders", "events"}
 
-            # CHANGES
+            feed = dm.changes("orders", first.visible_snapshot_id, info.snapshot_id)
+            assert feed.column("order_id").to_pylist() == [0]
+            assert feed.column("_dm_op").to_pylist() == ["delete"]
             with pytest.raises(errors.NotConfigured):
                 dm.translate("how many orders?")
 
