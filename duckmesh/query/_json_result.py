@@ -193,8 +193,11 @@ def json_result(
         try:
             rows, truncated = rows_from_arrow(reader, types, row_limit, max_bytes)
             return columns, rows, truncated
-        except NotArrowSafe:
-            pass  # e.g. an infinite date: run it again the native way
+        except (NotArrowSafe, pa.ArrowException):
+            # An infinite date, or the Arrow stream failed (its errors are not
+            # DuckDB's: an interrupt arrives as ArrowInvalid): run it again the
+            # native way, which reports what DuckDB says (QUERY_TIMEOUT, ...).
+            pass
         finally:
             reader.close()
     cursor.execute(sql, args)
