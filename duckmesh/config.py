@@ -53,6 +53,12 @@ def _str(name: str, raw: str) -> str:
     return raw
 
 
+def _http_url(name: str, raw: str) -> str:
+    if raw and not (raw.startswith(("http://", "https://")) and len(raw) > len("https://")):
+        raise ConfigError(f"{name}={raw!r} must be empty or an http:// or https:// URL")
+    return raw.rstrip("/")
+
+
 def _choice(*choices: str) -> Callable[[str, str], str]:
     def parse(name: str, raw: str) -> str:
         if raw not in choices:
@@ -198,6 +204,11 @@ class Config:
     min_free_disk_bytes: int = 256 * 1024 * 1024  # below: ingest answers 507 DISK_LOW
     integrity_interval_ms: int = 3_600_000  # the integrity actor's pass; 0 = off
     integrity_bytes_per_s: int = 64 * 1024 * 1024  # its read rate limit
+    # natural language -> SQL (POST /v1/query/translate); off while the URL is empty
+    translate_url: str = ""  # an OpenAI-compatible API base, e.g. http://host:11434/v1
+    translate_model: str = ""
+    translate_api_key: str = ""
+    translate_timeout_ms: int = 30_000
     # testing / chaos
     enable_faults: bool = False
     faults: str = ""
@@ -210,7 +221,7 @@ class Config:
         out: dict[str, Any] = {}
         for field in attrs.fields(Config):
             value = getattr(self, field.name)
-            if field.name == "bootstrap_api_key" and value:
+            if field.name in ("bootstrap_api_key", "translate_api_key") and value:
                 value = "<redacted>"
             elif field.name == "catalog_dsn" and value:
                 value = redact_dsn(value)
@@ -287,6 +298,10 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "min_free_disk_bytes": _int(0, 1 << 50),
     "integrity_interval_ms": _int(0, 86_400_000 * 30),
     "integrity_bytes_per_s": _int(1024, 1 << 40),
+    "translate_url": _http_url,
+    "translate_model": _str,
+    "translate_api_key": _str,
+    "translate_timeout_ms": _int(100, 600_000),
     "enable_faults": _bool,
     "faults": _str,
     "unsafe_break": _unsafe_break,

@@ -43,6 +43,9 @@ ErrorCode = Literal[
     "DATA_FILE_CORRUPT",
     "SHUTTING_DOWN",
     "DISK_LOW",
+    "NOT_CONFIGURED",
+    "UPSTREAM_FAILED",
+    "SNAPSHOT_EXPIRED",
 ]
 
 # code -> (HTTP status, retryable)
@@ -82,6 +85,9 @@ ERROR_CODES: dict[ErrorCode, tuple[int, bool]] = {
     "SHUTTING_DOWN": (503, True),
     # Free disk below DUCKMESH_MIN_FREE_DISK_BYTES: ingest waits until space is freed.
     "DISK_LOW": (507, True),
+    "NOT_CONFIGURED": (404, False),
+    "UPSTREAM_FAILED": (502, True),
+    "SNAPSHOT_EXPIRED": (410, False),
 }
 if set(ERROR_CODES) != set(get_args(ErrorCode)):  # pragma: no cover - caught at import
     raise RuntimeError("ERROR_CODES and ErrorCode list different codes")

@@ -21,6 +21,7 @@ from duckmesh.api.openapi import load_openapi
 from duckmesh.api.routes import (
     audit,
     console,
+    changes,
     health,
     ingest,
     lag,
@@ -28,6 +29,7 @@ from duckmesh.api.routes import (
     query,
     snapshots,
     tables,
+    translate,
 )
 from duckmesh.errors import DuckMeshError, ErrorCode
 from duckmesh.ingest.upload import is_upload
@@ -59,6 +61,8 @@ _API_ONLY = (
     audit.bp,
     lag.bp,
     console.bp,
+    translate.bp,
+    changes.bp,
 )
 
 

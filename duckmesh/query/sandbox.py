@@ -25,7 +25,7 @@ What it guarantees:
 * ``execute`` runs only SQL accepted by ``check_sql`` (one read-only SELECT,
   see ``_sqlcheck``), referring only to bound tables or its own CTEs, with a
   time limit (the cursor is interrupted), a row limit and a result-size limit,
-  and returns JSON-ready values (see ``_convert``). DuckDB errors become
+  and returns JSON-ready values (``_json_result``, ``_convert``). DuckDB errors become
   ``DuckMeshError`` with the data directory replaced by ``<data>``.
 * Several queries may run at once on one database, each on its own cursor.
 """
@@ -37,16 +37,15 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import attrs
 import duckdb
 
 from duckmesh.errors import DuckMeshError
 from duckmesh.query._binding_check import validate_binding
-from duckmesh.query._convert import ROW_OVERHEAD, column_plan, convert_column, row_size
 from duckmesh.query._engine import QueryEngine
 from duckmesh.query._failures import damaged_table, map_error, unreadable_file
+from duckmesh.query._json_result import json_result
 from duckmesh.query._sqlcheck import (
     DEFAULT_MAX_SQL_BYTES,
     SqlAnalysis,
@@ -67,12 +66,6 @@ __all__ = [
     "check_sql",
 ]
 
-_FETCH_BATCH = 8192
-# Rows are fetched in chunks of about this many bytes (estimated from the rows
-# seen so far), so that the Python objects of one chunk stay small even when
-# every row is large; the first chunk is small because nothing is known yet.
-_FETCH_CHUNK_BYTES = 4 * 1024 * 1024
-_FIRST_FETCH_ROWS = 64
 # Idle cursors kept per loaded snapshot, their session already in its schema.
 _IDLE_CURSORS = 4
 
@@ -271,8 +264,10 @@ class SnapshotDatabase:
     ) -> QueryResult:
         """Run one sandboxed SELECT on a snapshot (the only one when not given)."""
         started = time.perf_counter()
-        with self.running(sql, params, limits, snapshot_id) as (cursor, referenced):
-            columns, rows, truncated = self._fetch(cursor, limits)
+        with self.running(sql, params, limits, snapshot_id, execute=False) as (cursor, referenced):
+            columns, rows, truncated = json_result(
+                cursor, sql, params, limits.row_limit, limits.max_result_bytes
+            )
         return QueryResult(
             columns=columns,
             rows=rows,
@@ -369,52 +364,6 @@ class SnapshotDatabase:
                 )
         return referenced
 
-    def _fetch(
-        self, cursor: duckdb.DuckDBPyConnection, limits: QueryLimits
-    ) -> tuple[tuple[tuple[str, str], ...], list[list[object]], bool]:
-        description = cursor.description or []
-        columns = tuple((name, str(duck_type)) for name, duck_type, *_ in description)
-        plans = [column_plan(duck_type) for _, duck_type, *_ in description]
-        converters = [(i, plan.convert) for i, plan in enumerate(plans) if plan.convert]
-        wanted = max(limits.row_limit, 0) + 1
-        budget = limits.max_result_bytes
-        rows: list[list[object]] = []
-        size = 0
-        truncated = False
-        chunk = _FIRST_FETCH_ROWS
-        while len(rows) < wanted:
-            batch = cursor.fetchmany(min(wanted - len(rows), chunk))
-            if not batch:
-                break
-            if not plans:
-                rows.extend([] for _ in batch)
-                chunk = _FETCH_BATCH
-                continue
-            values: list[Sequence[Any]] = list(zip(*batch, strict=True))
-            del batch
-            for index, convert in converters:
-                values[index] = convert_column(values[index], convert)
-            batch_rows: list[list[object]] = list(map(list, zip(*values, strict=True)))
-            batch_size = ROW_OVERHEAD * len(batch_rows) + sum(
-                plan.size(column) for plan, column in zip(plans, values, strict=True)
-            )
-            if size + batch_size > budget:
-                # Over budget somewhere in this chunk: keep whole rows that fit.
-                truncated = True
-                for row in batch_rows:
-                    size += row_size(row)
-                    if size > budget:
-                        break
-                    rows.append(row)
-                break
-            rows.extend(batch_rows)
-            size += batch_size
-            per_row = max(1, batch_size // len(batch_rows))
-            chunk = max(1, min(_FETCH_BATCH, _FETCH_CHUNK_BYTES // per_row))
-        if len(rows) > limits.row_limit:
-            del rows[max(limits.row_limit, 0) :]
-            truncated = True
-        return columns, rows, truncated
 
     def _scrubbed(self, exc: BaseException) -> str:
         message = str(exc)

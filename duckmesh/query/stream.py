@@ -24,11 +24,12 @@ from collections.abc import Callable, Iterator, Sequence
 
 import attrs
 import pyarrow as pa
+from duckdb.sqltypes import DuckDBPyType
 
 from duckmesh.query._formats import make_encoder
 from duckmesh.query.sandbox import QueryLimits, SnapshotDatabase
 
-__all__ = ["ROWS_PER_BATCH", "StreamHead", "produce"]
+__all__ = ["ROWS_PER_BATCH", "StreamHead", "emit_batches", "produce"]
 
 ROWS_PER_BATCH = 65_536
 Emit = Callable[[object], None]
@@ -82,27 +83,46 @@ def produce(
     with database.running(sql, params, limits, snapshot_id, execute=False) as (cursor, tables):
         relation = cursor.sql(sql, params=None if params is None else list(params))
         reader = relation.to_arrow_reader(ROWS_PER_BATCH)
-        encoder = make_encoder(media, reader.schema, list(relation.types))
-        state = _Limit()
-        batches = _limited(reader, limits.row_limit, state)
-        ahead: list[pa.RecordBatch] = []
-        held = 0
-        for batch in batches:
-            ahead.append(batch)
-            held += batch.nbytes
-            if held > readahead_bytes:
-                break
-        emit(
-            StreamHead(
-                truncated=state.truncated,
+
+        def head(truncated: bool | None) -> StreamHead:
+            return StreamHead(
+                truncated=truncated,
                 scanned_files=sum(len(binding.files) for binding in tables),
                 scanned_bytes=sum(binding.total_bytes for binding in tables),
                 execution_ms=(time.perf_counter() - started) * 1000.0,
             )
+
+        emit_batches(
+            reader, list(relation.types), limits.row_limit, media, readahead_bytes, emit, head
         )
-        for batch in ahead:
-            emit(encoder.write(batch))
-        del ahead
-        for batch in batches:
-            emit(encoder.write(batch))
-        emit(encoder.finish())
+
+
+def emit_batches(
+    reader: pa.RecordBatchReader,
+    duck_types: list[DuckDBPyType],
+    row_limit: int,
+    media: str,
+    readahead_bytes: int,
+    emit: Emit,
+    head: Callable[[bool | None], StreamHead],
+) -> None:
+    """Encode ``reader``'s batches as ``media``, cut after ``row_limit`` rows:
+    ``emit`` the head (with truncation when known within the read-ahead),
+    then the chunks."""
+    encoder = make_encoder(media, reader.schema, duck_types)
+    state = _Limit()
+    batches = _limited(reader, row_limit, state)
+    ahead: list[pa.RecordBatch] = []
+    held = 0
+    for batch in batches:
+        ahead.append(batch)
+        held += batch.nbytes
+        if held > readahead_bytes:
+            break
+    emit(head(state.truncated))
+    for batch in ahead:
+        emit(encoder.write(batch))
+    del ahead
+    for batch in batches:
+        emit(encoder.write(batch))
+    emit(encoder.finish())

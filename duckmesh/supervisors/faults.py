@@ -37,6 +37,7 @@ KNOWN_FAULT_POINTS: tuple[str, ...] = (
     *COMMIT_FAULT_POINTS,
     "compaction.after_write",
     "compaction.before_publish",
+    "api.ingest.after_append",
 )
 
 # ``coordinator.poison_record`` is hit once per record whose payload text contains
