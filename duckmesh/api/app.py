@@ -20,8 +20,8 @@ from duckmesh.api.http import error_response, log, receive_body, start_trace
 from duckmesh.api.openapi import load_openapi
 from duckmesh.api.routes import (
     audit,
-    console,
     changes,
+    console,
     health,
     ingest,
     lag,

@@ -364,7 +364,6 @@ class SnapshotDatabase:
                 )
         return referenced
 
-
     def _scrubbed(self, exc: BaseException) -> str:
         message = str(exc)
         for path in self._scrub:
