@@ -91,6 +91,22 @@ class RebaseRefused(DuckMeshError):
         )
 
 
+def files_still_live(
+    tenant_id: str, removed: Sequence[str]
+) -> Callable[[Conn, Snapshot | None], bool]:
+    """The ``still_valid`` check of a change that replaces files (compaction,
+    retention): it applies to a new head only while every file it removes is
+    still listed there."""
+
+    def still_valid(conn: Conn, latest: Snapshot | None) -> bool:
+        if latest is None:
+            return False
+        live = {f.file_id for f in reads.snapshot_files(conn, tenant_id, latest.snapshot_id)}
+        return set(removed) <= live
+
+    return still_valid
+
+
 @attrs.frozen
 class SnapshotChange:
     """What a new snapshot changes relative to its parent."""

@@ -273,12 +273,6 @@ class Compactor:
                 conn, tenant, MaintenanceCompleted(tenant, "compaction", done), self.actor
             )
 
-        def still_valid(conn: Conn, latest: Snapshot | None) -> bool:
-            if latest is None:
-                return False
-            live = {f.file_id for f in reads.snapshot_files(conn, tenant, latest.snapshot_id)}
-            return set(removed) <= live
-
         change = SnapshotChange(
             tenant_id=tenant,
             kind="compaction",
@@ -293,7 +287,7 @@ class Compactor:
                 change,
                 head,
                 policy=ConflictPolicy.REBASE,
-                still_valid=still_valid,
+                still_valid=snapshots.files_still_live(tenant, removed),
                 before=before,
                 after=record,
             )

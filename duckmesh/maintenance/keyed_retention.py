@@ -168,12 +168,6 @@ class KeyedRetention:
     def _publish(
         self, tenant: str, head: Snapshot, removed: list[str], added: list[layout.DataFile]
     ) -> bool:
-        def still_valid(conn: Conn, latest: Snapshot | None) -> bool:
-            if latest is None:
-                return False
-            live = {f.file_id for f in reads.snapshot_files(conn, tenant, latest.snapshot_id)}
-            return set(removed) <= live
-
         change = SnapshotChange(
             tenant_id=tenant,
             kind="retention",
@@ -184,7 +178,11 @@ class KeyedRetention:
         )
         try:
             snapshots.publish(
-                self.db, change, head, policy=ConflictPolicy.REBASE, still_valid=still_valid
+                self.db,
+                change,
+                head,
+                policy=ConflictPolicy.REBASE,
+                still_valid=snapshots.files_still_live(tenant, removed),
             )
         except RebaseRefused:
             return False  # the rewritten files are orphans for GC

@@ -95,7 +95,10 @@ def _restore(store: ObjectStore, f: DataFile, backup_dir: Path) -> bool:
         return False
     scratch = store.scratch_path(".parquet")
     shutil.copyfile(copy, scratch)
-    store.put_file(scratch, f.path)
+    # Names are never reused for other content; this is the same content the
+    # catalog recorded (checksum checked), so the damaged object makes way.
+    store.delete(f.path)
+    store.put_file(scratch, f.path, f.checksum)
     return damage(store, f) is None
 
 

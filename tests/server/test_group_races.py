@@ -106,7 +106,7 @@ def test_token_race_over_the_workers_keeps_tokens_contiguous(
         with psycopg.connect(dsn) as conn:
             stored: dict[str, int] = dict(
                 conn.execute(
-                    "SELECT idempotency_key, token FROM bus_record WHERE tenant_id = 'default'"
+                    "SELECT idempotency_key, token FROM bus_row_key WHERE tenant_id = 'default'"
                 ).fetchall()
             )
         assert stored == expected
