@@ -133,12 +133,12 @@ def owners(plan: GroupPlan, trace_ids: Sequence[str | None] | None) -> Owners:
     return [(offset, trace_ids[index]) for offset, index in plan.starts]
 
 
-def _run_traces(owned: Owners, first: int, last: int) -> str | None:
+def _run_traces(owned: Owners, offsets: list[int], first: int, last: int) -> str | None:
     """The trace ids of the requests owning new records ``first..last``
-    (1-based), space-separated (hex ids hold no space), or None."""
+    (1-based; ``offsets``: ``owned``'s), space-separated (hex ids hold no
+    space), or None."""
     if not owned:
         return None
-    offsets = [o for o, _ in owned]
     lo = max(0, bisect.bisect_right(offsets, first - 1) - 1)
     hi = bisect.bisect_right(offsets, last - 1)
     return " ".join(bounded(t for _, t in owned[lo:hi])) or None
@@ -204,12 +204,13 @@ def runs(
 
 def encode(new: Sequence[IngestRecord], defs: Defs, owned: Owners = ()) -> Encoded:
     out = Encoded()
-    tables, keys, offsets, hashes = out.keys
+    tables, keys, key_offsets, hashes = out.keys
     for i, rec in enumerate(new):
         tables.append(rec.table_id)
         keys.append(rec.idempotency_key)
-        offsets.append(i + 1)
+        key_offsets.append(i + 1)
         hashes.append(rec.payload_hash.hex())
+    offsets = [o for o, _ in owned]
     for first, run in runs(new):
         table = defs(run[0].table_id, run[0].schema_version)
         try:
@@ -220,7 +221,7 @@ def encode(new: Sequence[IngestRecord], defs: Defs, owned: Owners = ()) -> Encod
             out.fallback.extend((first + j, rec) for j, rec in enumerate(run))
             continue
         last = first + len(run) - 1
-        traces = _run_traces(owned, first, last)
+        traces = _run_traces(owned, offsets, first, last)
         out.batches.append(
             (
                 first,
