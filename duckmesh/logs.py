@@ -1,6 +1,7 @@
 """Structured logging: JSON lines by default, a readable console on a TTY.
 
-Every line carries ``timestamp``, ``level``, ``service`` and, where known,
+Every line carries ``timestamp``, ``level``, ``service`` (a server's also
+``role`` and ``pid``) and, where known,
 ``tenant_id``, ``trace_id`` and ``error_code`` (bound through contextvars by
 the API and actors). Secrets are never passed to the logger.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
@@ -38,11 +40,19 @@ FRAMEWORK_LOGGERS = (
 )
 
 
-def configure_logging(fmt: str = "auto", level: str = "info", service: str = "duckmesh") -> None:
+def configure_logging(
+    fmt: str = "auto", level: str = "info", service: str = "duckmesh", role: str | None = None
+) -> None:
+    """``role`` (``duckmesh serve``'s) and the pid go on every line, so one
+    trace id can be followed across the processes of a group, which share a log."""
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    pid = os.getpid()
 
     def add_service(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         event.setdefault("service", service)
+        if role is not None:
+            event.setdefault("role", role)
+            event.setdefault("pid", pid)
         return event
 
     renderer: Any = (

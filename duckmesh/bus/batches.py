@@ -134,8 +134,8 @@ def publish_upload(
         chunk = data.slice(start, CHUNK_ROWS)
         conn.execute(
             "INSERT INTO bus_batch (tenant_id, first_token, last_token, table_id, op,"
-            " event_time_column, ingested_at, schema_version, data)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            " event_time_column, ingested_at, schema_version, data, trace_ids)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (
                 tenant_id,
                 first + start,
@@ -146,6 +146,7 @@ def publish_upload(
                 now,
                 up.schema_version,
                 ipc(chunk),
+                [up.trace_id] if up.trace_id else None,
             ),
         )
     if up.row_keys is not None and n:
@@ -218,7 +219,7 @@ def claim_uploads(
     if chosen:
         data = conn.execute(
             "SELECT first_token, last_token, table_id, op, event_time_column, ingested_at,"
-            " schema_version, data FROM bus_batch WHERE tenant_id = %s"
+            " schema_version, data, trace_ids FROM bus_batch WHERE tenant_id = %s"
             " AND first_token = ANY(%s::bigint[]) ORDER BY first_token",
             (scope, chosen),
         ).fetchall()
@@ -232,6 +233,7 @@ def claim_uploads(
                 ingested_at=row[5],
                 schema_version=row[6],
                 data=bytes(row[7]),
+                trace_ids=tuple(row[8] or ()),  # NULL: written before migration 0008
             )
             for row in data
         ]

@@ -123,28 +123,32 @@ class PostgresBus:
     # -- producers ---------------------------------------------------------
 
     def publish(
-        self, tenant_id: str, requests: Sequence[Sequence[IngestRecord]]
+        self,
+        tenant_id: str,
+        requests: Sequence[Sequence[IngestRecord]],
+        trace_ids: Sequence[str | None] | None = None,
     ) -> list[list[Receipt] | DuckMeshError]:
         """One round trip when every record of the group is new (the common
         case): plan and encode, then one statement takes the tokens and
         writes keys and batches. Anything else — a duplicate, a conflict, a
         record kept as JSON, a key another request stored first, the
         tenant's first write — goes the locked way, on the same connection
-        (ADR 0014)."""
+        (ADR 0014). ``trace_ids`` (per request) go into the batches."""
         plan = record_batches.plan_group(requests, {}, 0)
+        owned = record_batches.owners(plan, trace_ids)
         enc = None
         if plan.clean and all(
             (tenant_id, r.table_id, r.schema_version) in self._defs for r in plan.new
         ):
-            enc = record_batches.encode(plan.new, lambda t, v: self._table(tenant_id, t, v))
+            enc = record_batches.encode(plan.new, lambda t, v: self._table(tenant_id, t, v), owned)
 
         def run(conn: Conn) -> list[list[Receipt] | DuckMeshError]:
             if plan.clean:
-                found = self._publish_new(conn, tenant_id, plan, enc)
+                found = self._publish_new(conn, tenant_id, plan, enc, owned)
                 if found is not None:
                     return found
             with conn.transaction():
-                return self._publish(conn, tenant_id, requests)
+                return self._publish(conn, tenant_id, requests, trace_ids)
 
         return self.db.call(run, transaction=False)
 
@@ -154,11 +158,14 @@ class PostgresBus:
         tenant_id: str,
         plan: record_batches.GroupPlan,
         enc: record_batches.Encoded | None,
+        owned: record_batches.Owners,
     ) -> list[list[Receipt] | DuckMeshError] | None:
         """The one-statement write of a group of new records, or None when it
         must go the locked way (nothing was written then)."""
         if enc is None:
-            enc = record_batches.encode(plan.new, lambda t, v: self._table(tenant_id, t, v, conn))
+            enc = record_batches.encode(
+                plan.new, lambda t, v: self._table(tenant_id, t, v, conn), owned
+            )
         if enc.fallback:
             return None
         try:
@@ -181,7 +188,11 @@ class PostgresBus:
         ]
 
     def _publish(
-        self, conn: Conn, tenant_id: str, requests: Sequence[Sequence[IngestRecord]]
+        self,
+        conn: Conn,
+        tenant_id: str,
+        requests: Sequence[Sequence[IngestRecord]],
+        trace_ids: Sequence[str | None] | None,
     ) -> list[list[Receipt] | DuckMeshError]:
         last, now = _lock_counter(conn, tenant_id)
         # With the counter locked no other ingest of this tenant can commit,
@@ -189,7 +200,11 @@ class PostgresBus:
         existing = _existing_keys(conn, tenant_id, requests)
         plan = record_batches.plan_group(requests, existing, last)
         if plan.new:
-            enc = record_batches.encode(plan.new, lambda t, v: self._table(tenant_id, t, v, conn))
+            enc = record_batches.encode(
+                plan.new,
+                lambda t, v: self._table(tenant_id, t, v, conn),
+                record_batches.owners(plan, trace_ids),
+            )
             if enc.fallback:
                 stamp = now.isoformat()
                 lines = [_copy_line(tenant_id, last + off, rec, stamp) for off, rec in enc.fallback]

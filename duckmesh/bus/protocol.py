@@ -100,6 +100,7 @@ class UploadBatch:
     ingested_at: dt.datetime
     schema_version: int
     data: bytes
+    trace_ids: tuple[str, ...] = ()  # of the requests that wrote the rows (bounded)
 
     @property
     def rows(self) -> int:
@@ -146,6 +147,7 @@ class UploadRequest:
     idempotency_key: str | None
     row_keys: Sequence[str] | None
     row_hashes: Sequence[str] | None  # hex digests
+    trace_id: str | None = None  # the uploading request's, kept on its bus batches
 
 
 @attrs.frozen
@@ -200,7 +202,10 @@ class LeaseLost(DuckMeshError):
 
 class IngestBus(Protocol):
     def publish(
-        self, tenant_id: str, requests: Sequence[Sequence[IngestRecord]]
+        self,
+        tenant_id: str,
+        requests: Sequence[Sequence[IngestRecord]],
+        trace_ids: Sequence[str | None] | None = None,  # per request, for the bus batches
     ) -> list[list[Receipt] | DuckMeshError]: ...
 
     def publish_upload(self, tenant_id: str, upload: UploadRequest) -> UploadReceipt: ...

@@ -18,6 +18,7 @@ and quarantines it if it fails there too.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,6 +32,7 @@ from duckmesh.bus.record_arrow import payloads_to_arrow
 from duckmesh.catalog.model import TableDef
 from duckmesh.db import Conn
 from duckmesh.errors import DuckMeshError
+from duckmesh.tracing import bounded
 
 # Per-row columns of a batch of records; user columns never start with _dm_.
 OP_COLUMN = "_dm_op"
@@ -46,11 +48,14 @@ class GroupPlan:
     """Per-request results of a group and the new records in token order.
 
     Tokens are ``start + 1 ..`` for the new records; ``clean`` means no
-    duplicate and no conflict (then every receipt is a new record's)."""
+    duplicate and no conflict (then every receipt is a new record's).
+    ``starts``: (offset in ``new`` of its first new record, request index)
+    per request that has new records, in order."""
 
     results: list[list[Receipt] | DuckMeshError]
     new: list[IngestRecord]
     clean: bool
+    starts: list[tuple[int, int]] = attrs.Factory(list)
 
 
 def _conflict(rec: IngestRecord, index: int, token: int, first_index: int | None) -> DuckMeshError:
@@ -83,8 +88,9 @@ def plan_group(
     known = dict(existing)
     results: list[list[Receipt] | DuckMeshError] = []
     new: list[IngestRecord] = []
+    starts: list[tuple[int, int]] = []
     token, clean = start, True
-    for req in requests:
+    for request_index, req in enumerate(requests):
         receipts: list[Receipt] = []
         staged: list[IngestRecord] = []
         seen: dict[tuple[str, str], tuple[int, bytes]] = {}
@@ -110,9 +116,32 @@ def plan_group(
             results.append(conflict)
             continue
         known.update(seen)
+        if staged:
+            starts.append((len(new), request_index))
         new.extend(staged)
         results.append(receipts)
-    return GroupPlan(results, new, clean)
+    return GroupPlan(results, new, clean, starts)
+
+
+Owners = Sequence[tuple[int, str | None]]  # (offset in new of a request's first record, trace id)
+
+
+def owners(plan: GroupPlan, trace_ids: Sequence[str | None] | None) -> Owners:
+    """Which request's trace id each stretch of ``plan.new`` carries."""
+    if not trace_ids:
+        return ()
+    return [(offset, trace_ids[index]) for offset, index in plan.starts]
+
+
+def _run_traces(owned: Owners, offsets: list[int], first: int, last: int) -> str | None:
+    """The trace ids of the requests owning new records ``first..last``
+    (1-based; ``offsets``: ``owned``'s), space-separated (hex ids hold no
+    space), or None."""
+    if not owned:
+        return None
+    lo = max(0, bisect.bisect_right(offsets, first - 1) - 1)
+    hi = bisect.bisect_right(offsets, last - 1)
+    return " ".join(bounded(t for _, t in owned[lo:hi])) or None
 
 
 @attrs.define
@@ -122,7 +151,10 @@ class Encoded:
     keys: tuple[list[str], list[str], list[int], list[str]] = attrs.field(
         factory=lambda: ([], [], [], [])
     )  # table_id, key, offset, hash hex
-    batches: list[tuple[int, int, str, str, str | None, int, bytes]] = attrs.Factory(list)
+    # first, last, table, op, event time column, schema version, Arrow IPC, trace ids
+    batches: list[tuple[int, int, str, str, str | None, int, bytes, str | None]] = attrs.Factory(
+        list
+    )
     fallback: list[tuple[int, IngestRecord]] = attrs.Factory(list)  # (offset, record) as JSON
 
 
@@ -170,14 +202,15 @@ def runs(
     return out
 
 
-def encode(new: Sequence[IngestRecord], defs: Defs) -> Encoded:
+def encode(new: Sequence[IngestRecord], defs: Defs, owned: Owners = ()) -> Encoded:
     out = Encoded()
-    tables, keys, offsets, hashes = out.keys
+    tables, keys, key_offsets, hashes = out.keys
     for i, rec in enumerate(new):
         tables.append(rec.table_id)
         keys.append(rec.idempotency_key)
-        offsets.append(i + 1)
+        key_offsets.append(i + 1)
         hashes.append(rec.payload_hash.hex())
+    offsets = [o for o, _ in owned]
     for first, run in runs(new):
         table = defs(run[0].table_id, run[0].schema_version)
         try:
@@ -188,8 +221,18 @@ def encode(new: Sequence[IngestRecord], defs: Defs) -> Encoded:
             out.fallback.extend((first + j, rec) for j, rec in enumerate(run))
             continue
         last = first + len(run) - 1
+        traces = _run_traces(owned, offsets, first, last)
         out.batches.append(
-            (first, last, table.table_id, op, event_time_column, table.schema_version, ipc(rows))
+            (
+                first,
+                last,
+                table.table_id,
+                op,
+                event_time_column,
+                table.schema_version,
+                ipc(rows),
+                traces,
+            )
         )
     return out
 
@@ -202,10 +245,12 @@ _INSERT = (
     "  unnest(%(kt)s::text[], %(kk)s::text[], %(ko)s::bigint[], %(kh)s::text[])"
     "  AS x(table_id, key, off, hash)),"
     " b AS (INSERT INTO bus_batch (tenant_id, first_token, last_token, table_id, op,"
-    "  event_time_column, ingested_at, schema_version, data)"
-    "  SELECT %(t)s, c.base + x.f, c.base + x.l, x.table_id, x.op, x.etc, c.at, x.v, x.data"
+    "  event_time_column, ingested_at, schema_version, data, trace_ids)"
+    "  SELECT %(t)s, c.base + x.f, c.base + x.l, x.table_id, x.op, x.etc, c.at, x.v, x.data,"
+    "  string_to_array(x.tr, ' ')"
     "  FROM c, unnest(%(bf)s::bigint[], %(bl)s::bigint[], %(bt)s::text[], %(bo)s::text[],"
-    "  %(be)s::text[], %(bv)s::integer[], %(bd)s::bytea[]) AS x(f, l, table_id, op, etc, v, data))"
+    "  %(be)s::text[], %(bv)s::integer[], %(bd)s::bytea[], %(br)s::text[])"
+    "  AS x(f, l, table_id, op, etc, v, data, tr))"
     " SELECT c.base, c.at, pg_notify(%(ch)s, %(t)s || ':' || (c.base + %(n)s)) FROM c"
 )
 
@@ -216,7 +261,7 @@ def insert(
     """Take ``n`` tokens and write the keys and batches in one statement;
     (base, ingest time) — the new tokens are base+1..base+n — or None when the
     tenant has no counter yet. A key used before raises UniqueViolation."""
-    cols: list[list[Any]] = [list(c) for c in zip(*enc.batches, strict=True)] or [[]] * 7
+    cols: list[list[Any]] = [list(c) for c in zip(*enc.batches, strict=True)] or [[]] * 8
     row = conn.execute(
         _INSERT,
         {
@@ -226,7 +271,7 @@ def insert(
             "kk": enc.keys[1],
             "ko": enc.keys[2],
             "kh": enc.keys[3],
-            **dict(zip(("bf", "bl", "bt", "bo", "be", "bv", "bd"), cols, strict=True)),
+            **dict(zip(("bf", "bl", "bt", "bo", "be", "bv", "bd", "br"), cols, strict=True)),
             "ch": channel,
         },
         binary=True,

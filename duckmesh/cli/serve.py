@@ -28,7 +28,7 @@ def cmd_serve(args: argparse.Namespace, config: Config) -> int:
     from duckmesh.logs import configure_logging
     from duckmesh.procgroup import GROUP_DIR_ENV
 
-    configure_logging(config.log_format, config.log_level)
+    configure_logging(config.log_format, config.log_level, role=config.role)
     previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         if GROUP_DIR_ENV in os.environ:

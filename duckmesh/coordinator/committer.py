@@ -29,7 +29,7 @@ import attrs
 import pyarrow.parquet as pq
 import structlog
 
-from duckmesh import metrics
+from duckmesh import metrics, tracing
 from duckmesh.bus import Batch, BusRecord, IngestBus, LeaseLost, QuarantineEntry, UploadBatch
 from duckmesh.catalog import reads, snapshots
 from duckmesh.catalog.model import Snapshot, TableDef
@@ -350,7 +350,8 @@ class Committer:
         self.faults.hit("coordinator.after_parquet_write")
         self.faults.hit("coordinator.before_publish_commit")
         new_watermark = max(batch.last_token, watermark)
-        snapshot_id = self._publish(batch, head, files, watermarks, rejected, new_watermark)
+        traces = tracing.bounded(t for u in plan.uploads for t in u.trace_ids)
+        snapshot_id = self._publish(batch, head, files, watermarks, rejected, new_watermark, traces)
         self.faults.hit("coordinator.after_publish_commit")
         self._observe_visibility(good, plan.uploads)
         if rejected:
@@ -362,6 +363,9 @@ class Committer:
                 first_reason=rejected[0].reason,
             )
         size = len(plan.records) + sum(u.rows for u in plan.uploads)
+        log.info(
+            "committed", tenant_id=tenant, snapshot_id=snapshot_id, rows=size, trace_ids=traces
+        )
         return CommitOutcome(tenant, snapshot_id, size, len(files), len(rejected), new_watermark)
 
     def _write_uploads(
@@ -423,6 +427,7 @@ class Committer:
         watermarks: dict[str, int],
         rejected: Sequence[Rejected],
         new_watermark: int,
+        trace_ids: list[str],
     ) -> int:
         """Publish with the REBASE policy: when compaction or a restore
         published first and the watermark is unchanged, our files are still
@@ -454,7 +459,8 @@ class Committer:
             table_watermarks=watermarks,
             max_visibility_token=new_watermark,
             fence=batch.fence,
-            metadata={"actor": self.consumer_id},
+            # The ingest requests' trace ids (bounded): a query can name them.
+            metadata={"actor": self.consumer_id, **({"trace_ids": trace_ids} if trace_ids else {})},
         )
         try:
             published = snapshots.publish(

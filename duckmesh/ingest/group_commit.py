@@ -15,7 +15,7 @@ import attrs
 import structlog
 import trio
 
-from duckmesh import metrics
+from duckmesh import metrics, tracing
 from duckmesh.bus import IngestBus, IngestRecord, Receipt
 from duckmesh.errors import DuckMeshError
 from duckmesh.supervisors import Actor
@@ -26,6 +26,7 @@ log = structlog.get_logger("duckmesh.ingest")
 @attrs.define
 class _Pending:
     records: Sequence[IngestRecord]
+    trace_id: str | None = None
     done: trio.Event = attrs.field(factory=trio.Event)
     receipts: list[Receipt] | None = None
     error: DuckMeshError | None = None
@@ -72,7 +73,8 @@ class GroupCommitter(Actor):
         nursery = self._nursery
         if nursery is None:
             raise DuckMeshError("NOT_READY", "ingest is not running; retry shortly")
-        pending = _Pending(records)
+        # The request's trace (bound by the API) goes with its rows on the bus.
+        pending = _Pending(records, tracing.current())
         queue = self._queues.get(tenant)
         if queue is None:
             self._queues[tenant] = [pending]
@@ -109,6 +111,7 @@ class GroupCommitter(Actor):
                 self.bus.publish,
                 tenant,
                 [p.records for p in group],
+                [p.trace_id for p in group],
                 limiter=self.limiter,
                 abandon_on_cancel=False,
             )

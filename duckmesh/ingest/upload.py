@@ -13,10 +13,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import IO, Any
 
+import attrs
 import trio
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from duckmesh import metrics
+from duckmesh import metrics, tracing
 from duckmesh.bus import UploadReceipt, UploadRequest
 from duckmesh.errors import DuckMeshError
 from duckmesh.ingest import formats
@@ -191,6 +192,7 @@ async def _publish(
     finally:
         decoded.close()
     await admit(upload.data.num_rows)
+    upload = attrs.evolve(upload, trace_id=tracing.current())
     return await trio.to_thread.run_sync(
         rt.bus.publish_upload, tenant, upload, limiter=rt.db.limiter, abandon_on_cancel=False
     )

@@ -60,7 +60,10 @@ class NaiveSequenceBus(PostgresBus):
             )
 
     def publish(
-        self, tenant_id: str, requests: Sequence[Sequence[IngestRecord]]
+        self,
+        tenant_id: str,
+        requests: Sequence[Sequence[IngestRecord]],
+        trace_ids: Sequence[str | None] | None = None,
     ) -> list[list[Receipt] | DuckMeshError]:
         results: list[list[Receipt] | DuckMeshError] = []
         for request in requests:  # one independent transaction per request

@@ -36,14 +36,17 @@ class GatedCountingBus:
         self._lock = threading.Lock()
 
     def publish(
-        self, tenant_id: str, requests: Sequence[Sequence[IngestRecord]]
+        self,
+        tenant_id: str,
+        requests: Sequence[Sequence[IngestRecord]],
+        trace_ids: Sequence[str | None] | None = None,
     ) -> list[list[Receipt] | DuckMeshError]:
         with self._lock:
             first = not self.calls
             self.calls.append(len(requests))
         if first and not self.gate.wait(30):
             raise TimeoutError("the test never opened the gate")
-        return self.inner.publish(tenant_id, requests)
+        return self.inner.publish(tenant_id, requests, trace_ids)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import structlog
 from quart import Blueprint, Response, request
 
 from duckmesh import metrics
@@ -21,6 +22,7 @@ from duckmesh.ingest.validation import validate_records
 from duckmesh.query.barrier import wait_for_token
 
 bp = Blueprint("ingest", __name__)
+log = structlog.get_logger("duckmesh.api")
 
 
 @bp.post("/v1/ingest/<table>")
@@ -34,6 +36,14 @@ async def ingest(p: Principal, table: str) -> Response:
     else:
         body = IngestBody.parse(await json_body(), ctx.rt.config.max_consistency_timeout_ms)
         receipt = await accept(ctx, p.tenant_id, table, body, started)
+    # Debug level: one line per write is too many at info. With the trace id
+    # bound, it starts a write's trail (the coordinator's "committed" line).
+    log.debug(
+        "ingest accepted",
+        tenant_id=p.tenant_id,
+        table=table,
+        max_visibility_token=receipt.get("max_visibility_token"),
+    )
     # Written, but the answer is lost: how clients' retries are tested.
     ctx.rt.faults.hit("api.ingest.after_append")
     return json_response(receipt)

@@ -1,0 +1,1 @@
+ALTER TABLE bus_batch DROP COLUMN trace_ids;
