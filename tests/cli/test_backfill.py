@@ -1,0 +1,165 @@
+"""Issue 15: ``duckmesh backfill TABLE`` re-derives a table's files from the
+bus (or a snapshot) and publishes them in one snapshot: a run killed between
+files and rerun leaves every row exactly once, a second rerun publishes
+nothing, and a bus pruned past the table's rows is a one-line refusal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import trio
+
+from duckmesh.catalog import reads
+from duckmesh.catalog.model import Snapshot
+from tests.cli.helpers import run
+from tests.fixtures import EVENTS, LiveServer
+
+HOURS = 3  # one partition (one rebuilt file) per hour of event time
+PER_HOUR = 4
+
+
+async def _ingest(server: LiveServer) -> list[list[Any]]:
+    """Rows in HOURS partitions over several commits; the rows as the API shows them."""
+    await server.create_table(EVENTS)
+    for h in range(HOURS):
+        records = [
+            {
+                "idempotency_key": f"e{h}-{n}",
+                "event_time": f"2026-01-01T0{h}:{n:02d}:00Z",
+                "payload": {"id": h * PER_HOUR + n, "kind": f"k{h}", "value": n / 2},
+            }
+            for n in range(PER_HOUR)
+        ]
+        r = await server.ingest("events", records, wait_for_visibility=True)
+        assert r.status_code == 200, r.text
+    return await _rows(server)
+
+
+async def _rows(server: LiveServer) -> list[list[Any]]:
+    r = await server.query("SELECT id, kind, value FROM events ORDER BY id")
+    assert r.status_code == 200, r.text
+    rows: list[list[Any]] = r.json()["rows"]
+    return rows
+
+
+def _head(server: LiveServer) -> Snapshot:
+    head = server.rt.db.call(lambda c: reads.latest_snapshot(c, "default"), transaction=False)
+    assert head is not None
+    return head
+
+
+def _table_paths(server: LiveServer) -> list[str]:
+    def paths(c: Any) -> list[str]:
+        head = reads.latest_snapshot(c, "default")
+        table = reads.get_table(c, "default", "events")
+        assert head is not None
+        assert table is not None
+        files = reads.snapshot_files(c, "default", head.snapshot_id)
+        return sorted(f.path for f in files if f.table_id == table.table_id)
+
+    return server.rt.db.call(paths, transaction=False)
+
+
+async def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    return await trio.to_thread.run_sync(lambda: run(capsys, *argv))
+
+
+def _spawn_backfill(faults: str) -> subprocess.CompletedProcess[str]:
+    """``duckmesh backfill events`` as a real process (the environment names
+    the test catalog and data directory; ``faults`` arms fault points)."""
+    env = dict(os.environ, DUCKMESH_ENABLE_FAULTS="1", DUCKMESH_FAULTS=faults)
+    return subprocess.run(
+        [sys.executable, "-m", "duckmesh.cli.main", "backfill", "events"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.usefixtures("catalog")
+async def test_backfill_killed_between_files_resumes_with_every_row_once(
+    server: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = await _ingest(server)
+    assert len(original) == HOURS * PER_HOUR
+    # Lose a file's rows the way an operator would: damage it, then repair.
+    damaged = _table_paths(server)[1]
+    path = server.rt.store.local_path(damaged)
+    path.write_bytes(path.read_bytes()[:-10])
+    code, _, err = await _cli(capsys, "repair", "events")
+    assert code == 0, err
+    assert len(await _rows(server)) == (HOURS - 1) * PER_HOUR
+    before = _head(server)
+
+    killed = await trio.to_thread.run_sync(
+        lambda: _spawn_backfill("backfill.after_file_write=kill")
+    )
+    assert killed.returncode == -9, killed.stderr  # SIGKILL after the first file
+    assert _head(server) == before  # nothing published half-way
+    assert len(await _rows(server)) == (HOURS - 1) * PER_HOUR
+
+    done = await trio.to_thread.run_sync(lambda: _spawn_backfill(""))
+    assert done.returncode == 0, done.stderr
+    assert f"{HOURS}/{HOURS} files written" in done.stderr  # progress, plain lines
+    head = _head(server)
+    assert head.kind == "backfill"
+    assert head.max_visibility_token == before.max_visibility_token
+    assert await _rows(server) == original  # every row back, exactly once
+    assert damaged not in _table_paths(server)
+
+    # Idempotent: the files now match the bus, a rerun publishes nothing.
+    code, out, err = await _cli(capsys, "backfill", "events", "--json")
+    assert code == 0, err
+    assert '"unchanged": true' in out
+    assert _head(server) == head
+    assert await _rows(server) == original
+
+
+@pytest.mark.usefixtures("catalog")
+async def test_backfill_refuses_when_the_bus_was_pruned_past_the_table(
+    server: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = await _ingest(server)
+    head = _head(server)
+    pruned = await trio.to_thread.run_sync(
+        lambda: server.rt.bus.prune("default", window_s=0.001, chunk_tokens=1000)
+    )
+    assert pruned.deleted > 0
+
+    code, out, err = await _cli(capsys, "backfill", "events")
+    assert code == 2
+    assert "published snapshot" not in out
+    assert err.count("\n") == 1
+    assert "backfill refused: the bus no longer holds tokens" in err
+    assert "--from-snapshot" in err
+    assert _head(server) == head
+    assert await _rows(server) == original
+
+
+@pytest.mark.usefixtures("catalog")
+async def test_backfill_from_a_snapshot_lists_its_files_again(
+    server: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    original = await _ingest(server)
+    good = _head(server)
+    damaged = _table_paths(server)[0]
+    path = server.rt.store.local_path(damaged)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-10])
+    assert (await _cli(capsys, "repair", "events"))[0] == 0
+    assert len(await _rows(server)) == (HOURS - 1) * PER_HOUR
+
+    snapshot = str(good.snapshot_id)
+    code, _, err = await _cli(capsys, "backfill", "events", "--from-snapshot", snapshot)
+    assert code == 2  # the snapshot's copy is the damaged object: refused, not listed
+    assert f"file {damaged} is size" in err
+    path.write_bytes(whole)  # the operator put a good copy back
+    code, out, err = await _cli(capsys, "backfill", "events", "--from-snapshot", snapshot)
+    assert code == 0, err
+    assert "published snapshot" in out
+    assert await _rows(server) == original
