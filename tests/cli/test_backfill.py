@@ -1,7 +1,8 @@
 """Issue 15: ``duckmesh backfill TABLE`` re-derives a table's files from the
 bus (or a snapshot) and publishes them in one snapshot: a run killed between
 files and rerun leaves every row exactly once, a second rerun publishes
-nothing, and a bus pruned past the table's rows is a one-line refusal."""
+nothing, a commit published meanwhile is kept, and a bus pruned past the
+table's rows is a one-line refusal."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import trio
 
 from duckmesh.catalog import reads
 from duckmesh.catalog.model import Snapshot
+from duckmesh.maintenance.backfill import backfill_table
+from duckmesh.maintenance.repair import repair_table
 from tests.cli.helpers import run
 from tests.fixtures import EVENTS, LiveServer
 
@@ -163,3 +166,31 @@ async def test_backfill_from_a_snapshot_lists_its_files_again(
     assert code == 0, err
     assert "published snapshot" in out
     assert await _rows(server) == original
+
+
+@pytest.mark.usefixtures("catalog")
+async def test_backfill_keeps_what_the_coordinator_commits_meanwhile(
+    server: LiveServer,
+) -> None:
+    original = await _ingest(server)
+    late = {"idempotency_key": "late", "payload": {"id": 999, "kind": "late", "value": 1.0}}
+
+    async def commit_late() -> None:
+        r = await server.ingest("events", [late], wait_for_visibility=True)
+        assert r.status_code == 200, r.text
+
+    def progress(done: int, total: int) -> None:
+        if done == total:  # every file written, nothing published: a commit lands now
+            trio.from_thread.run(commit_late)
+
+    # Files equal to the live ones would publish nothing: make them differ.
+    rt = server.rt
+    damaged = _table_paths(server)[0]
+    path = rt.store.local_path(damaged)
+    path.write_bytes(path.read_bytes()[:-10])
+    await trio.to_thread.run_sync(lambda: repair_table(rt.db, rt.store, "default", "events"))
+    summary = await trio.to_thread.run_sync(
+        lambda: backfill_table(rt.db, rt.store, "default", "events", progress=progress)
+    )
+    assert summary.snapshot_id == _head(server).snapshot_id
+    assert await _rows(server) == sorted([*original, [999, "late", 1.0]])
