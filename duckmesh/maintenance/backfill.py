@@ -151,14 +151,15 @@ def _partitions(
     return parts
 
 
-def _stage(store: ObjectStore, parts: list[PartitionRows]) -> list[tuple[Path, int, str]]:
-    """Write each partition to a scratch file: (path, size, sha256)."""
-    staged = []
+def _stage(
+    store: ObjectStore, parts: list[PartitionRows], staged: list[tuple[Path, int, str]]
+) -> None:
+    """Write each partition to a scratch file: appends (path, size, sha256)."""
     for rows in parts:
         scratch = store.scratch_path(".parquet")
+        staged.append((scratch, 0, ""))  # removed by the caller even if the write fails
         size, checksum = layout.write_parquet(rows.arrow, scratch)
-        staged.append((scratch, size, checksum))
-    return staged
+        staged[-1] = (scratch, size, checksum)
 
 
 def _put(
@@ -166,13 +167,15 @@ def _put(
     tenant: str,
     parts: list[PartitionRows],
     staged: list[tuple[Path, int, str]],
+    snapshot_id: int,
     faults: FaultPoints,
     progress: Progress,
 ) -> list[layout.DataFile]:
-    """Move the staged files in place under fresh keys (orphans until published)."""
+    """Move the staged files in place under fresh keys (orphans until published;
+    ``snapshot_id`` is the one the keys name, as a commit's do)."""
     added: list[layout.DataFile] = []
     for seq, (rows, (scratch, size, checksum)) in enumerate(zip(parts, staged, strict=True), 1):
-        key = layout.object_key(tenant, rows.table.table_id, rows.partition, 0, seq)
+        key = layout.object_key(tenant, rows.table.table_id, rows.partition, snapshot_id, seq)
         store.put_file(scratch, key, checksum)
         added.append(
             layout.DataFile(
@@ -205,11 +208,12 @@ def _from_bus(
     """The rebuilt files, or None when they equal the live ones."""
     records, uploads = db.call(lambda c: _bus_rows(c, tenant, plan), transaction=False)
     parts = _partitions(plan.table, records, uploads)
-    staged = _stage(store, parts)
+    staged: list[tuple[Path, int, str]] = []
     try:
+        _stage(store, parts, staged)
         if sorted(s[2] for s in staged) == sorted(f.checksum for f in plan.live):
             return None
-        return _put(store, tenant, parts, staged, faults, progress)
+        return _put(store, tenant, parts, staged, plan.head.snapshot_id + 1, faults, progress)
     finally:
         for scratch, _, _ in staged:
             if scratch.exists():
