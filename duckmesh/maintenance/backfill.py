@@ -86,7 +86,7 @@ class _Plan:
 
 _RECORDS = (
     "SELECT r.token, r.table_id, r.op, r.payload, r.event_time, r.ingested_at,"
-    " r.schema_version FROM bus_record r WHERE r.tenant_id = %(t)s AND r.table_id = %(tb)s"
+    " r.schema_version, NULL FROM bus_record r WHERE r.tenant_id = %(t)s AND r.table_id = %(tb)s"
     " AND r.token <= %(hi)s AND NOT EXISTS (SELECT 1 FROM bus_quarantine q"
     " WHERE q.tenant_id = r.tenant_id AND q.token = r.token) ORDER BY r.token"
 )

@@ -194,3 +194,52 @@ async def test_backfill_keeps_what_the_coordinator_commits_meanwhile(
     )
     assert summary.snapshot_id == _head(server).snapshot_id
     assert await _rows(server) == sorted([*original, [999, "late", 1.0]])
+
+
+def _append_json_records(server: LiveServer, ids: range) -> int:
+    """Records kept as JSON in ``bus_record`` (what the bus does with a
+    payload it cannot convert, and what it wrote before ADR 0014); their last token."""
+
+    def write(c: Any) -> int:
+        table = reads.get_table(c, "default", "events")
+        assert table is not None
+        row = c.execute(
+            "UPDATE bus_token_counter SET last_token = last_token + %s"
+            " WHERE tenant_id = 'default' RETURNING last_token",
+            (len(ids),),
+        ).fetchone()
+        last = int(row[0])
+        for token, n in enumerate(ids, last - len(ids) + 1):
+            payload = f'{{"id":{n},"kind":"json","value":0.5}}'
+            c.execute(
+                "INSERT INTO bus_record (tenant_id, token, table_id, idempotency_key,"
+                " payload_hash, op, payload, event_time, ingested_at, schema_version)"
+                " VALUES ('default', %s, %s, %s, %s, 'insert', %s, NULL, now(), %s)",
+                (token, table.table_id, f"j{n}", b"h", payload, table.schema_version),
+            )
+        c.execute("SELECT pg_notify('duckmesh_records', %s)", (f"default:{last}",))
+        return last
+
+    return server.rt.db.call(write)
+
+
+@pytest.mark.usefixtures("catalog")
+async def test_backfill_rebuilds_json_records_and_stored_batches_alike(
+    server: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await _ingest(server)
+    last = _append_json_records(server, range(100, 103))
+    with trio.fail_after(30):
+        while _head(server).max_visibility_token < last:
+            await trio.sleep(0.05)
+    everything = await _rows(server)
+    assert [100, "json", 0.5] in everything
+    damaged = _table_paths(server)[-1]  # the JSON records' file
+    path = server.rt.store.local_path(damaged)
+    path.write_bytes(path.read_bytes()[:-10])
+    assert (await _cli(capsys, "repair", "events"))[0] == 0
+    assert [100, "json", 0.5] not in await _rows(server)
+
+    code, _, err = await _cli(capsys, "backfill", "events")
+    assert code == 0, err
+    assert await _rows(server) == everything
