@@ -19,7 +19,7 @@ from duckmesh.catalog.model import Snapshot
 from duckmesh.maintenance.backfill import backfill_table
 from duckmesh.maintenance.repair import repair_table
 from tests.cli.helpers import run
-from tests.fixtures import EVENTS, LiveServer
+from tests.fixtures import EVENTS, ORDERS, LiveServer
 
 HOURS = 3  # one partition (one rebuilt file) per hour of event time
 PER_HOUR = 4
@@ -243,3 +243,50 @@ async def test_backfill_rebuilds_json_records_and_stored_batches_alike(
     code, _, err = await _cli(capsys, "backfill", "events")
     assert code == 0, err
     assert await _rows(server) == everything
+
+
+@pytest.mark.usefixtures("catalog")
+async def test_backfill_of_a_keyed_table_keeps_the_newest_version_per_key(
+    server: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await server.create_table(ORDERS)
+    steps: list[list[tuple[str, str, int, str | None]]] = [
+        [("a", "upsert", 1, "new"), ("b", "upsert", 2, "new"), ("c", "upsert", 3, "new")],
+        [("d", "upsert", 1, "paid"), ("e", "delete", 2, None)],
+        [("f", "upsert", 3, "shipped"), ("g", "upsert", 4, "new")],
+    ]
+    for step in steps:
+        records = [
+            {"idempotency_key": key, "op": op, "payload": {"order_id": oid, "status": status}}
+            for key, op, oid, status in step
+        ]
+        r = await server.ingest("orders", records, wait_for_visibility=True)
+        assert r.status_code == 200, r.text
+    sql = "SELECT order_id, status FROM orders ORDER BY order_id"
+    before = (await server.query(sql)).json()["rows"]
+    assert before == [[1, "paid"], [3, "shipped"], [4, "new"]]
+
+    code, out, err = await _cli(capsys, "backfill", "orders")
+    assert code == 0, err
+    assert "nothing to do" in out  # one file per stored batch, as the commits wrote
+
+    # Lose the second commit's file (the update of 1, the delete of 2).
+    def second(c: Any) -> str:
+        table = reads.get_table(c, "default", "orders")
+        head = reads.latest_snapshot(c, "default")
+        assert table is not None
+        assert head is not None
+        files = reads.snapshot_files(c, "default", head.snapshot_id)
+        mine = sorted((f for f in files if f.table_id == table.table_id), key=lambda f: f.min_token)
+        return mine[1].path
+
+    path = server.rt.store.local_path(server.rt.db.call(second, transaction=False))
+    path.write_bytes(path.read_bytes()[:-10])
+    assert (await _cli(capsys, "repair", "orders"))[0] == 0
+    lost = (await server.query(sql)).json()["rows"]
+    assert lost == [[1, "new"], [2, "new"], [3, "shipped"], [4, "new"]]
+
+    code, out, err = await _cli(capsys, "backfill", "orders")
+    assert code == 0, err
+    assert "published snapshot" in out
+    assert (await server.query(sql)).json()["rows"] == before
