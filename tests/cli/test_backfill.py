@@ -114,6 +114,14 @@ async def test_backfill_killed_between_files_resumes_with_every_row_once(
     assert head.max_visibility_token == before.max_visibility_token
     assert await _rows(server) == original  # every row back, exactly once
     assert damaged not in _table_paths(server)
+    audited = server.rt.db.call(
+        lambda c: c.execute(
+            "SELECT summary FROM maintenance_run WHERE tenant_id = 'default' AND kind = 'backfill'"
+        ).fetchall(),
+        transaction=False,
+    )
+    assert [row[0]["snapshot_id"] for row in audited] == [head.snapshot_id]
+    assert audited[0][0]["files_added"] == HOURS
 
     # Idempotent: the files now match the bus, a rerun publishes nothing.
     code, out, err = await _cli(capsys, "backfill", "events", "--json")
@@ -121,6 +129,8 @@ async def test_backfill_killed_between_files_resumes_with_every_row_once(
     assert '"unchanged": true' in out
     assert _head(server) == head
     assert await _rows(server) == original
+    code, _, err = await _cli(capsys, "replay", "verify")  # the events prove the projections
+    assert code == 0, err
 
 
 @pytest.mark.usefixtures("catalog")
