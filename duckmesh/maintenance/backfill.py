@@ -108,9 +108,8 @@ def _plan(conn: Conn, tenant: str, table: str) -> _Plan:
     return _Plan(tdef, head, [f for f in files if f.table_id == tdef.table_id])
 
 
-def _bus_rows(conn: Conn, tenant: str, plan: _Plan) -> tuple[list[BusRecord], list[UploadRows]]:
-    """The table's retained, committed, not quarantined bus rows; refused
-    when retention pruned tokens the table's live files cover."""
+def _check_retained(conn: Conn, tenant: str, plan: _Plan) -> None:
+    """Refuse when retention pruned tokens the table's live files cover."""
     row = conn.execute("SELECT pruned_token FROM bus_scope WHERE scope = %s", (tenant,)).fetchone()
     pruned = int(row[0]) if row else 0
     first = min((f.min_token for f in plan.live), default=None)
@@ -119,18 +118,27 @@ def _bus_rows(conn: Conn, tenant: str, plan: _Plan) -> tuple[list[BusRecord], li
             f"the bus no longer holds tokens {first}..{pruned} of table {plan.table.name!r}"
             " (pruned past DUCKMESH_IDEMPOTENCY_WINDOW_MS); use --from-snapshot N"
         )
+
+
+def _bus_rows(conn: Conn, tenant: str, plan: _Plan) -> tuple[list[BusRecord], list[UploadRows]]:
+    """The table's retained, committed, not quarantined bus rows."""
+    _check_retained(conn, tenant, plan)
     args = {"t": tenant, "tb": plan.table.table_id, "hi": plan.head.max_visibility_token}
     records = [BusRecord._make(r) for r in conn.execute(_RECORDS, args).fetchall()]
     quarantined = {
         int(r[0])
         for r in conn.execute(
-            "SELECT token FROM bus_quarantine WHERE tenant_id = %s", (tenant,)
+            "SELECT token FROM bus_quarantine WHERE tenant_id = %(t)s AND table_id = %(tb)s",
+            args,
         ).fetchall()
     }
     uploads = [
         UploadRows.decode(_upload(r)).without(quarantined)
         for r in conn.execute(_UPLOADS, args).fetchall()
     ]
+    # A prune commits its deletes with the new pruned_token: one that ran
+    # between the reads above shows here.
+    _check_retained(conn, tenant, plan)
     return records, uploads
 
 
