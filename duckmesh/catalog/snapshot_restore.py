@@ -28,7 +28,7 @@ from duckmesh.events.types import MaintenanceCompleted
 from duckmesh.storage import layout
 
 
-def _listed_again(f: ListedFile) -> layout.DataFile:
+def listed_again(f: ListedFile) -> layout.DataFile:
     return layout.DataFile(
         file_id=layout.new_file_id(),
         table_id=f.table_id,
@@ -68,7 +68,7 @@ def restore_snapshot(conn: Conn, tenant: str, snapshot_id: int, actor: str) -> d
     wanted_ids = {f.file_id for f in wanted}
     current_ids = {f.file_id for f in current}
     removed = [f.file_id for f in current if f.file_id not in wanted_ids]
-    added = [_listed_again(f) for f in wanted if f.file_id not in current_ids]
+    added = [listed_again(f) for f in wanted if f.file_id not in current_ids]
     change = SnapshotChange(
         tenant_id=tenant,
         kind="restore",

@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from duckmesh.cli import demo, load, repair, restore, sql
+from duckmesh.cli import backfill, demo, load, repair, restore, sql
 from duckmesh.cli.parser import parser
 from duckmesh.cli.progress import ProgressBar
 from duckmesh.cli.serve import cmd_serve
@@ -338,6 +338,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace, Config], int]] = {
     "demo": demo.cmd_demo,
     "restore": restore.cmd_restore,
     "repair": repair.cmd_repair,
+    "backfill": backfill.cmd_backfill,
     "sql": sql.cmd_sql,
 }
 

@@ -12,7 +12,7 @@ import contextlib
 from typing import Any, NoReturn
 
 from duckmesh.catalog.model import ROLES as KEY_ROLES
-from duckmesh.cli import demo, load, repair, restore, sql
+from duckmesh.cli import backfill, demo, load, repair, restore, sql
 
 __all__ = ["parser"]
 
@@ -91,6 +91,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_parser(sub)
     restore.add_parser(sub)
     repair.add_parser(sub)
+    backfill.add_parser(sub)
     sql.add_parser(sub)
     for command in sub.choices.values():
         _add_data_dir(command)

@@ -37,6 +37,8 @@ KNOWN_FAULT_POINTS: tuple[str, ...] = (
     *COMMIT_FAULT_POINTS,
     "compaction.after_write",
     "compaction.before_publish",
+    "backfill.after_file_write",
+    "backfill.before_publish",
     "api.ingest.after_append",
 )
 
