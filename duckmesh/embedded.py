@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import structlog
 from psycopg import sql
@@ -134,13 +135,31 @@ class EmbeddedPostgres:
         log.info("embedded Postgres now requires a password", password_file=PASSWORD_FILE)
 
     def postmaster_pid(self) -> int | None:
-        """The pid of the running postmaster of this data directory, or None."""
-        from pgserver.utils import PostmasterInfo
+        """The pid of the running postmaster of this data directory, or None.
 
-        info = PostmasterInfo.read_from_pgdata(self.pgdata)
-        if info is None or not info.is_running():
+        Read from ``postmaster.pid`` directly: Postgres appends that file's
+        lines while it starts, and pgserver's reader asserts on a file that
+        is still being written (seen crashing the group during a restart).
+        The pid is its first line, written before anything else."""
+        path = self.pgdata / "postmaster.pid"
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                first = path.read_text().split("\n", 1)[0].strip()
+            except FileNotFoundError:
+                return None
+            if first.isdigit():
+                break
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.01)  # the file was just created: its first line follows
+        pid = int(first)
+        try:
+            proc = psutil.Process(pid)
+            alive = proc.status() != psutil.STATUS_ZOMBIE and "postgres" in proc.name()
+        except psutil.Error:
             return None
-        return int(info.pid) if info.pid is not None else None
+        return pid if alive else None
 
     def ensure_running(self) -> bool:
         """Start the server again if it died (Postgres runs crash recovery on
