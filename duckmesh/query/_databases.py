@@ -140,6 +140,19 @@ class TenantDatabases:
                 await trio.to_thread.run_sync(entry.database.drop_snapshot, old)
         return entry.database
 
+    async def unload_if_evicted(self, tenant: str, snapshot_id: int) -> bool:
+        """Drop a loaded snapshot whose local files the object cache evicted
+        (the next ``get`` loads it again, downloading them); False when all of
+        its files are still on disk (a real failure, reported as it is)."""
+        entry = self._tenants.peek(tenant)
+        if entry is None or not entry.database.files_missing(snapshot_id):
+            return False
+        entry.loaded.pop(snapshot_id)
+        with trio.CancelScope(shield=True):  # out of ``loaded``: dropped now or never
+            await trio.to_thread.run_sync(entry.database.drop_snapshot, snapshot_id)
+        metrics.QUERY_SNAPSHOT_RELOADS.inc()
+        return True
+
     async def _tenant_database(self, tenant: str) -> _TenantDatabase:
         """The tenant's database, built at most once however many loads ask at once."""
         while True:

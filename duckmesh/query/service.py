@@ -418,6 +418,8 @@ class QueryService:
         snap: Snapshot | None,
         start: Callable[[SnapshotDatabase, int], Awaitable[T]],
     ) -> T:
+        reloaded = False
+        snapshot_id = snap.snapshot_id if snap else 0
         while True:
             if self._stopping:
                 raise DuckMeshError("SHUTTING_DOWN", "the server is shutting down; retry elsewhere")
@@ -427,6 +429,17 @@ class QueryService:
             except SnapshotNotLoaded:
                 continue  # evicted while loading or before the run: load it again
             except DuckMeshError as exc:
+                # A file DuckDB could not read may only be gone from the local
+                # object cache (evicted under its byte bound): load the
+                # snapshot again, once, downloading it. Still failing after
+                # that, the object itself is damaged: DATA_FILE_CORRUPT stands.
+                if (
+                    exc.error_code == "DATA_FILE_CORRUPT"
+                    and not reloaded
+                    and await self._databases.unload_if_evicted(tenant, snapshot_id)
+                ):
+                    reloaded = True
+                    continue
                 if exc.error_code == "QUERY_TIMEOUT" and self.stopping():
                     raise DuckMeshError(
                         "SHUTTING_DOWN", "the query was stopped: the server is shutting down"
