@@ -159,3 +159,16 @@ async def test_a_loaded_snapshot_whose_cached_files_were_evicted_loads_again(
     assert not all(reader.rt.store.cache.contains(o.key) for o in writer.rt.store.list(first))
     await ask(first)  # its snapshot is still loaded: it must be loaded again
     assert all(reader.rt.store.cache.contains(o.key) for o in writer.rt.store.list(first))
+    # An object missing from the store itself is damage, not eviction: the
+    # reload finds it gone and the table answers DATA_FILE_CORRUPT.
+    await ask(second)  # evicts the first tenant's files again
+    data_key = next(
+        o.key for o in writer.rt.store.list(first) if not reader.rt.store.cache.contains(o.key)
+    )
+    assert writer.rt.store.delete(data_key)
+    key, token = loaded[first]
+    r = await reader.client.post(
+        "/v1/query", json={"sql": sql, "min_visibility_token": token}, headers=bearer(key)
+    )
+    assert r.status_code == 500, r.text
+    assert r.json()["error_code"] == "DATA_FILE_CORRUPT"
