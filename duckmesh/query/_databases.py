@@ -143,9 +143,12 @@ class TenantDatabases:
     async def unload_if_evicted(self, tenant: str, snapshot_id: int) -> bool:
         """Drop a loaded snapshot whose local files the object cache evicted
         (the next ``get`` loads it again, downloading them); False when all of
-        its files are still on disk (a real failure, reported as it is)."""
+        its files are still on disk (a real failure, reported as it is). True
+        when it is not loaded any more: the caller loads it again."""
         entry = self._tenants.peek(tenant)
-        if entry is None or not entry.database.files_missing(snapshot_id):
+        if entry is None or not entry.database.has_snapshot(snapshot_id):
+            return True  # already dropped (a concurrent query's reload): load it again
+        if not entry.database.files_missing(snapshot_id):
             return False
         entry.loaded.pop(snapshot_id)
         with trio.CancelScope(shield=True):  # out of ``loaded``: dropped now or never
