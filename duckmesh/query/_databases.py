@@ -102,6 +102,11 @@ class TenantDatabases:
             loaded_snapshots=sum(len(e.database.snapshot_ids()) for e in self._tenants.values()),
         )
 
+    def warm(self, tenant: str) -> SnapshotDatabase | None:
+        """The tenant's database if it is built (no load, no thread)."""
+        entry = self._tenants.get(tenant)
+        return entry.database if entry is not None else None
+
     async def get(self, tenant: str, snap: Snapshot | None) -> tuple[SnapshotDatabase, int]:
         """The tenant's warm database, with ``snap`` loaded as a schema."""
         snapshot_id = snap.snapshot_id if snap else 0

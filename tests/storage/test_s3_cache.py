@@ -145,11 +145,12 @@ async def test_a_loaded_snapshot_whose_cached_files_were_evicted_loads_again(
     sql = "select count(*), sum(id) from events"
     expected = [[600, 600 * 599 // 2]]
 
-    async def ask(tenant: str) -> None:
+    async def ask(tenant: str, with_token: bool = True) -> None:
         key, token = loaded[tenant]
-        r = await reader.client.post(
-            "/v1/query", json={"sql": sql, "min_visibility_token": token}, headers=bearer(key)
-        )
+        body: dict[str, object] = {"sql": sql}
+        if with_token:
+            body["min_visibility_token"] = token
+        r = await reader.client.post("/v1/query", json=body, headers=bearer(key))
         assert r.status_code == 200, r.text
         assert r.json()["rows"] == expected
 
@@ -158,6 +159,11 @@ async def test_a_loaded_snapshot_whose_cached_files_were_evicted_loads_again(
     await ask(second)  # its download evicts the first tenant's files
     assert not all(reader.rt.store.cache.contains(o.key) for o in writer.rt.store.list(first))
     await ask(first)  # its snapshot is still loaded: it must be loaded again
+    assert all(reader.rt.store.cache.contains(o.key) for o in writer.rt.store.list(first))
+    # The same without a token (the one-hop path of ADR 0023).
+    await ask(second)
+    assert not all(reader.rt.store.cache.contains(o.key) for o in writer.rt.store.list(first))
+    await ask(first, with_token=False)
     assert all(reader.rt.store.cache.contains(o.key) for o in writer.rt.store.list(first))
     # An object missing from the store itself is damage, not eviction: the
     # reload finds it gone and the table answers DATA_FILE_CORRUPT.
