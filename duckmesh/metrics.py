@@ -241,6 +241,11 @@ OBJECT_CACHE_EVICTIONS = Counter(
     "Cached objects evicted (least recently used) to stay within the byte bound.",
     registry=REGISTRY,
 )
+QUERY_SNAPSHOT_RELOADS = Counter(
+    "duckmesh_query_snapshot_reloads_total",
+    "Loaded snapshots loaded again because the object cache had evicted their files.",
+    registry=REGISTRY,
+)
 OBJECT_CACHE_BYTES = Gauge(
     "duckmesh_object_cache_bytes",
     "Bytes held by the local object cache.",

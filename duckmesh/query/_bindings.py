@@ -7,6 +7,8 @@ Built from catalog rows (tables as of the snapshot, its live data files) for
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from duckmesh.catalog import reads
 from duckmesh.catalog.model import DataFile, TableDef
 from duckmesh.db import Conn
@@ -16,8 +18,22 @@ from duckmesh.storage.protocol import ObjectStore
 
 def _local_files(store: ObjectStore, keys: list[str]) -> dict[str, str]:
     """Each object's local path for DuckDB: the file itself (local store) or
-    its copy in the object cache, missing ones downloaded in parallel (S3)."""
-    return {key: str(path) for key, path in zip(keys, store.local_paths(keys), strict=True)}
+    its copy in the object cache, missing ones downloaded in parallel (S3).
+    An object gone from the store itself is named by the (absent) path of its
+    copy: its table answers DATA_FILE_CORRUPT, the snapshot's others work."""
+    try:
+        paths = store.local_paths(keys)
+    except FileNotFoundError:
+        paths = [_local_or_absent(store, key) for key in keys]
+    return {key: str(path) for key, path in zip(keys, paths, strict=True)}
+
+
+def _local_or_absent(store: ObjectStore, key: str) -> Path:
+    try:
+        return store.local_path(key)
+    except FileNotFoundError:
+        prefix, _, name = key.rpartition("/")
+        return store.directory(prefix) / name
 
 
 def table_bindings(

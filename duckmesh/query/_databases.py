@@ -102,6 +102,11 @@ class TenantDatabases:
             loaded_snapshots=sum(len(e.database.snapshot_ids()) for e in self._tenants.values()),
         )
 
+    def warm(self, tenant: str) -> SnapshotDatabase | None:
+        """The tenant's database if it is built (no load, no thread)."""
+        entry = self._tenants.get(tenant)
+        return entry.database if entry is not None else None
+
     async def get(self, tenant: str, snap: Snapshot | None) -> tuple[SnapshotDatabase, int]:
         """The tenant's warm database, with ``snap`` loaded as a schema."""
         snapshot_id = snap.snapshot_id if snap else 0
@@ -139,6 +144,22 @@ class TenantDatabases:
             for old in stale:
                 await trio.to_thread.run_sync(entry.database.drop_snapshot, old)
         return entry.database
+
+    async def unload_if_evicted(self, tenant: str, snapshot_id: int) -> bool:
+        """Drop a loaded snapshot whose local files the object cache evicted
+        (the next ``get`` loads it again, downloading them); False when all of
+        its files are still on disk (a real failure, reported as it is). True
+        when it is not loaded any more: the caller loads it again."""
+        entry = self._tenants.peek(tenant)
+        if entry is None or not entry.database.has_snapshot(snapshot_id):
+            return True  # already dropped (a concurrent query's reload): load it again
+        if not entry.database.files_missing(snapshot_id):
+            return False
+        entry.loaded.pop(snapshot_id)
+        with trio.CancelScope(shield=True):  # out of ``loaded``: dropped now or never
+            await trio.to_thread.run_sync(entry.database.drop_snapshot, snapshot_id)
+        metrics.QUERY_SNAPSHOT_RELOADS.inc()
+        return True
 
     async def _tenant_database(self, tenant: str) -> _TenantDatabase:
         """The tenant's database, built at most once however many loads ask at once."""

@@ -13,6 +13,7 @@ budget is not kept.
 from __future__ import annotations
 
 import json
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -81,10 +82,11 @@ class ResultCacheStatistics:
 
 
 class ResultCache:
-    """LRU by bytes; not thread-safe (used from the Trio thread only)."""
+    """LRU by bytes; thread-safe (a one-hop query looks up in its worker thread)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
+        self._lock = threading.Lock()
         self._entries: OrderedDict[CacheKey, CachedResult] = OrderedDict()
         self._bytes = 0
         self._hits = 0
@@ -99,13 +101,14 @@ class ResultCache:
         return self._bytes
 
     def get(self, key: CacheKey) -> CachedResult | None:
-        entry = self._entries.get(key)
-        if entry is None:
-            self._misses += 1
-            return None
-        self._entries.move_to_end(key)
-        self._hits += 1
-        return entry
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                self._misses += 1
+                return None
+            self._entries.move_to_end(key)
+            self._hits += 1
+            return entry
 
     def put(
         self,
@@ -125,19 +128,21 @@ class ResultCache:
             size += row_size(row)
             if size > limit:
                 return False
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._bytes -= old.size
-        self._entries[key] = CachedResult(
-            columns, rows, truncated, scanned_files, scanned_bytes, execution_ms, size
-        )
-        self._bytes += size
-        while self._bytes > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self._bytes -= evicted.size
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.size
+            self._entries[key] = CachedResult(
+                columns, rows, truncated, scanned_files, scanned_bytes, execution_ms, size
+            )
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.size
         return True
 
     def statistics(self) -> ResultCacheStatistics:
-        return ResultCacheStatistics(
-            len(self._entries), self._bytes, self.max_bytes, self._hits, self._misses
-        )
+        with self._lock:
+            return ResultCacheStatistics(
+                len(self._entries), self._bytes, self.max_bytes, self._hits, self._misses
+            )

@@ -222,6 +222,12 @@ class SnapshotDatabase:
     def snapshot_ids(self) -> list[int]:
         return list(self._snapshots)
 
+    def files_missing(self, snapshot_id: int) -> bool:
+        """Whether a file of a loaded snapshot is gone from disk: a cache-backed
+        store evicted its local copy (the object itself is intact)."""
+        tables = self._snapshots.get(snapshot_id, {})
+        return any(not os.path.exists(p) for b in tables.values() for p in b.files)
+
     def drop_snapshot(self, snapshot_id: int) -> None:
         """Forget a snapshot; queries already running on it finish normally."""
         with self._lock:

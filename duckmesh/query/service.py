@@ -16,13 +16,11 @@ answered with 429 QUOTA_EXCEEDED. On shutdown running queries are interrupted
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-import attrs
 import trio
 
 from duckmesh import metrics
@@ -33,10 +31,16 @@ from duckmesh.catalog.model import Snapshot
 from duckmesh.db import Database
 from duckmesh.errors import DuckMeshError
 from duckmesh.ingest.limits import RateLimiter
-from duckmesh.lru import LRU, LRUStatistics
+from duckmesh.lru import LRU
 from duckmesh.notify import Notifications
 from duckmesh.query._databases import TenantDatabases
-from duckmesh.query._result_cache import CacheKey, ResultCache, ResultCacheStatistics
+from duckmesh.query._one_hop import OneHop, latest_then_execute
+from duckmesh.query._result_cache import (
+    CachedResult,
+    CacheKey,
+    ResultCache,
+)
+from duckmesh.query._settings import QueryRequest, QuerySettings, QueryStatistics
 from duckmesh.query._slots import Handover
 from duckmesh.query._streaming import start_stream
 from duckmesh.query.barrier import wait_for_token
@@ -49,56 +53,13 @@ from duckmesh.query.sandbox import (
 from duckmesh.query.stream import StreamHead, produce
 from duckmesh.storage.protocol import ObjectStore
 
+__all__ = ["QueryRequest", "QueryService", "QuerySettings", "QueryStatistics"]
+
 T = TypeVar("T")
 
 # A query still running this long after its timeout is answered QUERY_TIMEOUT
 # while its thread finishes in the background (holding its slots).
 ANSWER_GRACE_S = 0.5
-
-
-@attrs.frozen
-class QuerySettings:
-    memory_limit_mb: int = 512
-    threads: int = 2
-    timeout_s: float = 30.0
-    row_limit: int = 10_000
-    max_row_limit: int = 1_000_000
-    concurrency: int = 8
-    consistency_timeout_s: float = 5.0
-    max_consistency_timeout_s: float = 60.0
-    cache_size: int = 8
-    max_sql_bytes: int = 64 * 1024
-    tenant_concurrency: int = 4
-    tenant_queue: int = 16
-    tenant_rate: int = 0  # queries per second per tenant; 0 = unlimited
-    # Streamed results: bytes read before the headers leave (exact truncation header).
-    stream_readahead_bytes: int = 8 * 1024 * 1024
-    max_databases: int = 4096  # tenant databases kept warm
-    shared_engine: bool = True  # all tenant databases in one DuckDB instance (ADR 0018)
-    result_cache_bytes: int = 16 * 1024 * 1024  # 0 = no result cache
-    # TEST ONLY (DUCKMESH_UNSAFE_BREAK=skip_barrier): answer without waiting for
-    # the token, so the scenario runner can prove it notices (see barrier.py).
-    unsafe_skip_barrier: bool = False
-
-
-@attrs.frozen
-class QueryRequest:
-    sql: str
-    params: list[Any] | None = None
-    snapshot_id: int | None = None
-    snapshot_time: dt.datetime | None = None
-    min_visibility_token: int | None = None
-    consistency_timeout_s: float | None = None
-    row_limit: int | None = None
-
-
-@attrs.frozen
-class QueryStatistics:
-    databases_built: int  # tenant databases constructed since start (one per tenant load)
-    tenant_databases: LRUStatistics
-    snapshot_lookups: LRUStatistics  # the explicit snapshot-id lookup cache
-    loaded_snapshots: int  # snapshot schemas present in the tenants' databases
-    result_cache: ResultCacheStatistics
 
 
 class QueryService:
@@ -297,12 +258,15 @@ class QueryService:
         started = time.perf_counter() if started is None else started
         limits = self._guarded_limits(tenant, req.row_limit)
         with self._admitted(tenant) as slots:
-            snap = await self.resolve(tenant, req)
+            hop = await self._one_hop(tenant, req, roles, limits, slots)
+            snap = hop.snap if hop is not None else await self.resolve(tenant, req)
             key = self._cache_key(tenant, snap, roles, req, limits)
-            cached = self._results.get(key) if key is not None else None
+            cached, result = (hop.cached, hop.result) if hop is not None else (None, None)
+            if hop is None and key is not None:
+                cached = self._results.get(key)
             if key is not None:
                 metrics.QUERY_RESULT_CACHE.labels(outcome="miss" if cached is None else "hit").inc()
-            if cached is None:
+            if cached is None and result is None:
 
                 async def start(database: SnapshotDatabase, snapshot_id: int) -> QueryResult:
                     work = functools.partial(
@@ -311,9 +275,10 @@ class QueryService:
                     return await self._in_thread(slots, work, limits.timeout_s)
 
                 result = await self._run(tenant, snap, start)
-                if key is not None:
-                    self._remember(key, result)
+            if result is not None and key is not None:
+                self._remember(key, result)
         if cached is None:
+            assert result is not None
             columns, rows, truncated = result.columns, result.rows, result.truncated
             files, scanned, execution_ms = (
                 result.scanned_files,
@@ -342,6 +307,46 @@ class QueryService:
                 "cached": cached is not None,
             },
         }
+
+    async def _one_hop(
+        self,
+        tenant: str,
+        req: QueryRequest,
+        roles: frozenset[str],
+        limits: QueryLimits,
+        slots: trio.CapacityLimiter,
+    ) -> OneHop | None:
+        """The latest snapshot and its answer in one thread hop when the request
+        names no snapshot nor token and the tenant's database is warm; None
+        otherwise (ADR 0023). The catalog is read in the hop, as ``resolve``
+        reads it: read-after-write is unchanged."""
+        if (
+            req.snapshot_id is not None
+            or req.snapshot_time is not None
+            or req.min_visibility_token
+            or self.settings.unsafe_skip_barrier
+        ):
+            return None
+        database = self._databases.warm(tenant)
+        if database is None:
+            return None
+
+        def lookup(snap: Snapshot | None) -> CachedResult | None:
+            key = self._cache_key(tenant, snap, roles, req, limits)
+            return self._results.get(key) if key is not None else None
+
+        def execute(snapshot_id: int) -> QueryResult:
+            return database.execute(req.sql, req.params, limits, snapshot_id)
+
+        work = functools.partial(latest_then_execute, self.db, tenant, database, lookup, execute)
+        try:
+            return await self._in_thread(slots, work, limits.timeout_s)
+        except DuckMeshError as exc:
+            if exc.error_code == "QUERY_TIMEOUT" and self.stopping():
+                raise DuckMeshError(
+                    "SHUTTING_DOWN", "the query was stopped: the server is shutting down"
+                ) from None
+            raise
 
     def _cache_key(
         self,
@@ -418,6 +423,8 @@ class QueryService:
         snap: Snapshot | None,
         start: Callable[[SnapshotDatabase, int], Awaitable[T]],
     ) -> T:
+        reloaded = False
+        snapshot_id = snap.snapshot_id if snap else 0
         while True:
             if self._stopping:
                 raise DuckMeshError("SHUTTING_DOWN", "the server is shutting down; retry elsewhere")
@@ -427,6 +434,17 @@ class QueryService:
             except SnapshotNotLoaded:
                 continue  # evicted while loading or before the run: load it again
             except DuckMeshError as exc:
+                # A file DuckDB could not read may only be gone from the local
+                # object cache (evicted under its byte bound): load the
+                # snapshot again, once, downloading it. Still failing after
+                # that, the object itself is damaged: DATA_FILE_CORRUPT stands.
+                if (
+                    exc.error_code == "DATA_FILE_CORRUPT"
+                    and not reloaded
+                    and await self._databases.unload_if_evicted(tenant, snapshot_id)
+                ):
+                    reloaded = True
+                    continue
                 if exc.error_code == "QUERY_TIMEOUT" and self.stopping():
                     raise DuckMeshError(
                         "SHUTTING_DOWN", "the query was stopped: the server is shutting down"
@@ -434,8 +452,8 @@ class QueryService:
                 raise
 
     async def _in_thread(
-        self, slots: trio.CapacityLimiter, work: Callable[[], QueryResult], timeout_s: float
-    ) -> QueryResult:
+        self, slots: trio.CapacityLimiter, work: Callable[[], T], timeout_s: float
+    ) -> T:
         """Run ``work`` in a thread holding a tenant slot and a server slot until
         the thread ends, but answer QUERY_TIMEOUT at the deadline plus a grace
         even if DuckDB has not stopped yet (planning does not always see the

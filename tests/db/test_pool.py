@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -91,6 +92,12 @@ def test_a_connection_killed_while_idle_is_replaced_at_checkout(dsn: str) -> Non
         pid = db.call(lambda c: c.info.backend_pid, transaction=False)
         with psycopg.connect(dsn, autocommit=True) as admin:
             admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            # Killed = gone from pg_stat_activity (its FATAL notice was sent
+            # to the client before that); terminate only signals the backend.
+            deadline = time.monotonic() + 10
+            while admin.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone():
+                assert time.monotonic() < deadline, "the backend did not exit"
+                time.sleep(0.01)
         # The check on checkout finds the dead connection and opens another.
         again = db.call(lambda c: c.info.backend_pid, transaction=False)
         assert again != pid

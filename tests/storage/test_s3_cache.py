@@ -113,3 +113,68 @@ async def test_warm_queries_read_nothing_from_s3_and_the_cache_stays_bounded(
         assert disk_bytes(reader.rt.store) == stats.bytes
     # The first tenant's files made room for the others.
     assert not all(reader.rt.store.cache.contains(o.key) for o in writer.rt.store.list(TENANTS[0]))
+
+
+async def test_a_loaded_snapshot_whose_cached_files_were_evicted_loads_again(
+    start_app: StartApp,
+    s3_server: S3TestServer,
+    s3_bucket: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cache evicts the files of a snapshot still loaded in a tenant's
+    query database (another tenant needed the room): the tenant's next query
+    loads the snapshot again (downloading its files) and answers, instead of
+    reporting intact objects as DATA_FILE_CORRUPT."""
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    s3 = s3_settings(s3_server, s3_bucket)
+    writer = await start_app(data_dir=tmp_path / "writer", **s3)
+    loaded = {t: await load_tenant(writer, t, 600) for t in TENANTS[:2]}
+    assert isinstance(writer.rt.store, S3ObjectStore)
+    sizes = {t: sum(o.size for o in writer.rt.store.list(t)) for t in TENANTS[:2]}
+    bound = max(sizes.values()) * 3 // 2  # one tenant's files fit, not both
+    reader = await start_app(
+        data_dir=tmp_path / "reader",
+        role="api",
+        object_cache_bytes=bound,
+        query_result_cache_bytes=0,  # every query runs in DuckDB
+        **s3,
+    )
+    assert isinstance(reader.rt.store, S3ObjectStore)
+    sql = "select count(*), sum(id) from events"
+    expected = [[600, 600 * 599 // 2]]
+
+    async def ask(tenant: str, with_token: bool = True) -> None:
+        key, token = loaded[tenant]
+        body: dict[str, object] = {"sql": sql}
+        if with_token:
+            body["min_visibility_token"] = token
+        r = await reader.client.post("/v1/query", json=body, headers=bearer(key))
+        assert r.status_code == 200, r.text
+        assert r.json()["rows"] == expected
+
+    first, second = TENANTS[:2]
+    await ask(first)
+    await ask(second)  # its download evicts the first tenant's files
+    assert not all(reader.rt.store.cache.contains(o.key) for o in writer.rt.store.list(first))
+    await ask(first)  # its snapshot is still loaded: it must be loaded again
+    assert all(reader.rt.store.cache.contains(o.key) for o in writer.rt.store.list(first))
+    # The same without a token (the one-hop path of ADR 0023).
+    await ask(second)
+    assert not all(reader.rt.store.cache.contains(o.key) for o in writer.rt.store.list(first))
+    await ask(first, with_token=False)
+    assert all(reader.rt.store.cache.contains(o.key) for o in writer.rt.store.list(first))
+    # An object missing from the store itself is damage, not eviction: the
+    # reload finds it gone and the table answers DATA_FILE_CORRUPT.
+    await ask(second)  # evicts the first tenant's files again
+    data_key = next(
+        o.key for o in writer.rt.store.list(first) if not reader.rt.store.cache.contains(o.key)
+    )
+    assert writer.rt.store.delete(data_key)
+    key, token = loaded[first]
+    r = await reader.client.post(
+        "/v1/query", json={"sql": sql, "min_visibility_token": token}, headers=bearer(key)
+    )
+    assert r.status_code == 500, r.text
+    assert r.json()["error_code"] == "DATA_FILE_CORRUPT"
