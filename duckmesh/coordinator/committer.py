@@ -405,19 +405,7 @@ class Committer:
         finally:
             if scratch.exists():
                 os.unlink(scratch)
-        return DataFile(
-            file_id=layout.new_file_id(),
-            table_id=rows.table.table_id,
-            path=key,
-            schema_version=rows.table.schema_version,
-            record_count=rows.arrow.num_rows,
-            size_bytes=size,
-            checksum=checksum,
-            min_token=rows.min_token,
-            max_token=rows.max_token,
-            min_event_time=rows.min_event_time,
-            max_event_time=rows.max_event_time,
-        )
+        return rows.data_file(key, size, checksum)
 
     def _publish(
         self,

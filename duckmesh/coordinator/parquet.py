@@ -20,6 +20,7 @@ import pyarrow as pa
 from duckmesh.bus import BusRecord
 from duckmesh.bus.record_arrow import payloads_to_arrow
 from duckmesh.catalog.model import TableDef
+from duckmesh.storage import layout
 from duckmesh.storage.layout import with_system_columns
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -43,6 +44,22 @@ class PartitionRows:
     max_token: int
     min_event_time: dt.datetime | None
     max_event_time: dt.datetime | None
+
+    def data_file(self, key: str, size: int, checksum: str) -> layout.DataFile:
+        """The catalog entry of these rows written as object ``key``."""
+        return layout.DataFile(
+            file_id=layout.new_file_id(),
+            table_id=self.table.table_id,
+            path=key,
+            schema_version=self.table.schema_version,
+            record_count=self.arrow.num_rows,
+            size_bytes=size,
+            checksum=checksum,
+            min_token=self.min_token,
+            max_token=self.max_token,
+            min_event_time=self.min_event_time,
+            max_event_time=self.max_event_time,
+        )
 
 
 def _partition_seconds(table: TableDef) -> int:

@@ -185,21 +185,7 @@ def _put(
     for seq, (rows, (scratch, size, checksum)) in enumerate(zip(parts, staged, strict=True), 1):
         key = layout.object_key(tenant, rows.table.table_id, rows.partition, snapshot_id, seq)
         store.put_file(scratch, key, checksum)
-        added.append(
-            layout.DataFile(
-                file_id=layout.new_file_id(),
-                table_id=rows.table.table_id,
-                path=key,
-                schema_version=rows.table.schema_version,
-                record_count=rows.arrow.num_rows,
-                size_bytes=size,
-                checksum=checksum,
-                min_token=rows.min_token,
-                max_token=rows.max_token,
-                min_event_time=rows.min_event_time,
-                max_event_time=rows.max_event_time,
-            )
-        )
+        added.append(rows.data_file(key, size, checksum))
         progress(seq, len(parts))
         faults.hit("backfill.after_file_write")
     return added
