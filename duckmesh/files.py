@@ -76,12 +76,22 @@ def tighten_tree(data_dir: Path, *, root_mode: int = DIR_MODE) -> int:
         if Path(dirpath) == data_dir:
             dirnames[:] = [d for d in dirnames if d != POSTGRES_DIR]
         for name, wanted in [(d, DIR_MODE) for d in dirnames] + [(f, FILE_MODE) for f in filenames]:
-            path = os.path.join(dirpath, name)
-            mode = os.lstat(path).st_mode
-            if not stat.S_ISLNK(mode) and _loose(mode, wanted):
-                os.chmod(path, wanted)
-                changed += 1
+            changed += tighten_entry(os.path.join(dirpath, name), wanted)
     return changed
+
+
+def tighten_entry(path: str, wanted: int) -> int:
+    """Give one entry ``wanted`` mode if it is looser; 1 when it changed.
+    Other processes of the group create and delete scratch and probe files
+    while this walks, so an entry that vanished is simply skipped."""
+    try:
+        mode = os.lstat(path).st_mode
+        if stat.S_ISLNK(mode) or not _loose(mode, wanted):
+            return 0
+        os.chmod(path, wanted)
+    except FileNotFoundError:
+        return 0
+    return 1
 
 
 def warn_if_root(data_dir: Path) -> bool:

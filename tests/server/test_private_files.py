@@ -13,7 +13,7 @@ import structlog
 import trio
 
 from duckmesh.config import Config
-from duckmesh.files import prepare_data_dir, warn_if_root
+from duckmesh.files import prepare_data_dir, tighten_entry, warn_if_root
 from duckmesh.runtime import build_runtime, migrate_and_bootstrap
 from tests.fixtures import start_server
 
@@ -101,3 +101,17 @@ def test_a_new_data_directory_is_private(tmp_path: Path) -> None:
     prepare_data_dir(tmp_path / "a" / "data", embedded_postgres=False)
     assert _mode(tmp_path / "a") == 0o700  # created by us, so ours to close
     assert _mode(tmp_path / "a" / "data") == 0o700
+
+
+def test_an_entry_deleted_while_tightening_is_skipped(tmp_path: Path) -> None:
+    """Other processes of the group delete probe and scratch files while a
+    restarted child walks the tree (a CI failure); a vanished entry is not
+    an error, a present loose one is still tightened."""
+    gone = tmp_path / "gone.probe"
+    assert tighten_entry(str(gone), 0o600) == 0
+    loose = tmp_path / "loose"
+    loose.write_text("x")
+    loose.chmod(0o644)
+    assert tighten_entry(str(loose), 0o600) == 1
+    assert _mode(loose) == 0o600
+    assert tighten_entry(str(loose), 0o600) == 0
