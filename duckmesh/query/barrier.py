@@ -54,16 +54,19 @@ async def wait_for_token(
         )
     if skip:
         return await latest(db, tenant)  # deliberately broken: no wait, any watermark
-    if token > 0:
-        # After a restore a token may be void or renumbered (ADR 0016).
-        gaps = await db.run(lambda conn: restore_gaps(conn, tenant), transaction=False)
-        token = current_token(token, gaps)
     deadline = trio.current_time() + timeout_s
     signal = notifications.snapshots(tenant)
     checked_issued = False
+    seen = signal.seq
+    # The first look reads the restore gaps with the latest snapshot, in one
+    # checkout and one thread hop: after a restore a token may be void or
+    # renumbered (ADR 0016).
+    gaps, snap = await db.run(
+        lambda conn: (restore_gaps(conn, tenant), reads.latest_snapshot(conn, tenant)),
+        transaction=False,
+    )
+    token = current_token(token, gaps)
     while True:
-        seen = signal.seq
-        snap = await latest(db, tenant)
         watermark = snap.max_visibility_token if snap else 0
         if watermark >= token:
             return snap
@@ -89,3 +92,5 @@ async def wait_for_token(
                 timeout_ms=round(timeout_s * 1000),
             )
         await signal.wait(seen, min(remaining, POLL_S))
+        seen = signal.seq
+        snap = await latest(db, tenant)
