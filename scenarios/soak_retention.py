@@ -36,6 +36,7 @@ RETAINING = {
     "DUCKMESH_SNAPSHOT_RETAIN_MS": "5000",
     "DUCKMESH_GC_SAFETY_WINDOW_MS": "2000",
     "DUCKMESH_CATALOG_CHECKPOINT_EVENTS": "200",
+    "DUCKMESH_MAINTENANCE_RUNS_KEPT": "100",
 }
 BUS_TABLES = ("bus_record", "bus_batch", "bus_row_key", "bus_upload")
 CATALOG_TABLES = (
@@ -60,6 +61,36 @@ def _size(conn: psycopg.Connection[Any], tables: tuple[str, ...]) -> int:
     return int(row[0]) if row else 0
 
 
+# Every table of the catalog database (projections, event log, bus, checkpoint
+# copy): bytes split into heap, indexes and TOAST, with live and dead tuples
+# (pg_stat_user_tables, as of the last stats flush), so a growing catalog
+# names the relation that grows.
+_RELATIONS = """
+SELECT CASE WHEN n.nspname = 'public' THEN c.relname ELSE n.nspname || '.' || c.relname END,
+       pg_total_relation_size(c.oid), pg_relation_size(c.oid), pg_indexes_size(c.oid),
+       coalesce(s.n_live_tup, 0), coalesce(s.n_dead_tup, 0)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE c.relkind = 'r' AND n.nspname IN ('public', 'duckmesh_checkpoint')
+"""
+
+
+def relations(conn: psycopg.Connection[Any]) -> dict[str, dict[str, int]]:
+    """Per table: KiB in all, of the heap, the indexes and the rest (TOAST,
+    free-space and visibility maps), live and dead tuples."""
+    out = {}
+    for name, total, heap, index, live, dead in conn.execute(_RELATIONS).fetchall():
+        out[str(name)] = {
+            "kib": total // 1024,
+            "heap_kib": heap // 1024,
+            "index_kib": index // 1024,
+            "rest_kib": (total - heap - index) // 1024,
+            "live": int(live),
+            "dead": int(dead),
+        }
+    return out
+
+
 def _count(conn: psycopg.Connection[Any], table: str) -> int:
     row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
     return int(row[0]) if row else 0
@@ -70,6 +101,7 @@ def sample(dsn: str, objects: Path, written: int, started: float) -> dict[str, A
         bus_bytes = _size(conn, BUS_TABLES)
         catalog_bytes = _size(conn, CATALOG_TABLES)
         counts = {t: _count(conn, t) for t in ("bus_record", "event_log", "snapshot", "data_file")}
+        rels = relations(conn)
     files = [p for p in objects.rglob("*") if p.is_file() and "_scratch" not in p.parts]
     return {
         "t_s": round(time.monotonic() - started, 1),
@@ -82,6 +114,7 @@ def sample(dsn: str, objects: Path, written: int, started: float) -> dict[str, A
         "data_files": counts["data_file"],
         "object_files": len(files),
         "object_mib": round(sum(p.stat().st_size for p in files) / 2**20, 2),
+        "relations": rels,
     }
 
 
@@ -157,6 +190,26 @@ def level(samples: list[dict[str, Any]], key: str) -> dict[str, float]:
     }
 
 
+def print_relations(samples: list[dict[str, Any]]) -> None:
+    """Each table's KiB at a third, two thirds and the end of the run, the
+    end's split (heap/index/rest: TOAST and free-space maps) and tuples:
+    which relation still grows, and whether it is rows or dead space."""
+    third = max(1, len(samples) // 3)
+    marks = [samples[third - 1]["relations"], samples[2 * third - 1]["relations"]]
+    last = samples[-1]["relations"]
+    print("  relation                          KiB 1/3   2/3   end (heap/index/rest)   live   dead")
+    for name in sorted(last, key=lambda r: -last[r]["kib"]):
+        r = last[name]
+        if r["kib"] < 64:
+            continue
+        at = [str(m.get(name, {"kib": 0})["kib"]) for m in marks]
+        print(
+            f"  {name:32s} {at[0]:>7s} {at[1]:>5s} {r['kib']:5d}"
+            f" ({r['heap_kib']}/{r['index_kib']}/{r['rest_kib']})"
+            f" {r['live']:8d} {r['dead']:6d}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--records", type=int, default=300_000)
@@ -184,6 +237,7 @@ def main() -> None:
                 f" {s['snapshots']:5d} {s['data_files']:5d} {s['object_files']:9d}"
                 f" {s['object_mib']:7.1f}"
             )
+        print_relations(result["samples"])
         per_million = 1_000_000 / ns.records
         print(
             f"  end: bus {final['bus_mib']} MiB, catalog {final['catalog_mib']} MiB"
