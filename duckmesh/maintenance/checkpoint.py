@@ -13,6 +13,7 @@ indexes: it is only ever read whole), so its size follows the catalog's
 state, not the churn between checkpoints; ``catalog_checkpoint`` lists the
 newest ``CHECKPOINTS_LISTED``; after archiving, ``event_log`` is vacuumed so
 appends reuse the archived rows' space at once (ADR 0016).
+
 Replay (``duckmesh replay verify``) starts from the checkpoint and applies
 the events after it, so it still proves the live projections.
 
