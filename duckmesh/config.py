@@ -199,6 +199,8 @@ class Config:
     idempotency_window_ms: int = 7 * 24 * 3600 * 1000
     # the collector checkpoints the catalog once this many events were appended since the last
     catalog_checkpoint_events: int = 10_000
+    # newest maintenance_run rows (compactions, collector runs) the catalog keeps per tenant
+    maintenance_runs_kept: int = 1_000
     # lifecycle and self-healing (ADR 0017)
     shutdown_grace_ms: int = 5_000  # running queries get this long after a stop signal
     min_free_disk_bytes: int = 256 * 1024 * 1024  # below: ingest answers 507 DISK_LOW
@@ -294,6 +296,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "object_cache_bytes": _int(0, 1 << 50),
     "idempotency_window_ms": _int(1000, 3_153_600_000_000),  # 1 s .. 100 years
     "catalog_checkpoint_events": _int(1, 1_000_000_000),
+    "maintenance_runs_kept": _int(1, 1_000_000),
     "shutdown_grace_ms": _int(0, 600_000),
     "min_free_disk_bytes": _int(0, 1 << 50),
     "integrity_interval_ms": _int(0, 86_400_000 * 30),

@@ -7,8 +7,9 @@ references any more (see ``gc``); the integrity actor checks every tenant's
 files each ``integrity_interval_ms`` at a bounded read rate (see
 ``integrity``). Every pass re-reads the catalog, so the actors hold no state
 that a restart could lose; an interrupted pass leaves nothing visible
-changed. After each pass over the tenants the collector checkpoints the
-catalog (``checkpoint``) once enough events accumulated.
+changed. After each pass over the tenants the collector vacuums the catalog
+tables it pruned and checkpoints the catalog (``checkpoint``) once enough
+events accumulated.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def collector_for(rt: Runtime) -> Collector:
             retain_s=cfg.snapshot_retain_ms / 1000,
             safety_window_s=cfg.gc_safety_window_ms / 1000,
             idempotency_window_s=cfg.idempotency_window_ms / 1000,
+            maintenance_runs_kept=cfg.maintenance_runs_kept,
         ),
         bus=rt.bus,
     )
@@ -126,20 +128,29 @@ class IntegrityActor(TenantPassActor):
             await super().run()
 
 
+def collector_after_pass(rt: Runtime, collector: Collector) -> Callable[[], None]:
+    """The collector's work after a pass over the tenants (not per tenant)."""
+
+    def after_pass() -> None:
+        collector.vacuum_catalog()
+        checkpoint.take(rt.db, rt.store, min_events=rt.config.catalog_checkpoint_events)
+
+    return after_pass
+
+
 def maintenance_actors(rt: Runtime) -> list[Actor]:
     cfg = rt.config
+    collector = collector_for(rt)
     actors: list[Actor] = [
         TenantPassActor(
             "compactor", compactor_for(rt).compact, rt.db, cfg.compaction_interval_ms / 1000
         ),
         TenantPassActor(
             "collector",
-            collector_for(rt).retain,
+            collector.retain,
             rt.db,
             cfg.maintenance_interval_ms / 1000,
-            after_pass=lambda: checkpoint.take(
-                rt.db, rt.store, min_events=cfg.catalog_checkpoint_events
-            ),
+            after_pass=collector_after_pass(rt, collector),
         ),
     ]
     if cfg.integrity_interval_ms:

@@ -7,6 +7,13 @@ the log says). Then, in the same transaction, the events at or before P of
 the bulk types (``ARCHIVED_TYPES``: snapshots and maintenance) are written
 as one Parquet file to the object store (``_catalog/events/<first>-<P>``)
 and deleted from ``event_log``, and the new checkpoint replaces the old.
+
+The checkpoint keeps only the live rows of the replay (a plain copy without
+indexes: it is only ever read whole), so its size follows the catalog's
+state, not the churn between checkpoints; ``catalog_checkpoint`` lists the
+newest ``CHECKPOINTS_LISTED``; after archiving, ``event_log`` is vacuumed so
+appends reuse the archived rows' space at once (ADR 0016).
+
 Replay (``duckmesh replay verify``) starts from the checkpoint and applies
 the events after it, so it still proves the live projections.
 
@@ -38,10 +45,14 @@ from duckmesh.projections.archive import (
     checkpoint_position,
     hold_checkpoint,
 )
+from duckmesh.projections.catalog import PROJECTION_TABLES
 from duckmesh.storage.protocol import ObjectStore
 
 log = structlog.get_logger("duckmesh.checkpoint")
 _NEXT_SCHEMA = "duckmesh_checkpoint_next"
+# Rows of ``catalog_checkpoint`` kept (the newest): replay reads only the
+# latest; older rows just list earlier archives, whose keys name their range.
+CHECKPOINTS_LISTED = 100
 _ARCHIVE_SCHEMA = pa.schema(
     [
         ("position", pa.int64()),
@@ -98,11 +109,37 @@ def _archive(conn: Conn, store: ObjectStore, upto: int) -> tuple[int, str | None
     return len(rows), key
 
 
+def _install(conn: Conn) -> None:
+    """Replace the checkpoint with the live rows of the replay in ``_NEXT_SCHEMA``
+    (the replay's tables hold the dead rows of every insert a later event
+    deleted, and indexes a checkpoint never uses)."""
+    target = sql.Identifier(CHECKPOINT_SCHEMA)
+    conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(target))
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(target))
+    for table in PROJECTION_TABLES:
+        conn.execute(
+            sql.SQL("CREATE TABLE {}.{} AS TABLE {}.{}").format(
+                target, sql.Identifier(table), sql.Identifier(_NEXT_SCHEMA), sql.Identifier(table)
+            )
+        )
+    conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(_NEXT_SCHEMA)))
+
+
+def _vacuum_log(db: Database) -> None:
+    db.call(lambda conn: conn.execute("VACUUM (ANALYZE) event_log"), transaction=False)
+
+
 def take(
-    db: Database, store: ObjectStore, *, min_events: int, lock_timeout_ms: int = 5000
+    db: Database,
+    store: ObjectStore,
+    *,
+    min_events: int,
+    lock_timeout_ms: int = 5000,
+    listed: int = CHECKPOINTS_LISTED,
 ) -> Checkpoint | None:
     """Checkpoint the catalog when at least ``min_events`` events were
-    appended since the last checkpoint; None when there were fewer."""
+    appended since the last checkpoint; None when there were fewer. The
+    newest ``listed`` rows of ``catalog_checkpoint`` are kept."""
     try:
         upto = db.call(lambda conn: _settled_position(conn, lock_timeout_ms))
     except psycopg.errors.LockNotAvailable:
@@ -119,24 +156,24 @@ def take(
             return None
         applied = replay.build_scratch(conn, _NEXT_SCHEMA, upto=upto)
         archived, key = _archive(conn, store, upto)
-        conn.execute(
-            sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(CHECKPOINT_SCHEMA))
-        )
-        conn.execute(
-            sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(
-                sql.Identifier(_NEXT_SCHEMA), sql.Identifier(CHECKPOINT_SCHEMA)
-            )
-        )
+        _install(conn)
         conn.execute(
             "INSERT INTO catalog_checkpoint (position, events_archived, archive_key)"
             " VALUES (%s, %s, %s)",
             (upto, archived, key),
+        )
+        conn.execute(
+            "DELETE FROM catalog_checkpoint WHERE position < (SELECT position"
+            " FROM catalog_checkpoint ORDER BY position DESC OFFSET %s LIMIT 1)",
+            (listed - 1,),
         )
         return Checkpoint(upto, applied, archived, key)
 
     done = db.call(run)
     if done is not None:
         log.info("catalog checkpoint", **attrs.asdict(done))
+        if done.events_archived:
+            _vacuum_log(db)
     return done
 
 

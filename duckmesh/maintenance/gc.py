@@ -15,6 +15,12 @@ window protects files a running commit has written but not yet published.
 Files left in the store's scratch directory (a writer killed mid-file) go
 after the same window.
 
+The catalog rows of expired snapshots and collected files are then pruned
+(``CatalogPruned``); after a pass over the tenants that pruned any, the
+collector vacuums those tables (``vacuum_catalog``), as the bus is vacuumed
+after a prune, so the space is reused at once instead of piling up (heap
+and index pages) until autovacuum's next turn (ADR 0016).
+
 Last, the tenant's ingest bus is pruned: committed rows older than the
 idempotency window are deleted in token ranges (``IngestBus.prune``,
 ADR 0016), and the retained records and bytes are exported as gauges.
@@ -56,6 +62,8 @@ log = structlog.get_logger("duckmesh.gc")
 MAX_SNAPSHOT_ID = (1 << 63) - 1
 SCRATCH_MIN_AGE_S = 300.0
 T = TypeVar("T")
+# The projection tables ``CatalogPruned`` deletes from.
+PRUNED_TABLES = ("data_file", "snapshot", "snapshot_table_watermark", "maintenance_run")
 
 
 @attrs.frozen
@@ -83,6 +91,7 @@ class Collector:
         self.keyed = KeyedRetention(db, store, actor)
         self.settings = settings
         self.actor = actor
+        self.catalog_pruned = False  # a CatalogPruned since the last vacuum_catalog
 
     def retain(self, tenant: str) -> RetentionSummary:
         """Apply retention, expire, then collect, for one tenant."""
@@ -90,7 +99,8 @@ class Collector:
         retired += self.keyed.retain(tenant, dt.datetime.now(dt.UTC))
         expired = self._call(lambda conn: self._expire(conn, tenant))
         collected, orphans = self._collect(tenant)
-        self._call(lambda conn: self._prune_catalog(conn, tenant))
+        if self._call(lambda conn: self._prune_catalog(conn, tenant)):
+            self.catalog_pruned = True
         pruned = self._prune_bus(tenant)
         summary = RetentionSummary(retired, expired, collected, orphans, pruned)
         if summary.changed:
@@ -120,6 +130,17 @@ class Collector:
         runs_before = 0 if newest_dropped_run is None else int(newest_dropped_run) + 1
         event = CatalogPruned(tenant, int(through or 0), runs_before)
         self._record(conn, tenant, event)
+        return True
+
+    def vacuum_catalog(self) -> bool:
+        """Vacuum the tables catalog pruning deleted from, once per pass over
+        the tenants (not per tenant): plain VACUUM, no lock against readers
+        or writers. True when it ran."""
+        if not self.catalog_pruned:
+            return False
+        self.catalog_pruned = False
+        tables = ", ".join(PRUNED_TABLES)
+        self.db.call(lambda conn: conn.execute(f"VACUUM (ANALYZE) {tables}"), transaction=False)
         return True
 
     def _prune_bus(self, tenant: str) -> int:

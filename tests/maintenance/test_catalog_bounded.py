@@ -4,17 +4,22 @@ replay (from the checkpoint) still proves the projections."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from duckmesh.catalog import reads
+import attrs
+import pytest
+
+from duckmesh.catalog import commands, reads
+from duckmesh.config import ConfigError, load_config
 from duckmesh.maintenance import checkpoint
-from duckmesh.maintenance.actors import compactor_for
-from duckmesh.maintenance.gc import Collector, RetentionSettings
+from duckmesh.maintenance.actors import collector_after_pass, collector_for, compactor_for
+from duckmesh.maintenance.gc import PRUNED_TABLES, Collector, RetentionSettings
 from duckmesh.projections import replay
 from duckmesh.projections.archive import ARCHIVED_TYPES
 from duckmesh.query.service import QueryRequest
 from duckmesh.runtime import Runtime
-from tests.maintenance.test_compaction import _ingest_commits, log_with_commits
+from tests.maintenance.test_compaction import LOG_TABLE, _ingest_commits, log_with_commits
 
 
 def _count(rt: Runtime, sql: str, *args: Any) -> int:
@@ -97,3 +102,93 @@ async def test_checkpoint_archives_events_and_replay_starts_from_it(runtime: Run
     assert head is not None
     assert head.snapshot_id == 10
     assert await _total(rt) == [[9]]
+
+
+def _vacuums(rt: Runtime, table: str) -> int:
+    """Manual VACUUMs of ``table`` (autovacuum counts apart)."""
+    return _count(rt, "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = %s", table)
+
+
+def _await_vacuumed(rt: Runtime, tables: tuple[str, ...]) -> None:
+    deadline = time.monotonic() + 10  # the statistics reach the view asynchronously
+    while not all(_vacuums(rt, t) for t in tables):
+        assert time.monotonic() < deadline, {t: _vacuums(rt, t) for t in tables}
+        time.sleep(0.05)
+
+
+def test_a_pass_that_pruned_the_catalog_vacuums_the_pruned_tables(runtime: Runtime) -> None:
+    """Without it the deleted rows' heap and index pages piled up until
+    autovacuum's next turn: the soak's catalog kept growing."""
+    rt = runtime
+    log_with_commits(rt, 8, "k")
+    compactor_for(rt).compact("default")
+    collector = _collector(rt)
+    after_pass = collector_after_pass(rt, collector)
+    assert all(_vacuums(rt, t) == 0 for t in PRUNED_TABLES)
+    collector.retain("default")  # prunes 8 files' and their snapshots' rows
+    after_pass()
+    _await_vacuumed(rt, PRUNED_TABLES)
+    assert _count(rt, "SELECT count(*) FROM data_file") == 1
+    # A pass that pruned nothing does not vacuum again.
+    collector.retain("default")
+    assert collector.vacuum_catalog() is False
+
+
+async def test_checkpoint_holds_only_live_rows_and_lists_the_newest(runtime: Runtime) -> None:
+    """The checkpoint is a compact copy (no dead rows of the replay, no
+    indexes), the archived log is vacuumed, and catalog_checkpoint keeps the
+    newest ``listed`` rows instead of one per checkpoint forever."""
+    rt = runtime
+    log_with_commits(rt, 8, "c")
+    compactor_for(rt).compact("default")
+    _collector(rt).retain("default")
+    first = checkpoint.take(rt.db, rt.store, min_events=1, listed=2)
+    assert first is not None
+    assert first.events_archived > 0
+    _await_vacuumed(rt, ("event_log",))
+    # The replay inserted 9 files and deleted 8: only the live one is kept,
+    # packed from the first slot.
+    ckpt = "duckmesh_checkpoint.data_file"
+    rows = rt.db.call(lambda c: c.execute(f"SELECT ctid::text FROM {ckpt}").fetchall())
+    assert rows == [("(0,1)",)]
+    assert _count(rt, "SELECT pg_indexes_size(%s::regclass)", ckpt) == 0
+    positions = [first.position]
+    for i in range(2):
+        _ingest_commits(rt, "log", [[{"idempotency_key": f"n{i}", "payload": {"id": 100 + i}}]])
+        taken = checkpoint.take(rt.db, rt.store, min_events=1, listed=2)
+        assert taken is not None
+        positions.append(taken.position)
+    listed = rt.db.call(
+        lambda c: c.execute("SELECT position FROM catalog_checkpoint ORDER BY 1").fetchall()
+    )
+    assert [r[0] for r in listed] == positions[-2:]
+    assert _verified(rt)  # replay from the compact checkpoint proves the projections
+    assert await _total(rt) == [[10]]
+
+
+def test_maintenance_runs_kept_is_a_knob(runtime: Runtime) -> None:
+    rt = runtime
+    kept = load_config(environ={"DUCKMESH_MAINTENANCE_RUNS_KEPT": "2"}).maintenance_runs_kept
+    assert kept == 2
+    assert load_config(environ={}).maintenance_runs_kept == 1000
+    with pytest.raises(ConfigError):
+        load_config(environ={"DUCKMESH_MAINTENANCE_RUNS_KEPT": "0"})
+    rt.config = attrs.evolve(rt.config, maintenance_runs_kept=kept)
+    collector = collector_for(rt)
+    collector.settings = attrs.evolve(
+        collector.settings, retain_count=1, retain_s=0.0, safety_window_s=0.0
+    )
+    rt.db.call(lambda c: commands.create_table(c, "default", LOG_TABLE))
+    for n in range(3):  # each round: a compaction and a collector run that changed something
+        batches = [[{"idempotency_key": f"m{n}-{i}", "payload": {"id": i}}] for i in range(8)]
+        _ingest_commits(rt, "log", batches)
+        assert compactor_for(rt).compact("default").files_merged >= 8
+        collector.retain("default")
+    # The newest two when the last run pruned, plus that run's own row (6
+    # rows when the knob did not reach the collector).
+    newest = "SELECT position FROM event_log WHERE event_type = 'MaintenanceCompleted'"
+    assert _count(rt, "SELECT count(*) FROM maintenance_run") == kept + 1
+    assert _count(rt, "SELECT min(position) FROM maintenance_run") == _count(
+        rt, f"SELECT min(position) FROM ({newest} ORDER BY position DESC LIMIT 3) AS n"
+    )
+    assert _verified(rt)
