@@ -172,14 +172,16 @@ def validate_records(
 ) -> list[IngestRecord]:
     """Validate every record; raise one error listing all problems, or return them all.
 
-    A request is first checked column by column (``record_columns``); when
+    A request of a few records or more is first checked column by column
+    (``record_columns``); when
     that finds anything wrong, or something it does not decide, the records
     are checked one by one, which names each problem (index, field, reason).
     """
     _check_count(raw_records, max_records)
-    columns = record_columns.validate_columns(tv, raw_records, max_record_bytes)
-    if columns is not None:
-        return columns
+    if len(raw_records) >= record_columns.MIN_RECORDS:
+        columns = record_columns.validate_columns(tv, raw_records, max_record_bytes)
+        if columns is not None:
+            return columns
     return _validate_each(tv, raw_records, max_record_bytes)
 
 

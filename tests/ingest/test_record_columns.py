@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from duckmesh.catalog.model import Column, TableDef
 from duckmesh.catalog.types import parse_type
 from duckmesh.errors import DuckMeshError
-from duckmesh.ingest.record_columns import validate_columns
+from duckmesh.ingest.record_columns import MIN_RECORDS, validate_columns
 from duckmesh.ingest.validation import TableValidator, _validate_each, validate_records
 from tests.strategies import ingest_records, invalid_values_for, table_definitions
 
@@ -133,7 +133,7 @@ def _corrupt(
 @given(data=st.data())
 def test_any_request_gets_the_record_by_record_answer(data: st.DataObject) -> None:
     table = table_def(data.draw(table_definitions(canonical=True)))
-    records = data.draw(ingest_records(table, max_size=6))
+    records = data.draw(ingest_records(table, min_size=MIN_RECORDS, max_size=8))
     for _ in range(data.draw(st.integers(1, 2))):
         _corrupt(data.draw, table, records)
     tv = TableValidator.for_table(table)
@@ -242,3 +242,11 @@ def test_a_key_used_twice_is_a_duplicate_or_a_conflict_as_before() -> None:
     assert full == each
     assert full[:2] == ("refused", "IDEMPOTENCY_CONFLICT")
     assert full[2]["record_index"] == 2
+
+
+def test_a_small_request_goes_record_by_record_with_the_same_answer() -> None:
+    tv = TableValidator.for_table(EVENTS)
+    records = _events(MIN_RECORDS - 1)
+    assert validate_columns(tv, records, MAX_BYTES) == _validate_each(tv, records, MAX_BYTES)
+    full, each = both(tv, records)
+    assert full == each
