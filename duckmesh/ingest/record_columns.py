@@ -75,7 +75,9 @@ def validate_columns(
 
 
 def _validate(tv: TableValidator, records: list[Any], max_record_bytes: int) -> list[IngestRecord]:
-    if set(map(type, records)) != {dict} or not RECORD_KEYS.issuperset(chain(*records)):
+    if set(map(type, records)) != {dict} or not RECORD_KEYS.issuperset(
+        chain.from_iterable(records)
+    ):
         raise _Unsure
     keys = [r.get("idempotency_key") for r in records]
     _check_keys(keys)
@@ -137,7 +139,7 @@ Column = tuple[str, list[Any]]  # (name, one value per record; _MISSING where ab
 
 def _payload_columns(tv: TableValidator, payloads: list[Any], ops: list[str]) -> list[Column]:
     """The payloads' columns in name order, each checked whole."""
-    present = set(chain(*payloads))
+    present = set(chain.from_iterable(payloads))
     if not present <= tv.checks.keys():
         raise _Unsure  # an unknown column
     needed = set(tv.required).union(tv.key if "delete" in ops else ())
