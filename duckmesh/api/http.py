@@ -97,15 +97,20 @@ def _refuse_constant(name: str) -> Any:
 
 def _nesting_within(value: Any, limit: int) -> bool:
     """Whether no array or object in ``value`` is nested deeper than ``limit``
-    (iterative: a hostile body must not exhaust the stack here either)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return False
-        children = item.values() if type(item) is dict else item
-        stack.extend((v, depth + 1) for v in children if type(v) is dict or type(v) is list)
-    return True
+    (iterative: a hostile body must not exhaust the stack here either). One
+    level at a time, each a list comprehension: a 1,000-record body is
+    walked in a fraction of its parse time."""
+    level = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for item in level
+            for child in (item.values() if type(item) is dict else item)
+            if type(child) is dict or type(child) is list
+        ]
+        if not level:
+            return True
+    return False
 
 
 def parse_json(data: bytes | str) -> Any:

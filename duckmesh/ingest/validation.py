@@ -10,8 +10,6 @@ recognisable as the same logical write.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -19,14 +17,29 @@ import attrs
 
 from duckmesh.bus import IngestRecord
 from duckmesh.catalog.model import TableDef
-from duckmesh.catalog.types import text_problem, validator
+from duckmesh.catalog.types import ColumnType, text_problem, validator
 from duckmesh.errors import DuckMeshError
+from duckmesh.ingest import record_columns
+from duckmesh.ingest.envelope import (
+    MAX_KEY_LENGTH,
+    OPS,
+    RECORD_KEYS,
+    canonical_json,
+    event_time,
+    record_hash,
+)
 
-OPS = ("insert", "upsert", "delete")
-MAX_KEY_LENGTH = 256
+__all__ = [
+    "MAX_KEY_LENGTH",
+    "MAX_LISTED_ERRORS",
+    "OPS",
+    "IngestOptions",
+    "TableValidator",
+    "parse_options",
+    "validate_records",
+]
+
 MAX_LISTED_ERRORS = 100
-_RECORD_KEYS = frozenset({"idempotency_key", "op", "payload", "event_time"})
-_dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode
 
 
 @attrs.frozen
@@ -43,12 +56,14 @@ class TableValidator:
     checks: dict[str, tuple[bool, Callable[[Any], str | None]]]  # name -> (nullable, check)
     required: tuple[str, ...]
     key: tuple[str, ...]
+    types: dict[str, ColumnType]
 
     @classmethod
     def for_table(cls, table: TableDef) -> TableValidator:
-        checks = {c.name: (c.nullable, validator(c.parsed)) for c in table.columns}
+        types = {c.name: c.parsed for c in table.columns}
+        checks = {c.name: (c.nullable, validator(types[c.name])) for c in table.columns}
         required = tuple(c.name for c in table.columns if not c.nullable)
-        return cls(table, checks, required, table.primary_key)
+        return cls(table, checks, required, table.primary_key, types)
 
 
 def parse_options(body: dict[str, Any], max_timeout_ms: int) -> IngestOptions:
@@ -69,27 +84,6 @@ def parse_options(body: dict[str, Any], max_timeout_ms: int) -> IngestOptions:
     return IngestOptions(wait, timeout)
 
 
-def _event_time(raw: Any) -> dt.datetime | str:
-    """The event time in UTC, or the reason it cannot be one.
-
-    Only instants from 0001-01-01 to 9999-12-31 in UTC are accepted: Python,
-    psycopg and the partition names cannot hold others, although Postgres
-    would store them. ``0001-01-01T00:00:00+05:00`` is before year 1 in UTC.
-    """
-    if type(raw) is not str:
-        return "must be an ISO 8601 timestamp string"
-    try:
-        value = dt.datetime.fromisoformat(raw)
-    except ValueError:
-        return "must be an ISO 8601 timestamp"
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    try:
-        return value.astimezone(dt.UTC)
-    except OverflowError:
-        return "must be from 0001-01-01 to 9999-12-31 in UTC"
-
-
 Bad = Callable[[int, str, str], None]  # (record index, field, reason)
 
 
@@ -100,8 +94,8 @@ def _envelope(
     if type(rec) is not dict:
         bad(index, "", "a record must be an object")
         return None
-    if not rec.keys() <= _RECORD_KEYS:
-        for k in sorted(rec.keys() - _RECORD_KEYS):
+    if not rec.keys() <= RECORD_KEYS:
+        for k in sorted(rec.keys() - RECORD_KEYS):
             bad(index, k, "unknown record field")
         return None
     key = rec.get("idempotency_key")
@@ -126,14 +120,14 @@ def _envelope(
     if type(payload) is not dict:
         bad(index, "payload", "required: an object")
         return None
-    event_time = None
+    when = None
     if rec.get("event_time") is not None:
-        parsed = _event_time(rec["event_time"])
+        parsed = event_time(rec["event_time"])
         if isinstance(parsed, str):
             bad(index, "event_time", parsed)
             return None
-        event_time = parsed
-    return key, op, payload, event_time
+        when = parsed
+    return key, op, payload, when
 
 
 def _payload_ok(tv: TableValidator, index: int, op: str, payload: dict[str, Any], bad: Bad) -> bool:
@@ -176,8 +170,24 @@ def _check_count(raw_records: Any, max_records: int) -> None:
 def validate_records(
     tv: TableValidator, raw_records: Any, *, max_records: int, max_record_bytes: int
 ) -> list[IngestRecord]:
-    """Validate every record; raise one error listing all problems, or return them all."""
+    """Validate every record; raise one error listing all problems, or return them all.
+
+    A request of a few records or more is first checked column by column
+    (``record_columns``); when
+    that finds anything wrong, or something it does not decide, the records
+    are checked one by one, which names each problem (index, field, reason).
+    """
     _check_count(raw_records, max_records)
+    if len(raw_records) >= record_columns.MIN_RECORDS:
+        columns = record_columns.validate_columns(tv, raw_records, max_record_bytes)
+        if columns is not None:
+            return columns
+    return _validate_each(tv, raw_records, max_record_bytes)
+
+
+def _validate_each(
+    tv: TableValidator, raw_records: list[Any], max_record_bytes: int
+) -> list[IngestRecord]:
     table = tv.table
     errors: list[dict[str, Any]] = []
     out: list[IngestRecord] = []
@@ -192,17 +202,15 @@ def validate_records(
         envelope = _envelope(tv, index, rec, bad)
         if envelope is None:
             continue
-        key, op, payload, event_time = envelope
+        key, op, payload, when = envelope
         if not _payload_ok(tv, index, op, payload, bad):
             continue
-        text = _dumps(payload)
+        text = canonical_json(payload)
         if len(text) > max_record_bytes:
             too_large.append(index)
             continue
         try:
-            digest = hashlib.sha256(
-                f"{op}\x00{rec.get('event_time') or ''}\x00{key}\x00{text}".encode()
-            ).digest()
+            digest = record_hash(op, rec.get("event_time"), key, text)
         except UnicodeEncodeError:
             # JSON allows lone surrogates (\ud800); UTF-8 text cannot hold them.
             bad(index, "payload", "contains text that is not valid Unicode (a lone surrogate)")
@@ -217,7 +225,7 @@ def validate_records(
                 op=op,
                 payload=text,
                 payload_hash=digest,
-                event_time=event_time,
+                event_time=when,
                 schema_version=table.schema_version,
             )
         )
