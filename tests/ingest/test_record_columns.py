@@ -126,7 +126,9 @@ def _corrupt(
         rec["extra"] = True
     else:
         other = records[draw(st.integers(0, len(records) - 1))]
-        rec["idempotency_key"] = other["idempotency_key"]
+        # The other record may have been spoilt into another shape already.
+        if type(other) is dict and "idempotency_key" in other:
+            rec["idempotency_key"] = other["idempotency_key"]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
