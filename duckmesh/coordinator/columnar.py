@@ -171,3 +171,29 @@ def build_rows(table: TableDef, rows: UploadRows) -> list[PartitionRows]:
         )
         start = end
     return out
+
+
+def merge_partitions(parts: list[PartitionRows]) -> PartitionRows:
+    """Rows of one table and partition from several batches of a commit (in
+    token order) as one file's rows: a commit writes one file per (table,
+    partition), however many small batches it holds. Keyed tables keep the
+    newest row per key across them, as within one batch."""
+    if len(parts) == 1:
+        return parts[0]
+    table = parts[0].table
+    full = pa.concat_tables([p.arrow for p in parts])
+    if table.primary_key:
+        full = full.take(_latest_per_key(full, table.primary_key))
+    tokens = full.column(TOKEN_COLUMN)
+    # The event-time span of all parts bounds that of the rows kept.
+    starts = [p.min_event_time for p in parts if p.min_event_time is not None]
+    ends = [p.max_event_time for p in parts if p.max_event_time is not None]
+    return PartitionRows(
+        table=table,
+        partition=parts[0].partition,
+        arrow=full,
+        min_token=tokens[0].as_py(),
+        max_token=tokens[-1].as_py(),
+        min_event_time=min(starts) if starts else None,
+        max_event_time=max(ends) if ends else None,
+    )

@@ -34,7 +34,7 @@ from duckmesh.bus import Batch, BusRecord, IngestBus, LeaseLost, QuarantineEntry
 from duckmesh.catalog import reads, snapshots
 from duckmesh.catalog.model import Snapshot, TableDef
 from duckmesh.catalog.snapshots import ConflictPolicy, RebaseRefused, SnapshotChange
-from duckmesh.coordinator.columnar import UploadRows, build_rows
+from duckmesh.coordinator.columnar import UploadRows, build_rows, merge_partitions
 from duckmesh.coordinator.health import CommitHealth
 from duckmesh.coordinator.parquet import PartitionRows, Rejected, build_tables
 from duckmesh.db import Conn, Database
@@ -379,8 +379,10 @@ class Committer:
         snapshot_id: int,
         seq: int,
     ) -> int:
-        """Write the plan's upload batches (Arrow to Parquet, no JSON between);
+        """Write the plan's upload batches (Arrow to Parquet, no JSON between),
+        one file per (table, partition) however many batches the plan holds;
         returns the last file sequence number used."""
+        parts: dict[tuple[str, str], list[PartitionRows]] = {}
         for upload in plan.uploads:
             if upload.table_id in plan.dropped:
                 continue
@@ -392,8 +394,10 @@ class Committer:
             watermarks[upload.table_id] = max(prior, upload.last_token)
             # Rows found to fail on their own are quarantined, the rest written.
             for rows in self._build_upload(table, UploadRows.decode(upload).without(excluded)):
-                seq += 1
-                files.append(self._write(tenant, rows, snapshot_id, seq))
+                parts.setdefault((upload.table_id, rows.partition), []).append(rows)
+        for group in parts.values():
+            seq += 1
+            files.append(self._write(tenant, merge_partitions(group), snapshot_id, seq))
         return seq
 
     def _write(self, tenant: str, rows: PartitionRows, snapshot_id: int, seq: int) -> DataFile:
