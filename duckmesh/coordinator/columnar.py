@@ -135,19 +135,58 @@ def build_upload(table: TableDef, upload: UploadBatch) -> list[PartitionRows]:
 
 def build_rows(table: TableDef, rows: UploadRows) -> list[PartitionRows]:
     """Some rows of an upload batch as Parquet-ready partitions of ``table``."""
-    count = len(rows)
-    if not count:
+    return build_many(table, [rows])
+
+
+@attrs.frozen
+class _Prepared:
+    """Rows of one or more stored batches with what partitioning needs."""
+
+    full: pa.Table  # the table's columns aligned, then _dm_token and _dm_op
+    tokens: pa.Array
+    micros: pa.Array  # each row's partitioning instant, µs since the epoch
+    times: pa.Array  # each row's event time (null when it has none)
+
+
+def _prepare(table: TableDef, rows: UploadRows) -> _Prepared:
+    micros, times = _event_micros(rows.upload, rows.data)
+    return _Prepared(
+        full=_with_system_columns(_align(table, rows.data), rows),
+        tokens=rows.tokens,
+        micros=micros,
+        times=pa.nulls(len(rows), _UTC_US) if times is None else times,
+    )
+
+
+def build_many(table: TableDef, batches: list[UploadRows]) -> list[PartitionRows]:
+    """Rows of several stored batches of ``table`` (in token order) as one set
+    of Parquet-ready partitions: a commit writes one file per (table,
+    partition) however many small batches it holds, and a keyed table keeps
+    the newest row per key across them, as within one batch."""
+    parts = [_prepare(table, rows) for rows in batches if len(rows)]
+    if not parts:
         return []
-    full = _with_system_columns(_align(table, rows.data), rows)
-    tokens = rows.tokens
+    if len(parts) == 1:
+        one = parts[0]
+    else:
+        one = _Prepared(
+            full=pa.concat_tables([p.full for p in parts]),
+            tokens=pa.concat_arrays([p.tokens for p in parts]),
+            micros=pa.concat_arrays([p.micros for p in parts]),
+            times=pa.concat_arrays([p.times for p in parts]),
+        )
+    return _partitions(table, one)
+
+
+def _partitions(table: TableDef, rows: _Prepared) -> list[PartitionRows]:
+    full, tokens, count = rows.full, rows.tokens, rows.full.num_rows
     picked = (
         _latest_per_key(full, table.primary_key)
         if table.primary_key
         else pa.array(range(count), pa.int64())
     )
-    micros, times = _event_micros(rows.upload, rows.data)
     seconds = _partition_seconds(table)
-    buckets = _floor_div(micros.take(picked), seconds * 1_000_000)
+    buckets = _floor_div(rows.micros.take(picked), seconds * 1_000_000)
     order = pc.sort_indices(
         pa.table({"b": buckets, "r": picked}), [("b", "ascending"), ("r", "ascending")]
     )
@@ -157,43 +196,17 @@ def build_rows(table: TableDef, rows: UploadRows) -> list[PartitionRows]:
     start = 0
     for bucket, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
         idx = picked.slice(start, end - start)
-        span = None if times is None else pc.min_max(times.take(idx))
+        span = pc.min_max(rows.times.take(idx))
         out.append(
             PartitionRows(
                 table=table,
                 partition=_partition_name(bucket, seconds),
-                arrow=full if len(idx) == full.num_rows else full.take(idx),
+                arrow=full if len(idx) == count else full.take(idx),
                 min_token=tokens[idx[0].as_py()].as_py(),
                 max_token=tokens[idx[-1].as_py()].as_py(),
-                min_event_time=None if span is None else span["min"].as_py(),
-                max_event_time=None if span is None else span["max"].as_py(),
+                min_event_time=span["min"].as_py(),
+                max_event_time=span["max"].as_py(),
             )
         )
         start = end
     return out
-
-
-def merge_partitions(parts: list[PartitionRows]) -> PartitionRows:
-    """Rows of one table and partition from several batches of a commit (in
-    token order) as one file's rows: a commit writes one file per (table,
-    partition), however many small batches it holds. Keyed tables keep the
-    newest row per key across them, as within one batch."""
-    if len(parts) == 1:
-        return parts[0]
-    table = parts[0].table
-    full = pa.concat_tables([p.arrow for p in parts])
-    if table.primary_key:
-        full = full.take(_latest_per_key(full, table.primary_key))
-    tokens = full.column(TOKEN_COLUMN)
-    # The event-time span of all parts bounds that of the rows kept.
-    starts = [p.min_event_time for p in parts if p.min_event_time is not None]
-    ends = [p.max_event_time for p in parts if p.max_event_time is not None]
-    return PartitionRows(
-        table=table,
-        partition=parts[0].partition,
-        arrow=full,
-        min_token=tokens[0].as_py(),
-        max_token=tokens[-1].as_py(),
-        min_event_time=min(starts) if starts else None,
-        max_event_time=max(ends) if ends else None,
-    )
