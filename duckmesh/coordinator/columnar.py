@@ -114,16 +114,18 @@ def _event_micros(upload: UploadBatch, data: pa.Table) -> tuple[pa.Array, pa.Arr
     return pc.fill_null(times.cast(pa.int64()), stamp), times
 
 
-def _with_system_columns(data: pa.Table, rows: UploadRows) -> pa.Table:
-    """The file's rows: user columns, then ``_dm_token`` and ``_dm_op``
-    (per row for records of mixed ops, else the batch's op)."""
-    schema = file_schema(data.schema)
+def _ops(rows: UploadRows) -> pa.Array:
+    """Each row's op: per row for records of mixed ops, else the batch's op."""
     raw = rows.data
     if OP_COLUMN in raw.schema.names:
-        ops = raw.column(OP_COLUMN).combine_chunks().cast(pa.string())
-    else:
-        ops = pa.repeat(pa.scalar(rows.upload.op, pa.string()), raw.num_rows)
-    return data.append_column(schema.field(TOKEN_COLUMN), rows.tokens).append_column(
+        return raw.column(OP_COLUMN).combine_chunks().cast(pa.string())
+    return pa.repeat(pa.scalar(rows.upload.op, pa.string()), raw.num_rows)
+
+
+def _with_system_columns(data: pa.Table, tokens: pa.Array, ops: pa.Array) -> pa.Table:
+    """The file's rows: user columns, then ``_dm_token`` and ``_dm_op``."""
+    schema = file_schema(data.schema)
+    return data.append_column(schema.field(TOKEN_COLUMN), tokens).append_column(
         schema.field(LAYOUT_OP_COLUMN), ops
     )
 
@@ -148,14 +150,38 @@ class _Prepared:
     times: pa.Array  # each row's event time (null when it has none)
 
 
-def _prepare(table: TableDef, rows: UploadRows) -> _Prepared:
-    micros, times = _event_micros(rows.upload, rows.data)
+def _concat(arrays: list[pa.Array]) -> pa.Array:
+    return arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays)
+
+
+def _prepare(table: TableDef, run: list[UploadRows]) -> _Prepared:
+    """Batches stored with the same schema, aligned and cast once together."""
+    data = run[0].data if len(run) == 1 else pa.concat_tables([r.data for r in run])
+    micros, times = [], []
+    for rows in run:
+        m, t = _event_micros(rows.upload, rows.data)
+        micros.append(m)
+        times.append(pa.nulls(len(rows), _UTC_US) if t is None else t)
+    tokens = _concat([rows.tokens for rows in run])
     return _Prepared(
-        full=_with_system_columns(_align(table, rows.data), rows),
-        tokens=rows.tokens,
-        micros=micros,
-        times=pa.nulls(len(rows), _UTC_US) if times is None else times,
+        full=_with_system_columns(_align(table, data), tokens, _concat([_ops(r) for r in run])),
+        tokens=tokens,
+        micros=_concat(micros),
+        times=_concat(times),
     )
+
+
+def _same_schema_runs(batches: list[UploadRows]) -> list[list[UploadRows]]:
+    """Consecutive non-empty batches stored with the same Arrow schema."""
+    runs: list[list[UploadRows]] = []
+    for rows in batches:
+        if not len(rows):
+            continue
+        if runs and runs[-1][0].data.schema.equals(rows.data.schema):
+            runs[-1].append(rows)
+        else:
+            runs.append([rows])
+    return runs
 
 
 def build_many(table: TableDef, batches: list[UploadRows]) -> list[PartitionRows]:
@@ -163,7 +189,7 @@ def build_many(table: TableDef, batches: list[UploadRows]) -> list[PartitionRows
     of Parquet-ready partitions: a commit writes one file per (table,
     partition) however many small batches it holds, and a keyed table keeps
     the newest row per key across them, as within one batch."""
-    parts = [_prepare(table, rows) for rows in batches if len(rows)]
+    parts = [_prepare(table, run) for run in _same_schema_runs(batches)]
     if not parts:
         return []
     if len(parts) == 1:
