@@ -9,7 +9,9 @@ correctness.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -32,22 +34,48 @@ MAX_BURST = 1000
 
 class Signal:
     """A counter with a wake-up: waiters pass the count they saw, so a
-    notice that lands between a check and the wait is never missed."""
+    notice that lands between a check and the wait is never missed.
+
+    ``note`` counts a notice from any thread and says whether a Trio task is
+    waiting: the listener hands a notice to Trio only then (a busy
+    coordinator gets one new-records notice per group commit and reads none
+    of them: it commits again as soon as a commit found records)."""
 
     def __init__(self) -> None:
         self.seq = 0
         self._event = trio.Event()
+        self._lock = threading.Lock()
+        self._waiters = 0
 
     def fire(self) -> None:
-        self.seq += 1
+        """Count a notice and wake the waiters (Trio thread)."""
+        self.note()
+        self.wake()
+
+    def note(self, count: int = 1) -> bool:
+        """Count ``count`` notices (any thread); whether a waiter needs ``wake``."""
+        with self._lock:
+            self.seq += count
+            return self._waiters > 0
+
+    def wake(self) -> None:
+        """Wake the current waiters (Trio thread)."""
         self._event.set()
         self._event = trio.Event()
 
     async def wait(self, since: int, timeout: float) -> None:  # noqa: ASYNC109
-        if self.seq != since:
-            return
-        with trio.move_on_after(timeout):
-            await self._event.wait()
+        with self._lock:
+            if self.seq != since:
+                return
+            # From here a note() reports a waiter and the listener hops to
+            # wake it; no checkpoint comes before the wait on this event.
+            self._waiters += 1
+        try:
+            with trio.move_on_after(timeout):
+                await self._event.wait()
+        finally:
+            with self._lock:
+                self._waiters -= 1
 
 
 class Notifications:
@@ -58,7 +86,8 @@ class Notifications:
         self.records = Signal()
         self._snapshots: dict[str, Signal] = {}
         self._event_callbacks: list[Callable[[str], None]] = []
-        self.received = 0
+        self.received = 0  # notices dispatched in Trio (new-records ones: only woken waiters)
+        self.hops = 0  # bursts of notices the listener handed to Trio
 
     # -- dispatch (Trio thread) -------------------------------------------
 
@@ -73,9 +102,12 @@ class Notifications:
             for callback in self._event_callbacks:
                 callback(payload)
 
-    def dispatch_all(self, notes: list[tuple[str, str]]) -> None:
+    def dispatch_all(self, notes: list[tuple[str, str]], *, wake_records: bool = False) -> None:
+        self.hops += 1
         for channel, payload in notes:
             self.dispatch(channel, payload)
+        if wake_records:
+            self.records.wake()
 
     def note_snapshot(self, tenant: str, snapshot_id: int, watermark: int) -> None:
         known = self.watermarks.get(tenant)
@@ -119,8 +151,14 @@ class Notifications:
                     # Under load notices come in bursts (one per group commit):
                     # take what else arrived and hand them to Trio in one hop.
                     burst = first + list(conn.notifies(timeout=DRAIN_S, stop_after=MAX_BURST))
-                    notes = [(n.channel, n.payload) for n in burst]
-                    trio.from_thread.run_sync(self.dispatch_all, notes, trio_token=token)
+                    # New-records notices are counted here; Trio hears of
+                    # them only when a coordinator waits for one.
+                    notes = [(n.channel, n.payload) for n in burst if n.channel != RECORDS_CHANNEL]
+                    records = len(burst) - len(notes)
+                    wake = records > 0 and self.records.note(records)
+                    if notes or wake:
+                        dispatch = partial(self.dispatch_all, notes, wake_records=wake)
+                        trio.from_thread.run_sync(dispatch, trio_token=token)
 
         async with trio.open_nursery() as nursery:
 

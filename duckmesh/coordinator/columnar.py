@@ -114,16 +114,18 @@ def _event_micros(upload: UploadBatch, data: pa.Table) -> tuple[pa.Array, pa.Arr
     return pc.fill_null(times.cast(pa.int64()), stamp), times
 
 
-def _with_system_columns(data: pa.Table, rows: UploadRows) -> pa.Table:
-    """The file's rows: user columns, then ``_dm_token`` and ``_dm_op``
-    (per row for records of mixed ops, else the batch's op)."""
-    schema = file_schema(data.schema)
+def _ops(rows: UploadRows) -> pa.Array:
+    """Each row's op: per row for records of mixed ops, else the batch's op."""
     raw = rows.data
     if OP_COLUMN in raw.schema.names:
-        ops = raw.column(OP_COLUMN).combine_chunks().cast(pa.string())
-    else:
-        ops = pa.repeat(pa.scalar(rows.upload.op, pa.string()), raw.num_rows)
-    return data.append_column(schema.field(TOKEN_COLUMN), rows.tokens).append_column(
+        return raw.column(OP_COLUMN).combine_chunks().cast(pa.string())
+    return pa.repeat(pa.scalar(rows.upload.op, pa.string()), raw.num_rows)
+
+
+def _with_system_columns(data: pa.Table, tokens: pa.Array, ops: pa.Array) -> pa.Table:
+    """The file's rows: user columns, then ``_dm_token`` and ``_dm_op``."""
+    schema = file_schema(data.schema)
+    return data.append_column(schema.field(TOKEN_COLUMN), tokens).append_column(
         schema.field(LAYOUT_OP_COLUMN), ops
     )
 
@@ -135,19 +137,82 @@ def build_upload(table: TableDef, upload: UploadBatch) -> list[PartitionRows]:
 
 def build_rows(table: TableDef, rows: UploadRows) -> list[PartitionRows]:
     """Some rows of an upload batch as Parquet-ready partitions of ``table``."""
-    count = len(rows)
-    if not count:
+    return build_many(table, [rows])
+
+
+@attrs.frozen
+class _Prepared:
+    """Rows of one or more stored batches with what partitioning needs."""
+
+    full: pa.Table  # the table's columns aligned, then _dm_token and _dm_op
+    tokens: pa.Array
+    micros: pa.Array  # each row's partitioning instant, µs since the epoch
+    times: pa.Array  # each row's event time (null when it has none)
+
+
+def _concat(arrays: list[pa.Array]) -> pa.Array:
+    return arrays[0] if len(arrays) == 1 else pa.concat_arrays(arrays)
+
+
+def _prepare(table: TableDef, run: list[UploadRows]) -> _Prepared:
+    """Batches stored with the same schema, aligned and cast once together."""
+    data = run[0].data if len(run) == 1 else pa.concat_tables([r.data for r in run])
+    micros, times = [], []
+    for rows in run:
+        m, t = _event_micros(rows.upload, rows.data)
+        micros.append(m)
+        times.append(pa.nulls(len(rows), _UTC_US) if t is None else t)
+    tokens = _concat([rows.tokens for rows in run])
+    return _Prepared(
+        full=_with_system_columns(_align(table, data), tokens, _concat([_ops(r) for r in run])),
+        tokens=tokens,
+        micros=_concat(micros),
+        times=_concat(times),
+    )
+
+
+def _same_schema_runs(batches: list[UploadRows]) -> list[list[UploadRows]]:
+    """Consecutive non-empty batches stored with the same Arrow schema."""
+    runs: list[list[UploadRows]] = []
+    for rows in batches:
+        if not len(rows):
+            continue
+        if runs and runs[-1][0].data.schema.equals(rows.data.schema):
+            runs[-1].append(rows)
+        else:
+            runs.append([rows])
+    return runs
+
+
+def build_many(table: TableDef, batches: list[UploadRows]) -> list[PartitionRows]:
+    """Rows of several stored batches of ``table`` (in token order) as one set
+    of Parquet-ready partitions: a commit writes one file per (table,
+    partition) however many small batches it holds, and a keyed table keeps
+    the newest row per key across them, as within one batch."""
+    parts = [_prepare(table, run) for run in _same_schema_runs(batches)]
+    if not parts:
         return []
-    full = _with_system_columns(_align(table, rows.data), rows)
-    tokens = rows.tokens
+    if len(parts) == 1:
+        one = parts[0]
+    else:
+        one = _Prepared(
+            full=pa.concat_tables([p.full for p in parts]),
+            tokens=pa.concat_arrays([p.tokens for p in parts]),
+            micros=pa.concat_arrays([p.micros for p in parts]),
+            times=pa.concat_arrays([p.times for p in parts]),
+        )
+    return _partitions(table, one)
+
+
+def _partitions(table: TableDef, rows: _Prepared) -> list[PartitionRows]:
+    full, tokens, count = rows.full, rows.tokens, rows.full.num_rows
     picked = (
         _latest_per_key(full, table.primary_key)
         if table.primary_key
         else pa.array(range(count), pa.int64())
     )
-    micros, times = _event_micros(rows.upload, rows.data)
     seconds = _partition_seconds(table)
-    buckets = _floor_div(micros.take(picked), seconds * 1_000_000)
+    buckets = _floor_div(rows.micros.take(picked), seconds * 1_000_000)
     order = pc.sort_indices(
         pa.table({"b": buckets, "r": picked}), [("b", "ascending"), ("r", "ascending")]
     )
@@ -157,16 +222,16 @@ def build_rows(table: TableDef, rows: UploadRows) -> list[PartitionRows]:
     start = 0
     for bucket, end in zip(runs.values.to_pylist(), runs.run_ends.to_pylist(), strict=True):
         idx = picked.slice(start, end - start)
-        span = None if times is None else pc.min_max(times.take(idx))
+        span = pc.min_max(rows.times.take(idx))
         out.append(
             PartitionRows(
                 table=table,
                 partition=_partition_name(bucket, seconds),
-                arrow=full if len(idx) == full.num_rows else full.take(idx),
+                arrow=full if len(idx) == count else full.take(idx),
                 min_token=tokens[idx[0].as_py()].as_py(),
                 max_token=tokens[idx[-1].as_py()].as_py(),
-                min_event_time=None if span is None else span["min"].as_py(),
-                max_event_time=None if span is None else span["max"].as_py(),
+                min_event_time=span["min"].as_py(),
+                max_event_time=span["max"].as_py(),
             )
         )
         start = end

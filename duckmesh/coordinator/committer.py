@@ -34,7 +34,7 @@ from duckmesh.bus import Batch, BusRecord, IngestBus, LeaseLost, QuarantineEntry
 from duckmesh.catalog import reads, snapshots
 from duckmesh.catalog.model import Snapshot, TableDef
 from duckmesh.catalog.snapshots import ConflictPolicy, RebaseRefused, SnapshotChange
-from duckmesh.coordinator.columnar import UploadRows, build_rows
+from duckmesh.coordinator.columnar import UploadRows, build_many
 from duckmesh.coordinator.health import CommitHealth
 from duckmesh.coordinator.parquet import PartitionRows, Rejected, build_tables
 from duckmesh.db import Conn, Database
@@ -281,10 +281,10 @@ class Committer:
                 poison.extend(self._bisect_upload(table, rows, [BISECT_BUDGET]))
         return poison
 
-    def _build_upload(self, table: TableDef, rows: UploadRows) -> list[PartitionRows]:
-        if self.faults.enabled and rows.contains_text(POISON_MARKER):
+    def _build_uploads(self, table: TableDef, batches: list[UploadRows]) -> list[PartitionRows]:
+        if self.faults.enabled and any(rows.contains_text(POISON_MARKER) for rows in batches):
             self.faults.hit("coordinator.poison_record")
-        return build_rows(table, rows)
+        return build_many(table, batches)
 
     def _bisect_upload(
         self, table: TableDef, rows: UploadRows, budget: list[int]
@@ -293,7 +293,7 @@ class Committer:
         bisection as for records (ADR 0014); ``budget`` bounds the builds."""
         budget[0] -= 1
         try:
-            for part in self._build_upload(table, rows):
+            for part in self._build_uploads(table, [rows]):
                 pq.write_table(part.arrow, io.BytesIO(), compression="zstd")
             return []
         except Exception as exc:
@@ -379,19 +379,24 @@ class Committer:
         snapshot_id: int,
         seq: int,
     ) -> int:
-        """Write the plan's upload batches (Arrow to Parquet, no JSON between);
+        """Write the plan's upload batches (Arrow to Parquet, no JSON between),
+        one file per (table, partition) however many batches the plan holds;
         returns the last file sequence number used."""
+        by_table: dict[str, list[UploadRows]] = {}
         for upload in plan.uploads:
             if upload.table_id in plan.dropped:
                 continue
-            table = plan.tables.get(upload.table_id)
-            if table is None:
+            if upload.table_id not in plan.tables:
                 rejected.extend(_reject_upload(upload, "table not found"))
                 continue
             prior = watermarks.get(upload.table_id, 0)
             watermarks[upload.table_id] = max(prior, upload.last_token)
             # Rows found to fail on their own are quarantined, the rest written.
-            for rows in self._build_upload(table, UploadRows.decode(upload).without(excluded)):
+            by_table.setdefault(upload.table_id, []).append(
+                UploadRows.decode(upload).without(excluded)
+            )
+        for table_id, batches in by_table.items():
+            for rows in self._build_uploads(plan.tables[table_id], batches):
                 seq += 1
                 files.append(self._write(tenant, rows, snapshot_id, seq))
         return seq

@@ -401,8 +401,13 @@ async def test_event_time_partitions_upserts_and_deletes(server: LiveServer) -> 
     await server.create_table(table)
     rows = [dict(ROWS[0], id=i, zoned=f"2024-03-0{1 + i % 2}T23:30:00-01:00") for i in range(6)]
     body, _ = encode("csv", rows)
-    r = await upload(server, "up", body, "text/csv", event_time_column="zoned")
+    # Visible before the next upload: a commit holding both would write one
+    # file per partition for the two batches together.
+    r = await upload(
+        server, "up", body, "text/csv", event_time_column="zoned", wait_for_visibility="true"
+    )
     assert r.status_code == 200, r.text
+    first_snapshot = r.json()["visible_snapshot_id"]
     upserts = [dict(rows[0], name="new"), dict(rows[0], id=1, name="new1")]
     body, _ = encode("csv", upserts)
     r = await upload(server, "up", body, "text/csv", key="u2", op="upsert")
@@ -418,7 +423,7 @@ async def test_event_time_partitions_upserts_and_deletes(server: LiveServer) -> 
         (4, ROWS[0]["name"]),
         (5, ROWS[0]["name"]),
     ]
-    snap = (await server.client.get(f"/v1/snapshots/{r.json()['visible_snapshot_id']}")).json()
+    snap = (await server.client.get(f"/v1/snapshots/{first_snapshot}")).json()
     first = [f for t in snap["tables"] for f in t["files"] if f["max_token"] <= 6]
     # 23:30 at -01:00 is the next day in UTC: 2024-03-02 and 2024-03-03.
     assert sorted(f["path"].split("/")[-2] for f in first) == ["date=2024-03-02", "date=2024-03-03"]

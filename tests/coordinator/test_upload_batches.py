@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from duckmesh.bus import IngestRecord, UploadRequest
-from duckmesh.catalog import commands
+from duckmesh.catalog import commands, reads
 from duckmesh.config import Config
 from duckmesh.query.service import QueryRequest
 from duckmesh.runtime import Runtime, build_runtime, coordinator_actors, migrate_and_bootstrap
@@ -137,3 +137,39 @@ async def test_only_the_failing_rows_of_a_batch_are_quarantined(faulty_runtime: 
     assert [r[0] for r in quarantined] == [2, 5, 8, 11]
     result = await rt.queries.execute("default", QueryRequest(sql="select id from t order by id"))
     assert result["rows"] == [[1], [3], [4], [6], [10], [12], [13], [15]]
+
+
+async def test_a_commit_writes_one_file_per_partition_however_many_batches(
+    runtime: Runtime,
+) -> None:
+    """Each group commit is its own stored batch (ADR 0014); a commit of many
+    of them writes one file per (table, partition), not one per batch, and a
+    keyed table keeps the newest row per key across the batches — also across
+    batches stored with different columns (a group of mixed ops carries each
+    row's op)."""
+    rt = runtime
+    table = rt.db.call(lambda c: commands.create_table(c, "default", TABLE))
+    tid = table.table_id
+    for g in range(6):  # group g upserts ids g and g + 1: tokens 2g+1, 2g+2
+        recs = [_record(tid, f"g{g}-{i}", {"id": i, "v": f"g{g}"}) for i in (g, g + 1)]
+        assert rt.bus.publish("default", [recs])[0] != []
+    mixed = [  # tokens 13, 14
+        _record(tid, "m-0", {"id": 0, "v": "m"}),
+        _record(tid, "m-6", {"id": 6}, op="delete"),
+    ]
+    assert rt.bus.publish("default", [mixed])[0] != []
+    committer = coordinator_actors(rt)[0].committer
+    outcome = await trio.to_thread.run_sync(committer.commit_once)
+    assert outcome is not None
+    snapshot_id = outcome.snapshot_id
+    assert snapshot_id is not None
+    assert outcome.records == 14
+    files = rt.db.call(lambda c: reads.snapshot_files(c, "default", snapshot_id))
+    partitions = {f.path.rsplit("/", 1)[0] for f in files}
+    assert len(files) == len(partitions) < 7
+    assert sum(f.record_count for f in files) == 7  # ids 0..6, each once (6 as a tombstone)
+    assert min(f.min_token for f in files) == 3  # tokens 1, 2 (ids 0, 1) were replaced
+    assert max(f.max_token for f in files) == 14
+    sql = "select id, v from t order by id"
+    result = await rt.queries.execute("default", QueryRequest(sql=sql))
+    assert result["rows"] == [[0, "m"], *([k, f"g{k}"] for k in range(1, 6))]
