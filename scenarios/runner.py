@@ -51,6 +51,7 @@ from hypothesis.stateful import (
 
 from duckmesh_testing.scenario import Executor, HarnessError, InvariantViolation, Stats, System
 from duckmesh_testing.scenario import actions as A
+from duckmesh_testing.scenario.load import Load
 from duckmesh_testing.scenario.system import forwarded_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +60,8 @@ MAX_TABLES = 3
 MAX_ADDED_COLUMNS = 3
 KEY_SPACE = 8  # keyed tables: upserts and deletes over a small key space
 EXAMPLES_PER_ROUND = 25
+# What ``restart_or_kill`` does (a repeated kind is drawn more often).
+KILLS = ("sigkill", "sigkill", "fault", "restart_api", "sigkill_api", "kill_server", "stall")
 
 # Text that survives JSON, Postgres and Parquet (no surrogates or control characters).
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=6)
@@ -277,15 +280,23 @@ class DuckMeshScenario(RuleBasedStateMachine):
     def run_compaction(self, data: st.DataObject) -> None:
         self._do(A.compact())
 
-    @rule(data=st.data(), what=st.sampled_from(("sigkill", "sigkill", "fault", "restart_api")))
+    @rule(data=st.data(), what=st.sampled_from(KILLS))
     def restart_or_kill(self, data: st.DataObject, what: str) -> None:
         table = self._pick(data)
-        if what == "restart_api":
+        if what in ("restart_api", "sigkill_api", "kill_server"):
+            inflight: list[A.Record] = []
             if data.draw(st.booleans(), label="write in flight?"):
                 inflight = self._batch(data, table, retries=False, max_size=5)
-                self._do(A.restart_api(table.name, inflight))
+            name = table.name if inflight else None
+            if what == "kill_server":
+                self._do(A.kill_server(name, inflight))
             else:
-                self._do(A.restart_api())
+                signal = "kill" if what == "sigkill_api" else "term"
+                self._do(A.restart_api(name, inflight, signal=signal))
+            return
+        if what == "stall":
+            records = self._batch(data, table, retries=False, max_size=5)
+            self._do(A.stall_coordinator(table.name, records))
             return
         # A fault point needs at least one new record, or the armed coordinator has
         # nothing to commit and never reaches it.
@@ -350,6 +361,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="extra environment for the server processes (repeatable)",
     )
+    p.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        metavar="WRITERS",
+        help="background writers during the scenarios (default 0: none)",
+    )
+    p.add_argument("--load-max", type=int, default=1000, help="most records per background request")
     p.add_argument("--keep", action="store_true", help="keep the system's logs and data")
     p.add_argument("--workdir", type=Path, help="directory for logs and data (kept)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every step")
@@ -377,12 +396,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     failed = True
     try:
+        if args.load:
+            system.load = Load(system, writers=args.load, max_records=args.load_max, seed=seed)
+            system.load.start()
         RUN = Run(system, stats, seed, args.budget, args.shrink_budget, verbose=args.verbose)
         error = run_rounds(RUN, args.max_steps)
         if error is None:
             try:
-                Executor(system, stats=stats).verify_replay()
-                stats.scenarios -= 1  # that executor ran no scenario
+                finish_run(system, stats)
             except InvariantViolation as exc:
                 error = exc
                 RUN.last_failure = None
@@ -391,13 +412,43 @@ def main(argv: list[str] | None = None) -> int:
         else:
             failed = False
         elapsed = time.monotonic() - started
+        merge_load(system, stats)
         print(f"scenario runner: {stats.summary(seed)}")
+        if system.load is not None:
+            print(f"  background load: {attrs.asdict(system.load.stats)}")
         logs = system.workdir if failed or args.keep else "-"
         print(f"  {stats.details()}; {elapsed:.1f}s; logs {logs}")
         return 1 if failed else 0
     finally:
         RUN = None
+        if system.load is not None:
+            system.load.stop_event.set()
         system.stop(failed=failed)
+
+
+def finish_run(system: System, stats: Stats) -> None:
+    """After the last scenario: the load stopped and checked once more, every
+    token acknowledged exactly once (the ledger), and invariant (e)."""
+    executor = Executor(system, stats=stats)
+    stats.scenarios -= 1  # that executor runs no scenario
+    system.ensure_running()
+    load = system.load
+    if load is not None:
+        load.stop()
+        executor.check_invariants()
+    problem = system.check_ledger()
+    if problem is not None:
+        raise InvariantViolation("tokens are gapless and commit-ordered", problem)
+    executor.verify_replay()
+
+
+def merge_load(system: System, stats: Stats) -> None:
+    load = system.load
+    if load is None:
+        return
+    stats.acks += load.stats.acks
+    stats.duplicates += load.stats.duplicates
+    stats.max_write_to_visible_s = max(stats.max_write_to_visible_s, load.max_late)
 
 
 def report_failure(run: Run, error: BaseException, path: Path) -> None:
