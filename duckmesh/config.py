@@ -104,6 +104,7 @@ UNSAFE_BREAKS = (
     "publish_before_durable",  # a commit publishes files never put at their key (committer)
     "no_fencing",  # a coordinator that lost its lease still publishes (bus ack, committer)
     "skip_idempotency",  # idempotency keys are not recorded: retries are new (bus insert)
+    "split_publish",  # a commit's files are published in two transactions (committer)
 )
 
 

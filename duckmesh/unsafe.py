@@ -10,6 +10,14 @@ twins"). Nothing is armed unless that configuration says so.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from duckmesh.bus import Batch
+    from duckmesh.catalog.model import Snapshot
+    from duckmesh.db import Database
+    from duckmesh.storage.layout import DataFile
+
 _armed = ""
 
 
@@ -22,3 +30,26 @@ def arm(name: str) -> None:
 def broken(name: str) -> bool:
     """True only in a test process that armed exactly this break."""
     return _armed == name
+
+
+def publish_part(
+    db: Database, batch: Batch, head: Snapshot | None, files: list[DataFile], watermark: int
+) -> Snapshot | None:
+    """``split_publish``: register ``files`` alone, under the commit's full
+    watermark, in a transaction of their own (the rest of the commit follows
+    in a second one): between the two a reader sees half the records its
+    token promised. Returns the new head."""
+    from duckmesh.catalog import reads, snapshots
+
+    change = snapshots.SnapshotChange(
+        tenant_id=batch.scope,
+        kind="commit",
+        created_by=batch.consumer_id,
+        files_added=files,
+        table_watermarks={f.table_id: watermark for f in files},
+        max_visibility_token=watermark,
+        fence=batch.fence,
+    )
+    snapshots.publish(db, change, head, policy=snapshots.ConflictPolicy.ABORT)
+    latest: Any = db.call(lambda conn: reads.latest_snapshot(conn, batch.scope))
+    return latest  # type: ignore[no-any-return]

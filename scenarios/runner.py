@@ -369,6 +369,12 @@ def main(argv: list[str] | None = None) -> int:
         help="background writers during the scenarios (default 0: none)",
     )
     p.add_argument("--load-max", type=int, default=1000, help="most records per background request")
+    p.add_argument(
+        "--load-rate",
+        type=float,
+        default=100.0,
+        help="records per second per background writer (default 100; 0: unpaced)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the system's logs and data")
     p.add_argument("--workdir", type=Path, help="directory for logs and data (kept)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every step")
@@ -397,7 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     failed = True
     try:
         if args.load:
-            system.load = Load(system, writers=args.load, max_records=args.load_max, seed=seed)
+            system.load = Load(
+                system,
+                writers=args.load,
+                max_records=args.load_max,
+                rate=args.load_rate,
+                seed=seed,
+            )
             system.load.start()
         RUN = Run(system, stats, seed, args.budget, args.shrink_budget, verbose=args.verbose)
         error = run_rounds(RUN, args.max_steps)

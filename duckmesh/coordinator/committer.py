@@ -351,6 +351,11 @@ class Committer:
         self.faults.hit("coordinator.before_publish_commit")
         new_watermark = max(batch.last_token, watermark)
         traces = tracing.bounded(t for u in plan.uploads for t in u.trace_ids)
+        if unsafe.broken("split_publish") and len(files) > 1:  # TEST ONLY: two transactions
+            head, files = (
+                unsafe.publish_part(self.db, batch, head, files[:1], new_watermark),
+                files[1:],
+            )
         snapshot_id = self._publish(batch, head, files, watermarks, rejected, new_watermark, traces)
         self.faults.hit("coordinator.after_publish_commit")
         self._observe_visibility(good, plan.uploads)

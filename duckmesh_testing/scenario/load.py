@@ -58,6 +58,7 @@ class Writer:
     state: dict[int, int] = attrs.field(factory=dict)  # keyed: key -> v (acknowledged)
     pending: dict[int, int] | None = None  # keyed state if the request in flight commits
     version: int = 0  # keyed requests acknowledged
+    started: float = attrs.field(factory=time.monotonic)
     history: dict[int, dict[int, int]] = attrs.field(factory=dict)  # version -> state
     last: tuple[str, dict[str, Any], dict[str, str], int, int] | None = None  # for re-sends
 
@@ -74,9 +75,16 @@ class LoadStats:
 
 class Load:
     def __init__(
-        self, system: System, *, writers: int, max_records: int = 1000, seed: int = 0
+        self,
+        system: System,
+        *,
+        writers: int,
+        max_records: int = 1000,
+        rate: float = 0.0,
+        seed: int = 0,
     ) -> None:
         self.system = system
+        self.rate = rate  # records per second per writer (0: as fast as acknowledged)
         self.writers = [Writer(n + 1) for n in range(writers)]
         self.max_records = max_records
         self.seed = seed
@@ -121,6 +129,7 @@ class Load:
         client = self.system.new_client(timeout=60)
         try:
             while not self.stop_event.is_set():
+                self._pace(writer)
                 roll = rng.random()
                 if roll < 0.05 and writer.last is not None:
                     self._resend(client, writer)
@@ -134,6 +143,15 @@ class Load:
             self._violated("load writer", f"writer {writer.number} crashed: {exc!r}")
         finally:
             client.close()
+
+    def _pace(self, writer: Writer) -> None:
+        """Hold the writer to ``rate``: a commit backlog would only slow every
+        token-gated check down, not prove more."""
+        if self.rate <= 0:
+            return
+        written = writer.acked_ids + writer.version * 150  # keyed requests average ~150
+        due = writer.started + written / self.rate
+        self.stop_event.wait(max(0.0, due - time.monotonic()))
 
     def _append(
         self, client: httpx.Client, writer: Writer, rng: random.Random, *, upload: bool
