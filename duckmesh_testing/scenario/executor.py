@@ -57,6 +57,7 @@ REMEMBER_MAX = 40
 RECHECK_PER_STEP = 2
 FAULT_DEATH_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 30.0
+HISTORY_QUERIES = 6  # per step: see Executor._check_history
 STALL_DELAY_S = 3.0  # > the scenario lease (1.5 s): the stalled holder's lease runs out
 
 __all__ = ["Executor", "InvariantViolation", "Stats", "load_recording", "replay"]
@@ -135,6 +136,7 @@ class TableModel:
     columns: list[str]
     key: tuple[str, ...]
     writes: list[Write] = attrs.field(factory=list)
+    after_snapshot: int = 0  # the latest snapshot when it was created: later ones hold it
 
     def sql(self, kind: str) -> str:
         if kind == "aggregate":
@@ -212,6 +214,7 @@ class Executor:
         self.last_token = 0
         self.remembered: list[Remembered] = []
         self._recheck_at = 0
+        self._verified_snapshot = 0  # snapshots up to this one were checked (_check_history)
         self._unseen: list[tuple[int, float]] = []  # (token, sent at) not yet seen visible
         self.stats.scenarios += 1
 
@@ -252,9 +255,11 @@ class Executor:
             )
 
     def recording(self, seed: int | None = None, **extra: Any) -> dict[str, Any]:
+        load = self.system.load
         return {
             "seed": seed,
             "system_env": dict(self.system.server_env),
+            **({"load": load.settings()} if load is not None else {}),
             **extra,
             "actions": copy.deepcopy(self.actions),
         }
@@ -324,6 +329,32 @@ class Executor:
                 )
         if snaps:
             self._latest_watermark(snaps[0]["max_visibility_token"], "GET /v1/snapshots")
+        self._check_history(snaps)
+
+    def _check_history(self, snaps: Sequence[Mapping[str, Any]]) -> None:
+        """Every snapshot published since the last step, not only the latest,
+        must hold exactly the acknowledged writes at or below its watermark
+        (a commit published in parts would show a watermark without all of
+        its rows). At most ``HISTORY_QUERIES`` queries a step, oldest first."""
+        budget = HISTORY_QUERIES
+        for snap in sorted(snaps, key=lambda s: int(s["snapshot_id"])):
+            sid = int(snap["snapshot_id"])
+            if sid <= self._verified_snapshot:
+                continue
+            tables = [t for t in self.tables.values() if t.after_snapshot < sid]
+            if len(tables) > budget:
+                return
+            for table in tables:
+                sql = table.sql("aggregate")
+                r = self._call(
+                    "POST", "/v1/query", json={"sql": sql, "snapshot_id": sid, "row_limit": 10}
+                )
+                if _error(r)[0] == "SNAPSHOT_NOT_FOUND":
+                    break  # expired meanwhile: nothing to hold
+                self._expect(r, 200, f"query on snapshot {sid}")
+                self._check_rows(table, "aggregate", r.json(), f"snapshot {sid} (history)")
+            budget -= len(tables)
+            self._verified_snapshot = sid
 
     def _check_rows(
         self, table: TableModel, kind: str, answer: Mapping[str, Any], what: str
@@ -618,10 +649,12 @@ class Executor:
         }
         r = self._call("POST", "/v1/tables", json=body)
         self._expect(r, 201, f"create table {action['table']}")
+        snaps = self._call("GET", "/v1/snapshots", params={"limit": 1}).json()["snapshots"]
         self.tables[action["table"]] = TableModel(
             action["table"],
             [c["name"] for c in action["columns"]],
             tuple(action["primary_key"]),
+            after_snapshot=snaps[0]["snapshot_id"] if snaps else 0,
         )
 
     def _do_evolve_table(self, action: A.Action) -> None:
@@ -901,6 +934,10 @@ def load_recording(path: Path) -> dict[str, Any]:
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
         raise ValueError(f"{path}: 'system_env' must map names to strings")
+    load = data.get("load")
+    known = {"writers", "max_records", "rate", "seed"}
+    if load is not None and (not isinstance(load, dict) or not set(load) <= known):
+        raise ValueError(f"{path}: 'load' must be an object with keys among {sorted(known)}")
     return data
 
 
@@ -923,6 +960,12 @@ def replay(
     failed = True
     try:
         system.start()
+        if recording.get("load"):
+            from duckmesh_testing.scenario.load import Load
+
+            # The same background load (its timing is not replayable, its seed is).
+            system.load = Load(system, **recording["load"])
+            system.load.start()
         executor = Executor(system, echo=echo)
         for action in recording["actions"]:
             executor.run(action)
@@ -933,4 +976,6 @@ def replay(
     finally:
         if failed and echo is not None:
             echo(f"logs kept in {system.workdir}")
+        if system.load is not None:
+            system.load.stop_event.set()
         system.stop(failed=failed)

@@ -99,6 +99,15 @@ class Load:
         self._recheck = 0
         self.max_late = 0.0  # the longest from sending a load write to a check showing it
 
+    def settings(self) -> dict[str, Any]:
+        """The arguments that make the same load again (for a recording)."""
+        return {
+            "writers": len(self.writers),
+            "max_records": self.max_records,
+            "rate": self.rate,
+            "seed": self.seed,
+        }
+
     # -- lifecycle -------------------------------------------------------------
 
     def start(self) -> None:
