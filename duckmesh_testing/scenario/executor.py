@@ -57,6 +57,7 @@ REMEMBER_MAX = 40
 RECHECK_PER_STEP = 2
 FAULT_DEATH_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 30.0
+LOAD_REPLAY_S = 30.0  # a replay with background load checks it this long after the steps
 HISTORY_QUERIES = 6  # per step: see Executor._check_history
 STALL_DELAY_S = 3.0  # > the scenario lease (1.5 s): the stalled holder's lease runs out
 
@@ -342,8 +343,14 @@ class Executor:
             if sid <= self._verified_snapshot:
                 continue
             tables = [t for t in self.tables.values() if t.after_snapshot < sid]
-            if len(tables) > budget:
+            load = self.system.load
+            if len(tables) + (load is not None) > budget:
                 return
+            if load is not None and load.after_snapshot < sid:
+                found = load.check_snapshot(self._call, sid, int(snap["max_visibility_token"]))
+                if found:
+                    raise InvariantViolation(found[0][0], f"background load: {found[0][1]}")
+                budget -= 1
             for table in tables:
                 sql = table.sql("aggregate")
                 r = self._call(
@@ -969,6 +976,11 @@ def replay(
         executor = Executor(system, echo=echo)
         for action in recording["actions"]:
             executor.run(action)
+        if system.load is not None:
+            # The load's timing is not recorded: keep checking while it runs.
+            deadline = time.monotonic() + LOAD_REPLAY_S
+            while time.monotonic() < deadline:
+                executor.check_invariants()
         executor.finish()
         executor.verify_replay()
         failed = False

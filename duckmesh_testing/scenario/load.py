@@ -59,6 +59,7 @@ class Writer:
     pending: dict[int, int] | None = None  # keyed state if the request in flight commits
     version: int = 0  # keyed requests acknowledged
     started: float = attrs.field(factory=time.monotonic)
+    spans: list[tuple[int, int]] = attrs.field(factory=list)  # append tokens acknowledged
     history: dict[int, dict[int, int]] = attrs.field(factory=dict)  # version -> state
     last: tuple[str, dict[str, Any], dict[str, str], int, int] | None = None  # for re-sends
 
@@ -97,6 +98,7 @@ class Load:
         self.unseen: list[tuple[int, float]] = []  # (top token, sent at) not yet seen visible
         self.remembered: list[tuple[int, str, list[list[Any]], int]] = []
         self._recheck = 0
+        self.after_snapshot = 0  # later snapshots hold the load's tables
         self.max_late = 0.0  # the longest from sending a load write to a check showing it
 
     def settings(self) -> dict[str, Any]:
@@ -121,6 +123,8 @@ class Load:
             r = http.post("/v1/tables", json={"name": name, "columns": columns, "primary_key": key})
             if r.status_code not in (201, 409):
                 raise RuntimeError(f"creating {name} answered {r.status_code}: {r.text}")
+        snaps = http.get("/v1/snapshots", params={"limit": 1}).json()["snapshots"]
+        self.after_snapshot = snaps[0]["snapshot_id"] if snaps else 0
         for writer in self.writers:
             t = threading.Thread(target=self._run, args=(writer,), daemon=True)
             t.start()
@@ -187,6 +191,7 @@ class Load:
         top = self._send(client, writer, APPEND, request, n, upload=upload)
         with self.lock:
             writer.acked_ids += n
+            writer.spans.append((top - n + 1, top))
             writer.last = (APPEND, request, {}, n, top)
 
     def _keyed(self, client: httpx.Client, writer: Writer, rng: random.Random) -> None:
@@ -342,6 +347,25 @@ class Load:
         found += self._check_keyed(keyed, states)
         found += self._recheck_one(call)
         return found
+
+    def check_snapshot(
+        self, call: Callable[..., httpx.Response], sid: int, watermark: int
+    ) -> list[Violation]:
+        """An older snapshot (not only the latest) must hold every acknowledged
+        append-only id at or below its own watermark, each once."""
+        with self.lock:
+            lower = {
+                w.number: sum(max(0, min(watermark, last) - first + 1) for first, last in w.spans)
+                for w in self.writers
+            }
+            upper = {w.number: w.sent_ids for w in self.writers}
+        sql = f"select w, count(*), count(distinct id), min(id), max(id) from {APPEND} group by w"
+        r = call("POST", "/v1/query", json={"sql": sql, "snapshot_id": sid, "row_limit": 1000})
+        if r.status_code == 404:
+            return []  # expired meanwhile: nothing to hold
+        if r.status_code != 200:
+            return [("protocol", f"query on snapshot {sid} answered {r.status_code}: {r.text}")]
+        return self._check_append(r.json(), lower, upper)
 
     def _query(self, call: Callable[..., httpx.Response], sql: str, token: int) -> dict[str, Any]:
         body = {
