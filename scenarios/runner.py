@@ -2,6 +2,7 @@
 against a real DuckMesh, with the consistency guarantees checked after every step.
 
     python -m scenarios.runner --budget SECONDS [--seed N] [--max-steps N]
+                               [--load WRITERS [--load-max N] [--load-rate R]]
 
 One :class:`~duckmesh_testing.scenario.System` (Postgres, an API process, a
 coordinator process) is started for the whole run: starting processes per
@@ -17,6 +18,11 @@ hypothesis sees as a pass). On a violation hypothesis shrinks (within
 ``--shrink-budget`` seconds), the seed is printed and the executor's recording
 of the final, shrunk run is written to ``reports/scenario-failure.json``;
 ``duckmesh scenario replay reports/scenario-failure.json`` reruns it.
+
+With ``--load WRITERS`` background writers (``duckmesh_testing/scenario/load.py``)
+send record and CSV-upload requests throughout, checked by the same executor
+after every step; at the end every acknowledged token range must tile the
+tenant's tokens (the ledger) and ``duckmesh replay verify`` must pass.
 
 Exit status: 0 when every scenario held, 1 on a violation, 2 when the system
 could not be started.
