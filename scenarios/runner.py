@@ -67,7 +67,16 @@ MAX_ADDED_COLUMNS = 3
 KEY_SPACE = 8  # keyed tables: upserts and deletes over a small key space
 EXAMPLES_PER_ROUND = 25
 # What ``restart_or_kill`` does (a repeated kind is drawn more often).
-KILLS = ("sigkill", "sigkill", "fault", "restart_api", "sigkill_api", "kill_server", "stall")
+KILLS = (
+    "sigkill",
+    "sigkill",
+    "fault",
+    "restart_api",
+    "sigkill_api",
+    "kill_server",
+    "stall",
+    "damage",
+)
 
 # Text that survives JSON, Postgres and Parquet (no surrogates or control characters).
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=6)
@@ -299,6 +308,9 @@ class DuckMeshScenario(RuleBasedStateMachine):
             else:
                 signal = "kill" if what == "sigkill_api" else "term"
                 self._do(A.restart_api(name, inflight, signal=signal))
+            return
+        if what == "damage":
+            self._do(A.damage_file(table.name))
             return
         if what == "stall":
             records = self._batch(data, table, retries=False, max_size=5)

@@ -34,6 +34,9 @@ Steps:
 - ``{"do": "stall_coordinator", "table": name, "records": [...]}``: SIGSTOP the
   coordinator in the middle of committing ``records`` until its lease runs out and a
   second coordinator commits them, then SIGCONT it: its stale publish must be fenced.
+- ``{"do": "damage_file", "table": name}``: truncate one of the table's Parquet
+  files (kept aside first); the table may answer ``DATA_FILE_CORRUPT``, no other
+  table may fail; then ``duckmesh repair TABLE --from-backup`` puts it back.
 - ``{"do": "compact"}``: run compaction for the tenant now (``POST
   /v1/compaction/run``); answers, old and new, must not change.
 """
@@ -64,6 +67,7 @@ KINDS: tuple[str, ...] = (
     "restart_api",
     "kill_server",
     "stall_coordinator",
+    "damage_file",
     "compact",
 )
 SIGNALS = ("term", "kill")
@@ -140,6 +144,10 @@ def stall_coordinator(table: str, records: Sequence[Record]) -> Action:
     return {"do": "stall_coordinator", "table": table, "records": [dict(r) for r in records]}
 
 
+def damage_file(table: str) -> Action:
+    return {"do": "damage_file", "table": table}
+
+
 def compact() -> Action:
     return {"do": "compact"}
 
@@ -170,7 +178,7 @@ def validate(action: Any) -> Action:
         raise BadAction(f"unknown action {kind!r}; expected one of {', '.join(KINDS)}")
     if kind in ("create_table", "evolve_table", "ingest", "ingest_wait", "ingest_conflict"):
         _need(action, "table", str)
-    if kind in ("query_token", "query_latest"):
+    if kind in ("query_token", "query_latest", "damage_file"):
         _need(action, "table", str)
     if kind == "create_table":
         _need(action, "columns", list)
@@ -244,4 +252,6 @@ def describe(action: Mapping[str, Any]) -> str:
         return f"stall_coordinator (SIGSTOP past its lease) committing {len(records)} to {table}"
     if kind == "compact":
         return "compact (POST /v1/compaction/run)"
+    if kind == "damage_file":
+        return f"damage_file {table} (truncate a Parquet file, then duckmesh repair)"
     return repr(dict(action))

@@ -39,6 +39,7 @@ import collections
 import copy
 import itertools
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -768,7 +769,44 @@ class Executor:
             raise InvariantViolation("protocol", f"compaction answered {r.text}")
         self.stats.compactions += 1
 
+    def _do_damage_file(self, action: A.Action) -> None:
+        """Truncate one of the table's data files: only that table may fail
+        (``DATA_FILE_CORRUPT``); ``duckmesh repair`` from the copy makes it whole."""
+        table = self._table(action["table"])
+        r = self._call("GET", "/v1/snapshots", params={"limit": 1})
+        self._expect(r, 200, "GET /v1/snapshots")
+        sid = r.json()["snapshots"][0]["snapshot_id"]
+        r = self._call("GET", f"/v1/snapshots/{sid}")
+        self._expect(r, 200, f"GET /v1/snapshots/{sid}")
+        files = [
+            f["path"] for t in r.json()["tables"] if t["name"] == table.name for f in t["files"]
+        ]
+        if not files:
+            return  # nothing written yet: nothing to damage
+        key = files[len(self.actions) % len(files)]
+        path = self.system.object_path(key)
+        backup = self.system.workdir / "backup"
+        (backup / key).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, backup / key)
+        size = path.stat().st_size
+        with open(path, "r+b") as f:
+            f.truncate(size // 2)
+        self.stats.killed("data-file-truncated")
+        for other in self.tables.values():
+            sql = other.sql("rows")
+            r = self._call("POST", "/v1/query", json={"sql": sql, "row_limit": ROW_LIMIT})
+            if other is table and _error(r)[0] == "DATA_FILE_CORRUPT":
+                continue  # the damaged table may say so, and only it
+            self._expect(r, 200, f"query on {other.name} with a file of {table.name} damaged")
+            self._check_rows(other, "rows", r.json(), "a query while a file is damaged")
+        code, output = self.system.repair(table.name, backup)
+        if code != 0:
+            raise InvariantViolation(
+                "integrity", f"duckmesh repair {table.name} from the copy exited {code}: {output}"
+            )
+
     def _do_restart_api(self, action: A.Action) -> None:
+
         api = self.system.api
         assert api is not None
         how = action.get("signal", "term")

@@ -375,6 +375,35 @@ class System:
             return f"the acknowledged ranges end at {expect - 1}, the tenant issued {latest}"
         return None
 
+    def repair(self, table: str, backup: Path, timeout: float = 120) -> tuple[int, str]:
+        """``duckmesh repair TABLE --from-backup DIR``: (exit code, output)."""
+        env = server_env(
+            DUCKMESH_CATALOG_DSN=self.dsn,
+            DUCKMESH_DATA_DIR=str(self.workdir / "data"),
+            DUCKMESH_LOG_LEVEL="warning",
+        )
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "duckmesh.cli.main",
+                "repair",
+                table,
+                "--from-backup",
+                str(backup),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        return done.returncode, done.stdout + done.stderr
+
+    def object_path(self, key: str) -> Path:
+        """Where the local object store keeps ``key`` (``DUCKMESH_DATA_DIR/objects``)."""
+        return self.workdir / "data" / "objects" / key
+
     def replay_verify(self, timeout: float = 300) -> tuple[int, str]:
         """``duckmesh replay verify`` against this catalog: (exit code, output)."""
         env = server_env(
