@@ -76,6 +76,7 @@ KILLS = (
     "kill_server",
     "stall",
     "damage",
+    "postgres",
 )
 
 # Text that survives JSON, Postgres and Parquet (no surrogates or control characters).
@@ -308,6 +309,9 @@ class DuckMeshScenario(RuleBasedStateMachine):
             else:
                 signal = "kill" if what == "sigkill_api" else "term"
                 self._do(A.restart_api(name, inflight, signal=signal))
+            return
+        if what == "postgres":
+            self._do(A.kill_postgres())
             return
         if what == "damage":
             self._do(A.damage_file(table.name))

@@ -34,6 +34,8 @@ Steps:
 - ``{"do": "stall_coordinator", "table": name, "records": [...]}``: SIGSTOP the
   coordinator in the middle of committing ``records`` until its lease runs out and a
   second coordinator commits them, then SIGCONT it: its stale publish must be fenced.
+- ``{"do": "kill_postgres"}``: SIGKILL the catalog's Postgres and start it again (crash
+  recovery) as its supervisor would; DuckMesh must reconnect and lose nothing.
 - ``{"do": "damage_file", "table": name}``: truncate one of the table's Parquet
   files (kept aside first); the table may answer ``DATA_FILE_CORRUPT``, no other
   table may fail; then ``duckmesh repair TABLE --from-backup`` puts it back.
@@ -68,6 +70,7 @@ KINDS: tuple[str, ...] = (
     "kill_server",
     "stall_coordinator",
     "damage_file",
+    "kill_postgres",
     "compact",
 )
 SIGNALS = ("term", "kill")
@@ -146,6 +149,10 @@ def stall_coordinator(table: str, records: Sequence[Record]) -> Action:
 
 def damage_file(table: str) -> Action:
     return {"do": "damage_file", "table": table}
+
+
+def kill_postgres() -> Action:
+    return {"do": "kill_postgres"}
 
 
 def compact() -> Action:
@@ -252,6 +259,8 @@ def describe(action: Mapping[str, Any]) -> str:
         return f"stall_coordinator (SIGSTOP past its lease) committing {len(records)} to {table}"
     if kind == "compact":
         return "compact (POST /v1/compaction/run)"
+    if kind == "kill_postgres":
+        return "kill_postgres (SIGKILL the catalog's Postgres, crash recovery)"
     if kind == "damage_file":
         return f"damage_file {table} (truncate a Parquet file, then duckmesh repair)"
     return repr(dict(action))

@@ -769,6 +769,12 @@ class Executor:
             raise InvariantViolation("protocol", f"compaction answered {r.text}")
         self.stats.compactions += 1
 
+    def _do_kill_postgres(self, action: A.Action) -> None:
+        if not self.system.owns_postgres:
+            return  # DUCKMESH_TEST_DSN: a Postgres the harness must not kill
+        self.system.kill_postgres()
+        self.stats.killed("postgres-sigkill")
+
     def _do_damage_file(self, action: A.Action) -> None:
         """Truncate one of the table's data files: only that table may fail
         (``DATA_FILE_CORRUPT``); ``duckmesh repair`` from the copy makes it whole."""

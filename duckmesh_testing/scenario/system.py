@@ -187,10 +187,11 @@ class System:
         self._embedded = EmbeddedPostgres(self._pg_root)
         dsn = self._embedded.start()
         with psycopg.connect(dsn, autocommit=True) as conn:
-            # Speed only: this server is thrown away, and the scenarios crash
-            # DuckMesh processes, never Postgres.
+            # Speed only: this server is thrown away and the machine does not
+            # crash. Commits still reach the OS before they return
+            # (synchronous_commit stays on), so a SIGKILL of Postgres itself
+            # (``kill_postgres``) loses nothing acknowledged.
             conn.execute("ALTER SYSTEM SET fsync = off")
-            conn.execute("ALTER SYSTEM SET synchronous_commit = off")
             conn.execute("SELECT pg_reload_conf()")
         return dsn
 
@@ -271,6 +272,32 @@ class System:
     def start_coordinator(self, extra_env: Mapping[str, str] | None = None) -> None:
         assert self.coordinator is not None
         self.coordinator.start(extra_env)
+
+    @property
+    def owns_postgres(self) -> bool:
+        return self._embedded is not None
+
+    def kill_postgres(self, timeout: float = 60) -> None:
+        """SIGKILL the embedded Postgres's postmaster and start it again (crash
+        recovery); the DuckMesh processes must reconnect by themselves."""
+        if self._embedded is None:
+            raise HarnessError("kill_postgres needs the embedded Postgres (no DUCKMESH_TEST_DSN)")
+        pid = self._embedded.postmaster_pid()
+        if pid is None:
+            raise HarnessError("the embedded Postgres is not running")
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        # Its orphaned backends hold the shared memory until they notice: a
+        # restart fails until then, so the supervisor's part is to retry.
+        while time.monotonic() < deadline:
+            if self._embedded.postmaster_pid() is None:
+                self._embedded.ensure_running()
+            try:
+                psycopg.connect(self.dsn, connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                time.sleep(0.2)
+        raise HarnessError(f"the embedded Postgres did not come back within {timeout}s")
 
     def second_coordinator(self) -> Process:
         """Another coordinator process (its own port and log), not yet started."""

@@ -185,6 +185,7 @@ def test_action_constructors_make_valid_json_actions() -> None:
         A.kill_server("t", [_rec("d", id=5)]),
         A.stall_coordinator("t", [_rec("e", id=6)]),
         A.damage_file("t"),
+        A.kill_postgres(),
         A.compact(),
     ]
     assert {a["do"] for a in made} == set(A.KINDS)
