@@ -100,7 +100,7 @@ def _bootstrap_key(name: str, raw: str) -> str:
 
 UNSAFE_BREAKS = (
     "skip_barrier",  # queries do not wait for the token (duckmesh/query/barrier.py)
-    "token_order",  # receipts name a token below their last record's (duckmesh/bus/postgres.py)
+    "token_order",  # receipts name a token below their last record's (bus/record_batches.py)
     "publish_before_durable",  # a commit publishes files never put at their key (committer)
     "no_fencing",  # a coordinator that lost its lease still publishes (bus ack, committer)
     "skip_idempotency",  # idempotency keys are not recorded: retries are new (bus insert)
