@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import trio
 
+from duckmesh import unsafe
 from duckmesh.cli.main import main
-from duckmesh.config import Config, ConfigError, load_config
+from duckmesh.config import UNSAFE_BREAKS, Config, ConfigError, load_config
 from duckmesh.errors import DuckMeshError
 from duckmesh.query import barrier
 from duckmesh.query.service import QueryRequest
@@ -230,6 +231,19 @@ def test_unsafe_break_is_refused_without_faults_enabled() -> None:
         environ={"DUCKMESH_UNSAFE_BREAK": "skip_barrier", "DUCKMESH_ENABLE_FAULTS": "1"}
     )
     assert armed.unsafe_break == "skip_barrier"
+
+
+@pytest.mark.parametrize("name", UNSAFE_BREAKS)
+def test_each_twin_is_armed_only_with_faults_enabled(name: str) -> None:
+    with pytest.raises(ConfigError, match="DUCKMESH_UNSAFE_BREAK"):
+        load_config(environ={"DUCKMESH_UNSAFE_BREAK": name})
+    config = load_config(environ={"DUCKMESH_UNSAFE_BREAK": name, "DUCKMESH_ENABLE_FAULTS": "1"})
+    try:
+        unsafe.arm(config.unsafe_break)
+        assert [b for b in UNSAFE_BREAKS if unsafe.broken(b)] == [name]
+    finally:
+        unsafe.arm("")
+    assert not any(unsafe.broken(b) for b in UNSAFE_BREAKS)
 
 
 def test_serve_refuses_unsafe_break_without_faults(
