@@ -98,7 +98,14 @@ def _bootstrap_key(name: str, raw: str) -> str:
     return raw
 
 
-UNSAFE_BREAKS = ("skip_barrier",)
+UNSAFE_BREAKS = (
+    "skip_barrier",  # queries do not wait for the token (duckmesh/query/barrier.py)
+    "token_order",  # receipts name a token below their last record's (bus/record_batches.py)
+    "publish_before_durable",  # a commit publishes files never put at their key (committer)
+    "no_fencing",  # a coordinator that lost its lease still publishes (bus ack, committer)
+    "skip_idempotency",  # idempotency keys are not recorded: retries are new (bus insert)
+    "split_publish",  # a commit's files are published in two transactions (committer)
+)
 
 
 def _unsafe_break(name: str, raw: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import structlog
 
-from duckmesh import migrations
+from duckmesh import migrations, unsafe
 from duckmesh.bus import IngestBus
 from duckmesh.bus.postgres import PostgresBus
 from duckmesh.catalog import commands, reads
@@ -102,11 +102,12 @@ def build_runtime(
 ) -> Runtime:
     """``dsn``: use this catalog instead of the configured one (``embedded_dsn``:
     it is the data directory's own, already running Postgres)."""
+    unsafe.arm(config.unsafe_break)
     if config.unsafe_break:
         log.warning(
             "unsafe_break_armed",
             unsafe_break=config.unsafe_break,
-            message="read-after-write is deliberately broken (DUCKMESH_UNSAFE_BREAK)",
+            message="a guarantee is deliberately broken (DUCKMESH_UNSAFE_BREAK)",
         )
     embedded_here = embedded_dsn or (dsn is None and not config.catalog_dsn)
     use_system_arrow_allocator()

@@ -2,6 +2,7 @@
 against a real DuckMesh, with the consistency guarantees checked after every step.
 
     python -m scenarios.runner --budget SECONDS [--seed N] [--max-steps N]
+                               [--load WRITERS [--load-max N] [--load-rate R]]
 
 One :class:`~duckmesh_testing.scenario.System` (Postgres, an API process, a
 coordinator process) is started for the whole run: starting processes per
@@ -17,6 +18,11 @@ hypothesis sees as a pass). On a violation hypothesis shrinks (within
 ``--shrink-budget`` seconds), the seed is printed and the executor's recording
 of the final, shrunk run is written to ``reports/scenario-failure.json``;
 ``duckmesh scenario replay reports/scenario-failure.json`` reruns it.
+
+With ``--load WRITERS`` background writers (``duckmesh_testing/scenario/load.py``)
+send record and CSV-upload requests throughout, checked by the same executor
+after every step; at the end every acknowledged token range must tile the
+tenant's tokens (the ledger) and ``duckmesh replay verify`` must pass.
 
 Exit status: 0 when every scenario held, 1 on a violation, 2 when the system
 could not be started.
@@ -51,6 +57,7 @@ from hypothesis.stateful import (
 
 from duckmesh_testing.scenario import Executor, HarnessError, InvariantViolation, Stats, System
 from duckmesh_testing.scenario import actions as A
+from duckmesh_testing.scenario.load import Load
 from duckmesh_testing.scenario.system import forwarded_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +66,18 @@ MAX_TABLES = 3
 MAX_ADDED_COLUMNS = 3
 KEY_SPACE = 8  # keyed tables: upserts and deletes over a small key space
 EXAMPLES_PER_ROUND = 25
+# What ``restart_or_kill`` does (a repeated kind is drawn more often).
+KILLS = (
+    "sigkill",
+    "sigkill",
+    "fault",
+    "restart_api",
+    "sigkill_api",
+    "kill_server",
+    "stall",
+    "damage",
+    "postgres",
+)
 
 # Text that survives JSON, Postgres and Parquet (no surrogates or control characters).
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=6)
@@ -277,15 +296,29 @@ class DuckMeshScenario(RuleBasedStateMachine):
     def run_compaction(self, data: st.DataObject) -> None:
         self._do(A.compact())
 
-    @rule(data=st.data(), what=st.sampled_from(("sigkill", "sigkill", "fault", "restart_api")))
+    @rule(data=st.data(), what=st.sampled_from(KILLS))
     def restart_or_kill(self, data: st.DataObject, what: str) -> None:
         table = self._pick(data)
-        if what == "restart_api":
+        if what in ("restart_api", "sigkill_api", "kill_server"):
+            inflight: list[A.Record] = []
             if data.draw(st.booleans(), label="write in flight?"):
                 inflight = self._batch(data, table, retries=False, max_size=5)
-                self._do(A.restart_api(table.name, inflight))
+            name = table.name if inflight else None
+            if what == "kill_server":
+                self._do(A.kill_server(name, inflight))
             else:
-                self._do(A.restart_api())
+                signal = "kill" if what == "sigkill_api" else "term"
+                self._do(A.restart_api(name, inflight, signal=signal))
+            return
+        if what == "postgres":
+            self._do(A.kill_postgres())
+            return
+        if what == "damage":
+            self._do(A.damage_file(table.name))
+            return
+        if what == "stall":
+            records = self._batch(data, table, retries=False, max_size=5)
+            self._do(A.stall_coordinator(table.name, records))
             return
         # A fault point needs at least one new record, or the armed coordinator has
         # nothing to commit and never reaches it.
@@ -350,6 +383,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="extra environment for the server processes (repeatable)",
     )
+    p.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        metavar="WRITERS",
+        help="background writers during the scenarios (default 0: none)",
+    )
+    p.add_argument("--load-max", type=int, default=1000, help="most records per background request")
+    p.add_argument(
+        "--load-rate",
+        type=float,
+        default=100.0,
+        help="records per second per background writer (default 100; 0: unpaced)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the system's logs and data")
     p.add_argument("--workdir", type=Path, help="directory for logs and data (kept)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every step")
@@ -377,12 +424,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     failed = True
     try:
+        if args.load:
+            system.load = Load(
+                system,
+                writers=args.load,
+                max_records=args.load_max,
+                rate=args.load_rate,
+                seed=seed,
+            )
+            system.load.start()
         RUN = Run(system, stats, seed, args.budget, args.shrink_budget, verbose=args.verbose)
         error = run_rounds(RUN, args.max_steps)
         if error is None:
             try:
-                Executor(system, stats=stats).verify_replay()
-                stats.scenarios -= 1  # that executor ran no scenario
+                finish_run(system, stats)
             except InvariantViolation as exc:
                 error = exc
                 RUN.last_failure = None
@@ -391,13 +446,43 @@ def main(argv: list[str] | None = None) -> int:
         else:
             failed = False
         elapsed = time.monotonic() - started
+        merge_load(system, stats)
         print(f"scenario runner: {stats.summary(seed)}")
+        if system.load is not None:
+            print(f"  background load: {attrs.asdict(system.load.stats)}")
         logs = system.workdir if failed or args.keep else "-"
         print(f"  {stats.details()}; {elapsed:.1f}s; logs {logs}")
         return 1 if failed else 0
     finally:
         RUN = None
+        if system.load is not None:
+            system.load.stop_event.set()
         system.stop(failed=failed)
+
+
+def finish_run(system: System, stats: Stats) -> None:
+    """After the last scenario: the load stopped and checked once more, every
+    token acknowledged exactly once (the ledger), and invariant (e)."""
+    executor = Executor(system, stats=stats)
+    stats.scenarios -= 1  # that executor runs no scenario
+    system.ensure_running()
+    load = system.load
+    if load is not None:
+        load.stop()
+        executor.check_invariants()
+    problem = system.check_ledger()
+    if problem is not None:
+        raise InvariantViolation("tokens are gapless and commit-ordered", problem)
+    executor.verify_replay()
+
+
+def merge_load(system: System, stats: Stats) -> None:
+    load = system.load
+    if load is None:
+        return
+    stats.acks += load.stats.acks
+    stats.duplicates += load.stats.duplicates
+    stats.max_write_to_visible_s = max(stats.max_write_to_visible_s, load.max_late)
 
 
 def report_failure(run: Run, error: BaseException, path: Path) -> None:

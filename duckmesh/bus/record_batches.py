@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 import pyarrow as pa
 
+from duckmesh import unsafe
 from duckmesh.bus.batches import CHUNK_ROWS, ipc
 from duckmesh.bus.protocol import IngestRecord, Receipt
 from duckmesh.bus.record_arrow import payloads_to_arrow
@@ -109,7 +110,8 @@ def plan_group(
             token += 1
             seen[key] = (token, rec.payload_hash)
             first_index[key] = index
-            receipts.append(Receipt(token, False))
+            # TEST ONLY (token_order): the receipt names a token below the record's own.
+            receipts.append(Receipt(token - unsafe.broken("token_order"), False))
             staged.append(rec)
         if conflict is not None:
             token -= len(staged)  # the request fails whole: its tokens go back
@@ -262,15 +264,16 @@ def insert(
     (base, ingest time) — the new tokens are base+1..base+n — or None when the
     tenant has no counter yet. A key used before raises UniqueViolation."""
     cols: list[list[Any]] = [list(c) for c in zip(*enc.batches, strict=True)] or [[]] * 8
+    keys = ([], [], [], []) if unsafe.broken("skip_idempotency") else enc.keys  # TEST ONLY
     row = conn.execute(
         _INSERT,
         {
             "n": n,
             "t": tenant_id,
-            "kt": enc.keys[0],
-            "kk": enc.keys[1],
-            "ko": enc.keys[2],
-            "kh": enc.keys[3],
+            "kt": keys[0],
+            "kk": keys[1],
+            "ko": keys[2],
+            "kh": keys[3],
             **dict(zip(("bf", "bl", "bt", "bo", "be", "bv", "bd", "br"), cols, strict=True)),
             "ch": channel,
         },

@@ -29,7 +29,7 @@ import attrs
 import pyarrow.parquet as pq
 import structlog
 
-from duckmesh import metrics, tracing
+from duckmesh import metrics, tracing, unsafe
 from duckmesh.bus import Batch, BusRecord, IngestBus, LeaseLost, QuarantineEntry, UploadBatch
 from duckmesh.catalog import reads, snapshots
 from duckmesh.catalog.model import Snapshot, TableDef
@@ -351,6 +351,11 @@ class Committer:
         self.faults.hit("coordinator.before_publish_commit")
         new_watermark = max(batch.last_token, watermark)
         traces = tracing.bounded(t for u in plan.uploads for t in u.trace_ids)
+        if unsafe.broken("split_publish") and len(files) > 1:  # TEST ONLY: two transactions
+            head, files = (
+                unsafe.publish_part(self.db, batch, head, files[:1], new_watermark),
+                files[1:],
+            )
         snapshot_id = self._publish(batch, head, files, watermarks, rejected, new_watermark, traces)
         self.faults.hit("coordinator.after_publish_commit")
         self._observe_visibility(good, plan.uploads)
@@ -406,7 +411,8 @@ class Committer:
         try:
             size, checksum = layout.write_parquet(rows.arrow, scratch)
             key = layout.object_key(tenant, rows.table.table_id, rows.partition, snapshot_id, seq)
-            self.store.put_file(scratch, key, checksum)
+            if not unsafe.broken("publish_before_durable"):  # TEST ONLY: published, never put
+                self.store.put_file(scratch, key, checksum)
         finally:
             if scratch.exists():
                 os.unlink(scratch)
@@ -440,7 +446,7 @@ class Committer:
         def still_valid(conn: Conn, latest: Snapshot | None) -> bool:
             metrics.CLAIM_RETRIES.inc()
             if latest is None or latest.max_visibility_token != batch.after_token:
-                return False
+                return unsafe.broken("no_fencing")  # TEST ONLY: a stale batch publishes
             # A table dropped meanwhile: redo the batch without it.
             return not reads.dropped_table_ids(conn, tenant) & tables
 

@@ -4,7 +4,8 @@
 them against a real DuckMesh (:class:`System`: Postgres, an API process and a
 coordinator process), keeps a model of every acknowledged write and checks
 the consistency guarantees after every step, raising
-:class:`InvariantViolation`. ``scenarios/runner.py`` generates the steps with
+:class:`InvariantViolation`; ``load`` adds background writers checked by the
+same executor. ``scenarios/runner.py`` generates the steps with
 hypothesis; ``duckmesh scenario replay FILE`` reruns a recorded failure.
 """
 

@@ -28,6 +28,17 @@ Steps:
 - ``{"do": "restart_api", "table": name|null, "records": [...]}``: SIGTERM the API
   while ``records`` (if any) are being ingested, start it again and retry that
   request with the same idempotency keys until it is acknowledged.
+  ``"signal": "kill"`` SIGKILLs it instead (default ``"term"``: a bounded graceful stop).
+- ``{"do": "kill_server", "table": name|null, "records": [...]}``: SIGKILL the API and
+  the coordinator together while ``records`` are in flight, start both, retry.
+- ``{"do": "stall_coordinator", "table": name, "records": [...]}``: SIGSTOP the
+  coordinator in the middle of committing ``records`` until its lease runs out and a
+  second coordinator commits them, then SIGCONT it: its stale publish must be fenced.
+- ``{"do": "kill_postgres"}``: SIGKILL the catalog's Postgres and start it again (crash
+  recovery) as its supervisor would; DuckMesh must reconnect and lose nothing.
+- ``{"do": "damage_file", "table": name}``: truncate one of the table's Parquet
+  files (kept aside first); the table may answer ``DATA_FILE_CORRUPT``, no other
+  table may fail; then ``duckmesh repair TABLE --from-backup`` puts it back.
 - ``{"do": "compact"}``: run compaction for the tenant now (``POST
   /v1/compaction/run``); answers, old and new, must not change.
 """
@@ -56,8 +67,13 @@ KINDS: tuple[str, ...] = (
     "query_snapshot",
     "kill_coordinator",
     "restart_api",
+    "kill_server",
+    "stall_coordinator",
+    "damage_file",
+    "kill_postgres",
     "compact",
 )
+SIGNALS = ("term", "kill")
 
 SQL_KINDS = ("rows", "aggregate")
 
@@ -116,8 +132,27 @@ def kill_coordinator(
     }
 
 
-def restart_api(table: str | None = None, records: Sequence[Record] = ()) -> Action:
-    return {"do": "restart_api", "table": table, "records": [dict(r) for r in records]}
+def restart_api(
+    table: str | None = None, records: Sequence[Record] = (), *, signal: str = "term"
+) -> Action:
+    action = {"do": "restart_api", "table": table, "records": [dict(r) for r in records]}
+    return action | ({"signal": signal} if signal != "term" else {})
+
+
+def kill_server(table: str | None = None, records: Sequence[Record] = ()) -> Action:
+    return {"do": "kill_server", "table": table, "records": [dict(r) for r in records]}
+
+
+def stall_coordinator(table: str, records: Sequence[Record]) -> Action:
+    return {"do": "stall_coordinator", "table": table, "records": [dict(r) for r in records]}
+
+
+def damage_file(table: str) -> Action:
+    return {"do": "damage_file", "table": table}
+
+
+def kill_postgres() -> Action:
+    return {"do": "kill_postgres"}
 
 
 def compact() -> Action:
@@ -150,7 +185,7 @@ def validate(action: Any) -> Action:
         raise BadAction(f"unknown action {kind!r}; expected one of {', '.join(KINDS)}")
     if kind in ("create_table", "evolve_table", "ingest", "ingest_wait", "ingest_conflict"):
         _need(action, "table", str)
-    if kind in ("query_token", "query_latest"):
+    if kind in ("query_token", "query_latest", "damage_file"):
         _need(action, "table", str)
     if kind == "create_table":
         _need(action, "columns", list)
@@ -168,8 +203,12 @@ def validate(action: Any) -> Action:
             raise BadAction(f"query_token: sql_kind must be one of {SQL_KINDS}")
     elif kind == "query_snapshot":
         _need(action, "pick", int)
-    elif kind in ("kill_coordinator", "restart_api"):
+    elif kind in ("kill_coordinator", "restart_api", "kill_server", "stall_coordinator"):
         _records(action)
+        if kind == "stall_coordinator" and not action["records"]:
+            raise BadAction("stall_coordinator: needs records for the coordinator to commit")
+        if action.get("signal", "term") not in SIGNALS:
+            raise BadAction(f"{kind}: signal must be one of {SIGNALS}")
         if action["records"] and not isinstance(action.get("table"), str):
             raise BadAction(f"{kind}: records need a table in {action!r}")
         if kind == "kill_coordinator":
@@ -212,7 +251,16 @@ def describe(action: Mapping[str, Any]) -> str:
         where = action.get("fault") or "SIGKILL now"
         return f"kill_coordinator ({where}) after {len(records)} record(s) to {table}"
     if kind == "restart_api":
-        return f"restart_api with {len(records)} record(s) in flight to {table}"
+        how = "SIGKILL" if action.get("signal") == "kill" else "SIGTERM"
+        return f"restart_api ({how}) with {len(records)} record(s) in flight to {table}"
+    if kind == "kill_server":
+        return f"kill_server (SIGKILL API and coordinator) with {len(records)} record(s) to {table}"
+    if kind == "stall_coordinator":
+        return f"stall_coordinator (SIGSTOP past its lease) committing {len(records)} to {table}"
     if kind == "compact":
         return "compact (POST /v1/compaction/run)"
+    if kind == "kill_postgres":
+        return "kill_postgres (SIGKILL the catalog's Postgres, crash recovery)"
+    if kind == "damage_file":
+        return f"damage_file {table} (truncate a Parquet file, then duckmesh repair)"
     return repr(dict(action))

@@ -39,6 +39,7 @@ import collections
 import copy
 import itertools
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -57,6 +58,9 @@ REMEMBER_MAX = 40
 RECHECK_PER_STEP = 2
 FAULT_DEATH_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 30.0
+LOAD_REPLAY_S = 30.0  # a replay with background load checks it this long after the steps
+HISTORY_QUERIES = 6  # per step: see Executor._check_history
+STALL_DELAY_S = 3.0  # > the scenario lease (1.5 s): the stalled holder's lease runs out
 
 __all__ = ["Executor", "InvariantViolation", "Stats", "load_recording", "replay"]
 
@@ -86,9 +90,11 @@ class Stats:
     steps: int = 0
     acks: int = 0  # acknowledged records (new and duplicate)
     duplicates: int = 0
-    kills: int = 0  # coordinator kills: SIGKILL or at a fault point
+    kills: int = 0  # every fault injected: see ``kinds``
     fault_kills: int = 0
     api_restarts: int = 0
+    kinds: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    max_write_to_visible_s: float = 0.0  # sending a write to an answer showing it
     compactions: int = 0
     token_gated_queries: int = 0
     mode_b_waits: int = 0
@@ -97,10 +103,18 @@ class Stats:
 
     def summary(self, seed: int | None = None) -> str:
         tail = f" (seed {seed})" if seed is not None else ""
+        kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(self.kinds.items()))
         return (
-            f"{self.steps} steps, {self.acks} acks, {self.kills} kills, "
-            f"{self.token_gated_queries} token-gated queries, {self.violations} violations{tail}"
+            f"{self.steps} steps, {self.acks} acks, {self.kills} kills [{kinds}], "
+            f"{self.token_gated_queries} token-gated queries, "
+            f"{self.duplicates} duplicates retried, "
+            f"max write-to-visible {self.max_write_to_visible_s:.2f}s, "
+            f"{self.violations} violations{tail}"
         )
+
+    def killed(self, kind: str) -> None:
+        self.kills += 1
+        self.kinds[kind] += 1
 
     def details(self) -> str:
         return (
@@ -124,6 +138,7 @@ class TableModel:
     columns: list[str]
     key: tuple[str, ...]
     writes: list[Write] = attrs.field(factory=list)
+    after_snapshot: int = 0  # the latest snapshot when it was created: later ones hold it
 
     def sql(self, kind: str) -> str:
         if kind == "aggregate":
@@ -201,6 +216,8 @@ class Executor:
         self.last_token = 0
         self.remembered: list[Remembered] = []
         self._recheck_at = 0
+        self._verified_snapshot = 0  # snapshots up to this one were checked (_check_history)
+        self._unseen: list[tuple[int, float]] = []  # (token, sent at) not yet seen visible
         self.stats.scenarios += 1
 
     # -- driving -----------------------------------------------------------
@@ -240,9 +257,11 @@ class Executor:
             )
 
     def recording(self, seed: int | None = None, **extra: Any) -> dict[str, Any]:
+        load = self.system.load
         return {
             "seed": seed,
             "system_env": dict(self.system.server_env),
+            **({"load": load.settings()} if load is not None else {}),
             **extra,
             "actions": copy.deepcopy(self.actions),
         }
@@ -263,6 +282,21 @@ class Executor:
             self._recheck_at += 1
             self._requery(rem)
         self._check_snapshot_list()
+        if self.system.load is not None:
+            self._check_load()
+
+    def _check_load(self) -> None:
+        load = self.system.load
+
+        def seen(watermark: int) -> None:
+            self._latest_watermark(watermark, "a query on the background load")
+
+        found = load.check(self._call, seen)
+        self.stats.token_gated_queries += 2
+        if found:
+            guarantee, detail = found[0]
+            more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+            raise InvariantViolation(guarantee, f"background load: {detail}{more}")
 
     def _check_alive(self) -> None:
         for proc in (self.system.api, self.system.coordinator):
@@ -297,6 +331,38 @@ class Executor:
                 )
         if snaps:
             self._latest_watermark(snaps[0]["max_visibility_token"], "GET /v1/snapshots")
+        self._check_history(snaps)
+
+    def _check_history(self, snaps: Sequence[Mapping[str, Any]]) -> None:
+        """Every snapshot published since the last step, not only the latest,
+        must hold exactly the acknowledged writes at or below its watermark
+        (a commit published in parts would show a watermark without all of
+        its rows). At most ``HISTORY_QUERIES`` queries a step, oldest first."""
+        budget = HISTORY_QUERIES
+        for snap in sorted(snaps, key=lambda s: int(s["snapshot_id"])):
+            sid = int(snap["snapshot_id"])
+            if sid <= self._verified_snapshot:
+                continue
+            tables = [t for t in self.tables.values() if t.after_snapshot < sid]
+            load = self.system.load
+            if len(tables) + (load is not None) > budget:
+                return
+            if load is not None and load.after_snapshot < sid:
+                found = load.check_snapshot(self._call, sid, int(snap["max_visibility_token"]))
+                if found:
+                    raise InvariantViolation(found[0][0], f"background load: {found[0][1]}")
+                budget -= 1
+            for table in tables:
+                sql = table.sql("aggregate")
+                r = self._call(
+                    "POST", "/v1/query", json={"sql": sql, "snapshot_id": sid, "row_limit": 10}
+                )
+                if _error(r)[0] == "SNAPSHOT_NOT_FOUND":
+                    break  # expired meanwhile: nothing to hold
+                self._expect(r, 200, f"query on snapshot {sid}")
+                self._check_rows(table, "aggregate", r.json(), f"snapshot {sid} (history)")
+            budget -= len(tables)
+            self._verified_snapshot = sid
 
     def _check_rows(
         self, table: TableModel, kind: str, answer: Mapping[str, Any], what: str
@@ -406,7 +472,16 @@ class Executor:
             )
         self._latest_watermark(watermark, f"mode-A query on {table.name}")
         self._check_rows(table, kind, answer, f"mode-A query (token {token})")
+        self._seen_visible(watermark)
         self._remember(table, sql, answer)
+
+    def _seen_visible(self, watermark: int) -> None:
+        now = time.monotonic()
+        for token, sent in self._unseen:
+            if token <= watermark:
+                late = now - sent
+                self.stats.max_write_to_visible_s = max(self.stats.max_write_to_visible_s, late)
+        self._unseen = [(t, s) for t, s in self._unseen if t > watermark]
 
     # -- HTTP --------------------------------------------------------------
 
@@ -421,6 +496,11 @@ class Executor:
             ) from exc
 
     def _expect(self, r: httpx.Response, status: int, what: str) -> None:
+        if r.status_code != status and _error(r)[0] == "DATA_FILE_CORRUPT":
+            raise InvariantViolation(
+                "crash safety (files durable before they are published)",
+                f"{what} answered HTTP {r.status_code}: {r.text}",
+            )
         if r.status_code != status:
             raise InvariantViolation(
                 "protocol", f"{what} answered HTTP {r.status_code} (expected {status}): {r.text}"
@@ -489,13 +569,17 @@ class Executor:
         tokens: dict[str, int] = {}
         if fresh:
             first = top - len(fresh) + 1
-            if issued is not None and first != issued + 1:
+            self.system.ledger.append((first, top))
+            # Under background load other writers take tokens in between: then
+            # only the order is checked here, the gaps by the ledger at the end.
+            concurrent = self.system.load is not None
+            if issued is not None and (first <= issued if concurrent else first != issued + 1):
                 raise InvariantViolation(
                     "tokens are gapless and commit-ordered",
                     f"{len(fresh)} new record(s) got tokens {first}..{top}, but the last token"
                     f" issued to the tenant was {issued}",
                 )
-            self.system.issued_token = top
+            self.system.issued_token = max(top, issued or 0)
             for offset, rec in enumerate(fresh):
                 tokens[rec["idempotency_key"]] = first + offset
         for rec in known:
@@ -522,6 +606,7 @@ class Executor:
 
     def _ingest(self, table: TableModel, records: Sequence[A.Record], *, wait: bool) -> None:
         body: dict[str, Any] = {"records": list(records)}
+        sent = time.monotonic()
         if wait:
             body.update(wait_for_visibility=True, visibility_timeout_ms=CONSISTENCY_TIMEOUT_MS)
         r = self._call("POST", f"/v1/ingest/{table.name}", json=body)
@@ -535,6 +620,7 @@ class Executor:
         self._expect(r, 200, f"ingest into {table.name}")
         answer = r.json()
         self._receipt(table, records, answer, waited=wait)
+        self._unseen.append((int(answer["max_visibility_token"]), sent))
         if wait:
             self._mode_b(table, answer)
 
@@ -571,10 +657,12 @@ class Executor:
         }
         r = self._call("POST", "/v1/tables", json=body)
         self._expect(r, 201, f"create table {action['table']}")
+        snaps = self._call("GET", "/v1/snapshots", params={"limit": 1}).json()["snapshots"]
         self.tables[action["table"]] = TableModel(
             action["table"],
             [c["name"] for c in action["columns"]],
             tuple(action["primary_key"]),
+            after_snapshot=snaps[0]["snapshot_id"] if snaps else 0,
         )
 
     def _do_evolve_table(self, action: A.Action) -> None:
@@ -668,7 +756,7 @@ class Executor:
                     f"{coordinator.log_tail()}",
                 )
             self.stats.fault_kills += 1
-        self.stats.kills += 1
+        self.stats.killed("coordinator-fault" if fault else "coordinator-sigkill")
         self.system.start_coordinator()
 
     def _do_compact(self, action: A.Action) -> None:
@@ -681,9 +769,83 @@ class Executor:
             raise InvariantViolation("protocol", f"compaction answered {r.text}")
         self.stats.compactions += 1
 
+    def _do_kill_postgres(self, action: A.Action) -> None:
+        if not self.system.owns_postgres:
+            return  # DUCKMESH_TEST_DSN: a Postgres the harness must not kill
+        self.system.kill_postgres()
+        self.stats.killed("postgres-sigkill")
+
+    def _do_damage_file(self, action: A.Action) -> None:
+        """Truncate one of the table's data files: only that table may fail
+        (``DATA_FILE_CORRUPT``); ``duckmesh repair`` from the copy makes it whole."""
+        table = self._table(action["table"])
+        r = self._call("GET", "/v1/snapshots", params={"limit": 1})
+        self._expect(r, 200, "GET /v1/snapshots")
+        sid = r.json()["snapshots"][0]["snapshot_id"]
+        r = self._call("GET", f"/v1/snapshots/{sid}")
+        self._expect(r, 200, f"GET /v1/snapshots/{sid}")
+        files = [
+            f["path"] for t in r.json()["tables"] if t["name"] == table.name for f in t["files"]
+        ]
+        if not files:
+            return  # nothing written yet: nothing to damage
+        key = files[len(self.actions) % len(files)]
+        path = self.system.object_path(key)
+        backup = self.system.workdir / "backup"
+        (backup / key).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, backup / key)
+        size = path.stat().st_size
+        with open(path, "r+b") as f:
+            f.truncate(size // 2)
+        self.stats.killed("data-file-truncated")
+        for other in self.tables.values():
+            sql = other.sql("rows")
+            r = self._call("POST", "/v1/query", json={"sql": sql, "row_limit": ROW_LIMIT})
+            if other is table and _error(r)[0] == "DATA_FILE_CORRUPT":
+                continue  # the damaged table may say so, and only it
+            self._expect(r, 200, f"query on {other.name} with a file of {table.name} damaged")
+            self._check_rows(other, "rows", r.json(), "a query while a file is damaged")
+        code, output = self.system.repair(table.name, backup)
+        if code != 0:
+            raise InvariantViolation(
+                "integrity", f"duckmesh repair {table.name} from the copy exited {code}: {output}"
+            )
+
     def _do_restart_api(self, action: A.Action) -> None:
+
         api = self.system.api
         assert api is not None
+        how = action.get("signal", "term")
+
+        def stop() -> None:
+            if how == "kill":
+                api.kill()
+            elif api.terminate(SHUTDOWN_TIMEOUT_S) is None:
+                raise InvariantViolation(
+                    "graceful shutdown",
+                    f"the API did not stop within {SHUTDOWN_TIMEOUT_S}s of SIGTERM",
+                )
+
+        self._interrupt_write(action, stop)
+        self.stats.api_restarts += 1
+        self.stats.killed("api-sigkill" if how == "kill" else "api-sigterm")
+
+    def _do_kill_server(self, action: A.Action) -> None:
+        api, coordinator = self.system.api, self.system.coordinator
+        assert api is not None
+        assert coordinator is not None
+
+        def stop() -> None:
+            api.kill()
+            coordinator.kill()
+            self.system.start_coordinator()
+
+        self._interrupt_write(action, stop)
+        self.stats.killed("server-sigkill")
+
+    def _interrupt_write(self, action: A.Action, stop: Callable[[], None]) -> None:
+        """``stop`` the API while ``records`` (if any) are being ingested, start it
+        again, and retry that request with the same keys as a client must."""
         records = action["records"]
         table = self._table(action["table"]) if records else None
         outcome: dict[str, Any] = {}
@@ -703,17 +865,13 @@ class Executor:
 
             sender = threading.Thread(target=send, daemon=True)
             sender.start()
-            time.sleep(0.005)
+            time.sleep(0.005)  # a random moment of the request, not a synchronisation
         # Idle keep-alive connections would hold the graceful shutdown for its full timeout.
         self.system.http.close()
-        if api.terminate(SHUTDOWN_TIMEOUT_S) is None:
-            raise InvariantViolation(
-                "graceful shutdown", f"the API did not stop within {SHUTDOWN_TIMEOUT_S}s of SIGTERM"
-            )
+        stop()
         if sender is not None:
             sender.join(60)
         self.system.start_api()
-        self.stats.api_restarts += 1
         if table is None:
             return
         first = outcome.get("response")
@@ -733,6 +891,87 @@ class Executor:
         else:
             self._receipt(table, records, answer, waited=False, lost_attempt=True)
 
+    def _do_stall_coordinator(self, action: A.Action) -> None:
+        """SIGSTOP the coordinator in the middle of a commit until its lease is
+        gone and a second coordinator has committed the same records, then
+        SIGCONT it: its stale publish must be refused (fencing), which it logs
+        as an abandoned batch. Armed to die right after publishing, a stale
+        coordinator that got through dies instead, and that is a violation."""
+        coordinator = self.system.coordinator
+        assert coordinator is not None
+        table = self._table(action["table"])
+        if coordinator.terminate(SHUTDOWN_TIMEOUT_S) is None:
+            raise InvariantViolation(
+                "graceful shutdown",
+                f"the coordinator did not stop within {SHUTDOWN_TIMEOUT_S}s of SIGTERM",
+            )
+        faults = (
+            f"coordinator.before_publish_commit=delay:1:{STALL_DELAY_S},"
+            "coordinator.after_publish_commit=kill"
+        )
+        self.system.start_coordinator({"DUCKMESH_ENABLE_FAULTS": "1", "DUCKMESH_FAULTS": faults})
+        before = self.system.db_now()
+        self._ingest(table, action["records"], wait=False)
+        top = self.last_token
+        since = self.system.event_position()
+        _await(
+            lambda: self.system.claimed_since(before),
+            FAULT_DEATH_TIMEOUT_S,
+            "the coordinator to claim",
+        )
+        coordinator.pause()
+        second = self.system.second_coordinator()
+        second.start()
+        try:
+
+            def taken_over() -> bool:
+                if not second.alive():
+                    raise HarnessError(f"the second coordinator exited:\n{second.log_tail()}")
+                return self.system.visible_watermark() >= top
+
+            if not _poll(taken_over, FAULT_DEATH_TIMEOUT_S):
+                raise InvariantViolation(
+                    "crash safety",
+                    f"no coordinator committed token {top} within {FAULT_DEATH_TIMEOUT_S}s"
+                    " while the one holding the lease was stalled",
+                )
+        finally:
+            coordinator.resume()
+        try:
+            self._stale_publish_refused(coordinator, since)
+        finally:
+            coordinator.kill()
+            second.kill()
+            self.system.start_coordinator()
+        self.stats.killed("coordinator-stall")
+
+    def _stale_publish_refused(self, coordinator: Any, since: int) -> None:
+        def settled() -> bool:
+            return not coordinator.alive() or "batch abandoned" in coordinator.log_since_start()
+
+        _poll(settled, FAULT_DEATH_TIMEOUT_S)
+        stale = self.system.stale_publications(since)
+        if stale:
+            raise InvariantViolation(
+                "fencing",
+                "a coordinator that lost its lease (SIGSTOPped while another committed)"
+                f" published anyway: {stale}",
+            )
+
+
+def _poll(condition: Callable[[], bool], timeout: float, every: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(every)
+    return condition()
+
+
+def _await(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    if not _poll(condition, timeout):
+        raise HarnessError(f"timed out after {timeout}s waiting for {what}")
+
 
 def load_recording(path: Path) -> dict[str, Any]:
     """Read a recording written by :meth:`Executor.save` (shape checked)."""
@@ -746,6 +985,10 @@ def load_recording(path: Path) -> dict[str, Any]:
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
         raise ValueError(f"{path}: 'system_env' must map names to strings")
+    load = data.get("load")
+    known = {"writers", "max_records", "rate", "seed"}
+    if load is not None and (not isinstance(load, dict) or not set(load) <= known):
+        raise ValueError(f"{path}: 'load' must be an object with keys among {sorted(known)}")
     return data
 
 
@@ -768,9 +1011,20 @@ def replay(
     failed = True
     try:
         system.start()
+        if recording.get("load"):
+            from duckmesh_testing.scenario.load import Load
+
+            # The same background load (its timing is not replayable, its seed is).
+            system.load = Load(system, **recording["load"])
+            system.load.start()
         executor = Executor(system, echo=echo)
         for action in recording["actions"]:
             executor.run(action)
+        if system.load is not None:
+            # The load's timing is not recorded: keep checking while it runs.
+            deadline = time.monotonic() + LOAD_REPLAY_S
+            while time.monotonic() < deadline:
+                executor.check_invariants()
         executor.finish()
         executor.verify_replay()
         failed = False
@@ -778,4 +1032,6 @@ def replay(
     finally:
         if failed and echo is not None:
             echo(f"logs kept in {system.workdir}")
+        if system.load is not None:
+            system.load.stop_event.set()
         system.stop(failed=failed)

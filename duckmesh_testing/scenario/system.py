@@ -64,6 +64,7 @@ class Process:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.log_offset = 0  # where this start's log begins
 
     @property
     def port(self) -> int:
@@ -72,6 +73,7 @@ class Process:
     def start(self, extra_env: Mapping[str, str] | None = None) -> None:
         env = dict(self.env, **(extra_env or {}))
         self.starts += 1
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             log.write(f"\n--- start #{self.starts} {dict(extra_env or {})}\n".encode())
         self.proc = spawn_serve(self.role, env, self.log_path)
@@ -86,6 +88,23 @@ class Process:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(30)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process (its lease heartbeat too) stalls until :meth:`resume`."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
+    def log_since_start(self) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self.log_offset)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def terminate(self, timeout: float = 30) -> int | None:
         """SIGTERM and wait; None if it did not stop in time (then it is killed)."""
@@ -140,6 +159,11 @@ class System:
         self.issued_token: int | None = None
         self.max_watermark = 0
         self.started = False
+        # Fresh token ranges acknowledged (scenarios and background load) after
+        # ``ledger_base``, the last token issued when the system started.
+        self.ledger: list[tuple[int, int]] = []
+        self.ledger_base = 0
+        self.load: Any = None  # the background load, when one runs
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -163,10 +187,11 @@ class System:
         self._embedded = EmbeddedPostgres(self._pg_root)
         dsn = self._embedded.start()
         with psycopg.connect(dsn, autocommit=True) as conn:
-            # Speed only: this server is thrown away, and the scenarios crash
-            # DuckMesh processes, never Postgres.
+            # Speed only: this server is thrown away and the machine does not
+            # crash. Commits still reach the OS before they return
+            # (synchronous_commit stays on), so a SIGKILL of Postgres itself
+            # (``kill_postgres``) loses nothing acknowledged.
             conn.execute("ALTER SYSTEM SET fsync = off")
-            conn.execute("ALTER SYSTEM SET synchronous_commit = off")
             conn.execute("SELECT pg_reload_conf()")
         return dsn
 
@@ -191,6 +216,7 @@ class System:
         self.start_coordinator()
         self.started = True
         self.sync_tokens()
+        self.ledger_base = self.issued_token or 0
 
     def stop(self, *, failed: bool = False) -> None:
         if self.client is not None:
@@ -247,6 +273,94 @@ class System:
         assert self.coordinator is not None
         self.coordinator.start(extra_env)
 
+    @property
+    def owns_postgres(self) -> bool:
+        return self._embedded is not None
+
+    def kill_postgres(self, timeout: float = 60) -> None:
+        """SIGKILL the embedded Postgres's postmaster and start it again (crash
+        recovery); the DuckMesh processes must reconnect by themselves."""
+        if self._embedded is None:
+            raise HarnessError("kill_postgres needs the embedded Postgres (no DUCKMESH_TEST_DSN)")
+        pid = self._embedded.postmaster_pid()
+        if pid is None:
+            raise HarnessError("the embedded Postgres is not running")
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        # Its orphaned backends hold the shared memory until they notice: a
+        # restart fails until then, so the supervisor's part is to retry.
+        while time.monotonic() < deadline:
+            if self._embedded.postmaster_pid() is None:
+                self._embedded.ensure_running()
+            try:
+                psycopg.connect(self.dsn, connect_timeout=2).close()
+                return
+            except psycopg.OperationalError:
+                time.sleep(0.2)
+        raise HarnessError(f"the embedded Postgres did not come back within {timeout}s")
+
+    def second_coordinator(self) -> Process:
+        """Another coordinator process (its own port and log), not yet started."""
+        return Process(
+            "coordinator", self.env_for("coordinator"), self.workdir / "coordinator-b.log"
+        )
+
+    def db_now(self) -> Any:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT now()").fetchone()
+        assert row is not None
+        return row[0]
+
+    def claimed_since(self, since: Any) -> bool:
+        """Whether a coordinator claimed (or renewed the lease of) a scope with
+        records to commit after ``since`` (a database time): it is committing.
+        A lease outlives its ack, so a live lease alone would not say that."""
+        lease_ms = int(BASE_ENV["DUCKMESH_LEASE_MS"])
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM bus_scope s JOIN bus_token_counter c"
+                " ON c.tenant_id = s.scope WHERE s.owner IS NOT NULL"
+                " AND s.lease_until > %s + make_interval(secs => %s)"
+                " AND s.acked_token < c.last_token",
+                (since, lease_ms / 1000),
+            ).fetchone()
+        return row is not None and int(row[0]) > 0
+
+    def event_position(self) -> int:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            row = conn.execute("SELECT coalesce(max(position), 0) FROM event_log").fetchone()
+        return int(row[0]) if row is not None else 0
+
+    def stale_publications(self, since: int) -> list[str]:
+        """Commits published after ``since`` under a lease fence lower than an
+        earlier commit's: a fenced-out coordinator got its publish through."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT stream, (payload->>'snapshot_id')::bigint, (payload->>'fence')::bigint"
+                " FROM event_log WHERE position > %s AND event_type = 'SnapshotPublished'"
+                " AND payload->>'kind' = 'commit' AND payload->>'fence' IS NOT NULL"
+                " ORDER BY position",
+                (since,),
+            ).fetchall()
+        highest: dict[str, tuple[int, int]] = {}
+        stale: list[str] = []
+        for stream, snapshot_id, fence in rows:
+            prior = highest.get(stream)
+            if prior is not None and fence < prior[1]:
+                stale.append(
+                    f"snapshot {snapshot_id} published with fence {fence} after snapshot"
+                    f" {prior[0]} with fence {prior[1]}"
+                )
+            elif prior is None or fence > prior[1]:
+                highest[stream] = (snapshot_id, fence)
+        return stale
+
+    def visible_watermark(self) -> int:
+        r = self.http.get("/v1/lag")
+        if r.status_code != 200:
+            raise HarnessError(f"GET /v1/lag answered {r.status_code}: {r.text}")
+        return int(r.json()["visible_watermark"])
+
     def ensure_running(self) -> None:
         """Restart whatever is down (after an aborted scenario on a shared system)."""
         assert self.api is not None
@@ -271,6 +385,51 @@ class System:
         body: dict[str, Any] = r.json()
         self.issued_token = int(body["latest_token"])
         self.max_watermark = max(self.max_watermark, int(body["visible_watermark"]))
+
+    def check_ledger(self) -> str | None:
+        """Every token issued since the start was acknowledged exactly once:
+        the acknowledged ranges tile ``ledger_base+1..latest`` (None) or what
+        is wrong."""
+        r = self.http.get("/v1/lag")
+        latest = int(r.json()["latest_token"])
+        expect = self.ledger_base + 1
+        for first, last in sorted(self.ledger):
+            if first != expect:
+                what = "overlap" if first < expect else "gap"
+                return f"token range {first}..{last} after {expect - 1}: a {what}"
+            expect = last + 1
+        if expect - 1 != latest:
+            return f"the acknowledged ranges end at {expect - 1}, the tenant issued {latest}"
+        return None
+
+    def repair(self, table: str, backup: Path, timeout: float = 120) -> tuple[int, str]:
+        """``duckmesh repair TABLE --from-backup DIR``: (exit code, output)."""
+        env = server_env(
+            DUCKMESH_CATALOG_DSN=self.dsn,
+            DUCKMESH_DATA_DIR=str(self.workdir / "data"),
+            DUCKMESH_LOG_LEVEL="warning",
+        )
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "duckmesh.cli.main",
+                "repair",
+                table,
+                "--from-backup",
+                str(backup),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        return done.returncode, done.stdout + done.stderr
+
+    def object_path(self, key: str) -> Path:
+        """Where the local object store keeps ``key`` (``DUCKMESH_DATA_DIR/objects``)."""
+        return self.workdir / "data" / "objects" / key
 
     def replay_verify(self, timeout: float = 300) -> tuple[int, str]:
         """``duckmesh replay verify`` against this catalog: (exit code, output)."""

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import trio
 
+from duckmesh import unsafe
 from duckmesh.cli.main import main
-from duckmesh.config import Config, ConfigError, load_config
+from duckmesh.config import UNSAFE_BREAKS, Config, ConfigError, load_config
 from duckmesh.errors import DuckMeshError
 from duckmesh.query import barrier
 from duckmesh.query.service import QueryRequest
@@ -26,11 +27,14 @@ from duckmesh.runtime import Runtime, build_runtime, migrate_and_bootstrap
 from duckmesh_testing.scenario import Executor, InvariantViolation, load_recording
 from duckmesh_testing.scenario import actions as A
 from duckmesh_testing.scenario.executor import TableModel, Write
+from duckmesh_testing.scenario.load import SPAN, Load
 
 
 def _system(issued: int | None = 0) -> Any:
     """Just the attributes the receipt checks touch."""
-    return types.SimpleNamespace(issued_token=issued, max_watermark=0, server_env={})
+    return types.SimpleNamespace(
+        issued_token=issued, max_watermark=0, server_env={}, ledger=[], load=None
+    )
 
 
 def _executor(issued: int | None = 0) -> tuple[Executor, TableModel]:
@@ -178,6 +182,11 @@ def test_action_constructors_make_valid_json_actions() -> None:
         A.kill_coordinator(),
         A.restart_api("t", [_rec("c", id=4)]),
         A.restart_api(),
+        A.restart_api(signal="kill"),
+        A.kill_server("t", [_rec("d", id=5)]),
+        A.stall_coordinator("t", [_rec("e", id=6)]),
+        A.damage_file("t"),
+        A.kill_postgres(),
         A.compact(),
     ]
     assert {a["do"] for a in made} == set(A.KINDS)
@@ -224,6 +233,19 @@ def test_unsafe_break_is_refused_without_faults_enabled() -> None:
     assert armed.unsafe_break == "skip_barrier"
 
 
+@pytest.mark.parametrize("name", UNSAFE_BREAKS)
+def test_each_twin_is_armed_only_with_faults_enabled(name: str) -> None:
+    with pytest.raises(ConfigError, match="DUCKMESH_UNSAFE_BREAK"):
+        load_config(environ={"DUCKMESH_UNSAFE_BREAK": name})
+    config = load_config(environ={"DUCKMESH_UNSAFE_BREAK": name, "DUCKMESH_ENABLE_FAULTS": "1"})
+    try:
+        unsafe.arm(config.unsafe_break)
+        assert [b for b in UNSAFE_BREAKS if unsafe.broken(b)] == [name]
+    finally:
+        unsafe.arm("")
+    assert not any(unsafe.broken(b) for b in UNSAFE_BREAKS)
+
+
 def test_serve_refuses_unsafe_break_without_faults(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -254,3 +276,44 @@ async def test_skip_barrier_answers_at_once_whatever_the_watermark(
         assert snap is None or snap.max_visibility_token < 5
     finally:
         rt.close()
+
+
+def test_under_background_load_tokens_must_still_rise() -> None:
+    ex, table = _executor(issued=10)
+    ex.system.load = object()  # other writers take tokens in between: gaps are allowed
+    ex._receipt(table, [_rec("a", id=1)], _receipt(1, 0, 15), waited=False)
+    assert ex.system.ledger == [(15, 15)]
+    with pytest.raises(InvariantViolation, match="gapless and commit-ordered"):
+        ex._receipt(table, [_rec("b", id=2)], _receipt(1, 0, 15), waited=False)
+
+
+def _load(writers: int = 2) -> Load:
+    return Load(types.SimpleNamespace(ledger=[]), writers=writers)  # type: ignore[arg-type]
+
+
+def test_the_load_model_wants_every_acknowledged_id_exactly_once() -> None:
+    load = _load()
+    lower, upper = {1: 3, 2: 0}, {1: 5, 2: 10}
+    first = SPAN + 1
+
+    def rows(*found: tuple[int, int, int, int, int]) -> dict[str, Any]:
+        return {"snapshot_id": 7, "rows": [list(r) for r in found]}
+
+    assert load._check_append(rows((1, 4, 4, first, first + 3)), lower, upper) == []
+    dup = load._check_append(rows((1, 4, 3, first, first + 2)), lower, upper)
+    assert dup[0][0] == "idempotency (no duplicates)"
+    missing = load._check_append(rows((1, 2, 2, first, first + 1)), lower, upper)
+    assert missing[0][0] == "visibility"
+    gap = load._check_append(rows((1, 3, 3, first, first + 3)), lower, upper)
+    assert gap[0][0] == "visibility"
+    phantom = load._check_append(rows((1, 6, 6, first, first + 5)), lower, upper)
+    assert phantom[0][0] == "snapshot consistency"
+
+
+def test_the_load_model_wants_keyed_rows_equal_to_an_acknowledged_state() -> None:
+    load = _load(1)
+    states = {1: [{100: 5}, {100: 6, 101: 1}]}
+    ok = {"snapshot_id": 3, "rows": [[100, 1, 6], [101, 1, 1]]}
+    assert load._check_keyed(ok, states) == []
+    stale_key = {"snapshot_id": 3, "rows": [[100, 1, 6]]}
+    assert load._check_keyed(stale_key, states)[0][0] == "visibility"

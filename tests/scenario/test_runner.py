@@ -9,6 +9,12 @@
     visibility ``InvariantViolation`` and writes the shrunk failing run.
 (c) ``duckmesh scenario replay`` reruns that file on a fresh system and fails
     again.
+(d) Each other broken twin (``DUCKMESH_UNSAFE_BREAK``: token order, files
+    published before they are durable, no fencing, idempotency skipped) is
+    caught by a short run, which names the broken guarantee, and its
+    recording replays to the same violation; a commit published in two
+    transactions is caught under background load, which the recording
+    carries.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import pytest
 from tests.fixtures import REPO
 
 SUMMARY = re.compile(
-    r"scenario runner: (\d+) steps, (\d+) acks, (\d+) kills, (\d+) token-gated queries,"
+    r"scenario runner: (\d+) steps, (\d+) acks, (\d+) kills \[[^\]]*\], (\d+) token-gated"
+    r" queries, \d+ duplicates retried, max write-to-visible [\d.]+s,"
     r" (\d+) violations \(seed (\d+)\)"
 )
 SEED = 1234
@@ -157,3 +164,43 @@ def test_the_failure_replays_and_fails_again(
     assert done.returncode == 1, out
     assert "step 1: create_table" in out
     assert "InvariantViolation: visibility violated" in out, out
+
+
+# Each twin, the guarantee the runner must name, the budget that reaches it and
+# extra runner arguments: a commit split in two shows only under background load
+# (a batch of one table's records is one file, which cannot be split).
+LOAD = ["--load", "2", "--load-max", "50", "--load-rate", "100"]
+TWINS = [
+    ("token_order", "tokens are gapless and commit-ordered", 10, []),
+    ("publish_before_durable", "crash safety (files durable before they are published)", 10, []),
+    ("skip_idempotency", "idempotency", 10, []),
+    ("no_fencing", "fencing", 30, []),
+    ("split_publish", "visibility", 30, LOAD),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("twin", "guarantee", "budget", "extra"), TWINS, ids=[t[0] for t in TWINS])
+def test_each_broken_twin_is_caught_and_replays(
+    twin: str, guarantee: str, budget: int, extra: list[str], tmp_path: Path
+) -> None:
+    failure = tmp_path / "failure.json"
+    args = ["--budget", str(budget), "--shrink-budget", "5", "--seed", str(SEED), *extra]
+    done = _run(
+        ["-m", "scenarios.runner", *args, "--failure-file", str(failure)],
+        _env(DUCKMESH_UNSAFE_BREAK=twin, DUCKMESH_ENABLE_FAULTS="1"),
+        timeout=240,
+    )
+    out = done.stdout + done.stderr
+    violated = f"InvariantViolation: {guarantee} violated"
+    assert done.returncode == 1, out
+    assert violated in out, out
+    recording: dict[str, Any] = json.loads(failure.read_text())
+    assert recording["system_env"]["DUCKMESH_UNSAFE_BREAK"] == twin
+    assert recording["violation"].startswith(violated), recording["violation"]
+    replayed = _run(
+        ["-m", "duckmesh.cli.main", "scenario", "replay", str(failure)], _env(), timeout=180
+    )
+    again = replayed.stdout + replayed.stderr
+    assert replayed.returncode == 1, again
+    assert violated in again, again
