@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from duckmesh.bus.batches import CHUNK_ROWS, ipc
 from duckmesh.bus.protocol import IngestRecord, Receipt
-from duckmesh.bus.record_arrow import payloads_to_arrow
+from duckmesh.bus.record_arrow import payloads_to_arrow, user_schema
 from duckmesh.catalog.model import TableDef
 from duckmesh.db import Conn
 from duckmesh.errors import DuckMeshError
@@ -167,12 +167,37 @@ class Encoded:
 _dump_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
+def _built_rows(table: TableDef, run: Sequence[IngestRecord]) -> pa.Table | None:
+    """A run's rows from the Arrow its records point at (built when they
+    were validated), or None when one does not point at rows of ``table``'s
+    schema. Consecutive rows of one request are one slice."""
+    pieces: list[pa.Table] = []
+    src, start, end = None, 0, 0
+    for rec in run:
+        if rec.arrow is None:
+            return None
+        if rec.arrow is src and rec.arrow_row == end:
+            end += 1
+            continue
+        if src is not None:
+            pieces.append(src.slice(start, end - start))
+        src, start, end = rec.arrow, rec.arrow_row, rec.arrow_row + 1
+    if src is not None:
+        pieces.append(src.slice(start, end - start))
+    schema = user_schema(table)
+    if not pieces or any(not p.schema.equals(schema) for p in pieces):
+        return None
+    return pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
+
+
 def _run_table(table: TableDef, run: Sequence[IngestRecord]) -> tuple[pa.Table, str, str | None]:
     """A run's rows as Arrow with the per-row op and event time columns it
     needs; raises ValueError when a payload does not convert."""
-    user, kept, bad = payloads_to_arrow(table, [r.payload for r in run])
-    if bad or user is None or len(kept) != len(run):
-        raise ValueError("a payload does not convert")
+    user = _built_rows(table, run)
+    if user is None:
+        user, kept, bad = payloads_to_arrow(table, [r.payload for r in run])
+        if bad or user is None or len(kept) != len(run):
+            raise ValueError("a payload does not convert")
     ops = {r.op for r in run}
     op = next(iter(ops)) if len(ops) == 1 else MIXED_OP
     if op == MIXED_OP:
