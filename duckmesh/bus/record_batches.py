@@ -151,12 +151,14 @@ class Encoded:
 
     The per-row keys travel as three text parameters rather than four arrays
     (psycopg dumping 4 arrays of N elements was ~17% of a JSON request's API
-    CPU): the table ids and keys as JSON arrays, the hashes as one hex string
-    of 64 characters a row; a row's offset is its position (1-based)."""
+    CPU): the table ids and keys as JSON arrays, the hashes as one byte
+    string of 32 bytes a row; a row's offset is its position (1-based)."""
 
     table_ids: str = "[]"  # JSON array, one per new record
     keys: str = "[]"  # JSON array of idempotency keys
-    hashes: str = ""  # the records' SHA-256 digests, hex, concatenated
+    # The records' SHA-256 digests, concatenated: bytea, as a substring of
+    # text walks its characters from the start (quadratic in the flush).
+    hashes: bytes = b""
     # first, last, table, op, event time column, schema version, Arrow IPC, trace ids
     batches: list[tuple[int, int, str, str, str | None, int, bytes, str | None]] = attrs.Factory(
         list
@@ -240,7 +242,7 @@ def encode(new: Sequence[IngestRecord], defs: Defs, owned: Owners = ()) -> Encod
     out = Encoded(
         table_ids=_dump_json([r.table_id for r in new]),
         keys=_dump_json([r.idempotency_key for r in new]),
-        hashes=b"".join([r.payload_hash for r in new]).hex(),
+        hashes=b"".join([r.payload_hash for r in new]),
     )
     offsets = [o for o, _ in owned]
     for first, run in runs(new):
@@ -274,7 +276,7 @@ _INSERT = (
     "  WHERE tenant_id = %(t)s RETURNING last_token - %(n)s AS base, now() AS at),"
     " k AS (INSERT INTO bus_row_key (tenant_id, table_id, idempotency_key, token, row_hash)"
     "  SELECT %(t)s, x.table_id, x.key, c.base + x.off,"
-    "  substr(%(kh)s::text, (x.off * 64 - 63)::integer, 64) FROM c,"
+    "  encode(substring(%(kh)s::bytea FROM (x.off * 32 - 31)::integer FOR 32), 'hex') FROM c,"
     "  ROWS FROM (json_array_elements_text(%(kt)s::json), json_array_elements_text(%(kk)s::json))"
     "  WITH ORDINALITY AS x(table_id, key, off)),"
     " b AS (INSERT INTO bus_batch (tenant_id, first_token, last_token, table_id, op,"
