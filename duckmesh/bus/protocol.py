@@ -65,6 +65,11 @@ class IngestRecord:
     payload_hash: bytes
     event_time: dt.datetime | None
     schema_version: int
+    # The payload's row in Arrow (its table's columns) when validation built
+    # it already (ingest.column_arrow): the bus stores it as is. Not part of
+    # the record's identity.
+    arrow: pa.Table | None = attrs.field(default=None, eq=False, repr=False)
+    arrow_row: int = attrs.field(default=0, eq=False, repr=False)
 
 
 @attrs.frozen

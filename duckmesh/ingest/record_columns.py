@@ -36,6 +36,7 @@ from duckmesh.catalog.types import (
     ColumnType,
     text_problem,
 )
+from duckmesh.ingest.column_arrow import columns_to_arrow
 from duckmesh.ingest.envelope import (
     MAX_KEY_LENGTH,
     OPS,
@@ -90,22 +91,18 @@ def _validate(tv: TableValidator, records: list[Any], max_record_bytes: int) -> 
         raise _Unsure
     raw_times = [r.get("event_time") for r in records]
     times = _event_times(raw_times)
-    texts = _canonical_texts(_payload_columns(tv, payloads, ops), len(records))
+    columns = _payload_columns(tv, payloads, ops)
+    texts = _canonical_texts(columns, len(records))
     if max(map(len, texts)) > max_record_bytes:
         raise _Unsure
     hashes = list(map(record_hash, ops, raw_times, keys, texts))
     table_id, version = tv.table.table_id, tv.table.schema_version
+    rows = columns_to_arrow(tv.table, columns, len(records), _MISSING)
     return [
-        IngestRecord(
-            table_id=table_id,
-            idempotency_key=key,
-            op=op,
-            payload=text,
-            payload_hash=digest,
-            event_time=when,
-            schema_version=version,
+        IngestRecord(table_id, key, op, text, digest, when, version, rows, i)
+        for i, (key, op, text, digest, when) in enumerate(
+            zip(keys, ops, texts, hashes, times, strict=True)
         )
-        for key, op, text, digest, when in zip(keys, ops, texts, hashes, times, strict=True)
     ]
 
 
