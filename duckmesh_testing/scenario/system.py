@@ -404,28 +404,7 @@ class System:
 
     def repair(self, table: str, backup: Path, timeout: float = 120) -> tuple[int, str]:
         """``duckmesh repair TABLE --from-backup DIR``: (exit code, output)."""
-        env = server_env(
-            DUCKMESH_CATALOG_DSN=self.dsn,
-            DUCKMESH_DATA_DIR=str(self.workdir / "data"),
-            DUCKMESH_LOG_LEVEL="warning",
-        )
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "duckmesh.cli.main",
-                "repair",
-                table,
-                "--from-backup",
-                str(backup),
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        return done.returncode, done.stdout + done.stderr
+        return self._cli(["repair", table, "--from-backup", str(backup)], timeout)
 
     def object_path(self, key: str) -> Path:
         """Where the local object store keeps ``key`` (``DUCKMESH_DATA_DIR/objects``)."""
@@ -433,13 +412,18 @@ class System:
 
     def replay_verify(self, timeout: float = 300) -> tuple[int, str]:
         """``duckmesh replay verify`` against this catalog: (exit code, output)."""
+        return self._cli(["replay", "verify"], timeout)
+
+    def _cli(self, args: list[str], timeout: float) -> tuple[int, str]:
+        """One ``duckmesh`` command against this catalog and data directory:
+        (exit code, output)."""
         env = server_env(
             DUCKMESH_CATALOG_DSN=self.dsn,
             DUCKMESH_DATA_DIR=str(self.workdir / "data"),
             DUCKMESH_LOG_LEVEL="warning",
         )
         done = subprocess.run(
-            [sys.executable, "-m", "duckmesh.cli.main", "replay", "verify"],
+            [sys.executable, "-m", "duckmesh.cli.main", *args],
             env=env,
             capture_output=True,
             text=True,
