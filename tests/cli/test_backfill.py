@@ -18,7 +18,7 @@ from duckmesh.catalog import reads
 from duckmesh.catalog.model import Snapshot
 from duckmesh.maintenance.backfill import backfill_table
 from duckmesh.maintenance.repair import repair_table
-from tests.cli.helpers import run
+from tests.cli.helpers import run_in_thread, table_paths
 from tests.fixtures import EVENTS, ORDERS, LiveServer
 
 HOURS = 3  # one partition (one rebuilt file) per hour of event time
@@ -55,22 +55,6 @@ def _head(server: LiveServer) -> Snapshot:
     return head
 
 
-def _table_paths(server: LiveServer) -> list[str]:
-    def paths(c: Any) -> list[str]:
-        head = reads.latest_snapshot(c, "default")
-        table = reads.get_table(c, "default", "events")
-        assert head is not None
-        assert table is not None
-        files = reads.snapshot_files(c, "default", head.snapshot_id)
-        return sorted(f.path for f in files if f.table_id == table.table_id)
-
-    return server.rt.db.call(paths, transaction=False)
-
-
-async def _cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    return await trio.to_thread.run_sync(lambda: run(capsys, *argv))
-
-
 def _spawn_backfill(faults: str) -> subprocess.CompletedProcess[str]:
     """``duckmesh backfill events`` as a real process (the environment names
     the test catalog and data directory; ``faults`` arms fault points)."""
@@ -91,10 +75,10 @@ async def test_backfill_killed_between_files_resumes_with_every_row_once(
     original = await _ingest(server)
     assert len(original) == HOURS * PER_HOUR
     # Lose a file's rows the way an operator would: damage it, then repair.
-    damaged = _table_paths(server)[1]
+    damaged = table_paths(server, "events")[1]
     path = server.rt.store.local_path(damaged)
     path.write_bytes(path.read_bytes()[:-10])
-    code, _, err = await _cli(capsys, "repair", "events")
+    code, _, err = await run_in_thread(capsys, "repair", "events")
     assert code == 0, err
     assert len(await _rows(server)) == (HOURS - 1) * PER_HOUR
     before = _head(server)
@@ -113,7 +97,7 @@ async def test_backfill_killed_between_files_resumes_with_every_row_once(
     assert head.kind == "backfill"
     assert head.max_visibility_token == before.max_visibility_token
     assert await _rows(server) == original  # every row back, exactly once
-    assert damaged not in _table_paths(server)
+    assert damaged not in table_paths(server, "events")
     audited = server.rt.db.call(
         lambda c: c.execute(
             "SELECT summary FROM maintenance_run WHERE tenant_id = 'default' AND kind = 'backfill'"
@@ -124,12 +108,13 @@ async def test_backfill_killed_between_files_resumes_with_every_row_once(
     assert audited[0][0]["files_added"] == HOURS
 
     # Idempotent: the files now match the bus, a rerun publishes nothing.
-    code, out, err = await _cli(capsys, "backfill", "events", "--json")
+    code, out, err = await run_in_thread(capsys, "backfill", "events", "--json")
     assert code == 0, err
     assert '"unchanged": true' in out
     assert _head(server) == head
     assert await _rows(server) == original
-    code, _, err = await _cli(capsys, "replay", "verify")  # the events prove the projections
+    # the events prove the projections
+    code, _, err = await run_in_thread(capsys, "replay", "verify")
     assert code == 0, err
 
 
@@ -144,7 +129,7 @@ async def test_backfill_refuses_when_the_bus_was_pruned_past_the_table(
     )
     assert pruned.deleted > 0
 
-    code, out, err = await _cli(capsys, "backfill", "events")
+    code, out, err = await run_in_thread(capsys, "backfill", "events")
     assert code == 2
     assert "published snapshot" not in out
     assert err.count("\n") == 1
@@ -160,19 +145,19 @@ async def test_backfill_from_a_snapshot_lists_its_files_again(
 ) -> None:
     original = await _ingest(server)
     good = _head(server)
-    damaged = _table_paths(server)[0]
+    damaged = table_paths(server, "events")[0]
     path = server.rt.store.local_path(damaged)
     whole = path.read_bytes()
     path.write_bytes(whole[:-10])
-    assert (await _cli(capsys, "repair", "events"))[0] == 0
+    assert (await run_in_thread(capsys, "repair", "events"))[0] == 0
     assert len(await _rows(server)) == (HOURS - 1) * PER_HOUR
 
     snapshot = str(good.snapshot_id)
-    code, _, err = await _cli(capsys, "backfill", "events", "--from-snapshot", snapshot)
+    code, _, err = await run_in_thread(capsys, "backfill", "events", "--from-snapshot", snapshot)
     assert code == 2  # the snapshot's copy is the damaged object: refused, not listed
     assert f"file {damaged} is size" in err
     path.write_bytes(whole)  # the operator put a good copy back
-    code, out, err = await _cli(capsys, "backfill", "events", "--from-snapshot", snapshot)
+    code, out, err = await run_in_thread(capsys, "backfill", "events", "--from-snapshot", snapshot)
     assert code == 0, err
     assert "published snapshot" in out
     assert await _rows(server) == original
@@ -195,7 +180,7 @@ async def test_backfill_keeps_what_the_coordinator_commits_meanwhile(
 
     # Files equal to the live ones would publish nothing: make them differ.
     rt = server.rt
-    damaged = _table_paths(server)[0]
+    damaged = table_paths(server, "events")[0]
     path = rt.store.local_path(damaged)
     path.write_bytes(path.read_bytes()[:-10])
     await trio.to_thread.run_sync(lambda: repair_table(rt.db, rt.store, "default", "events"))
@@ -244,13 +229,13 @@ async def test_backfill_rebuilds_json_records_and_stored_batches_alike(
             await trio.sleep(0.05)
     everything = await _rows(server)
     assert [100, "json", 0.5] in everything
-    damaged = _table_paths(server)[-1]  # the JSON records' file
+    damaged = table_paths(server, "events")[-1]  # the JSON records' file
     path = server.rt.store.local_path(damaged)
     path.write_bytes(path.read_bytes()[:-10])
-    assert (await _cli(capsys, "repair", "events"))[0] == 0
+    assert (await run_in_thread(capsys, "repair", "events"))[0] == 0
     assert [100, "json", 0.5] not in await _rows(server)
 
-    code, _, err = await _cli(capsys, "backfill", "events")
+    code, _, err = await run_in_thread(capsys, "backfill", "events")
     assert code == 0, err
     assert await _rows(server) == everything
 
@@ -276,7 +261,7 @@ async def test_backfill_of_a_keyed_table_keeps_the_newest_version_per_key(
     before = (await server.query(sql)).json()["rows"]
     assert before == [[1, "paid"], [3, "shipped"], [4, "new"]]
 
-    code, out, err = await _cli(capsys, "backfill", "orders")
+    code, out, err = await run_in_thread(capsys, "backfill", "orders")
     assert code == 0, err
     assert "nothing to do" in out  # one file per stored batch, as the commits wrote
 
@@ -292,11 +277,11 @@ async def test_backfill_of_a_keyed_table_keeps_the_newest_version_per_key(
 
     path = server.rt.store.local_path(server.rt.db.call(second, transaction=False))
     path.write_bytes(path.read_bytes()[:-10])
-    assert (await _cli(capsys, "repair", "orders"))[0] == 0
+    assert (await run_in_thread(capsys, "repair", "orders"))[0] == 0
     lost = (await server.query(sql)).json()["rows"]
     assert lost == [[1, "new"], [2, "new"], [3, "shipped"], [4, "new"]]
 
-    code, out, err = await _cli(capsys, "backfill", "orders")
+    code, out, err = await run_in_thread(capsys, "backfill", "orders")
     assert code == 0, err
     assert "published snapshot" in out
     assert (await server.query(sql)).json()["rows"] == before

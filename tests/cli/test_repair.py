@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import trio
 
 from duckmesh.catalog import reads
-from tests.cli.helpers import run
+from tests.cli.helpers import run_in_thread, table_paths
 from tests.fixtures import EVENTS, LiveServer
 
 OTHER = dict(EVENTS, name="other")
@@ -32,15 +31,7 @@ async def _setup(server: LiveServer) -> str:
     )
     assert r.status_code == 200, r.text
 
-    def paths(c: Any) -> list[str]:
-        head = reads.latest_snapshot(c, "default")
-        table = reads.get_table(c, "default", "events")
-        assert head is not None
-        assert table is not None
-        files = reads.snapshot_files(c, "default", head.snapshot_id)
-        return sorted(f.path for f in files if f.table_id == table.table_id)
-
-    keys = server.rt.db.call(paths, transaction=False)
+    keys = table_paths(server, "events")
     assert len(keys) == 3
     return keys[1]
 
@@ -54,10 +45,6 @@ async def _count(server: LiveServer, table: str, **kw: Any) -> Any:
     return await server.query(f"SELECT count(*) FROM {table}", **kw)
 
 
-async def _repair(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    return await trio.to_thread.run_sync(lambda: run(capsys, "repair", *argv))
-
-
 @pytest.mark.usefixtures("catalog")
 async def test_repair_republishes_the_table_without_the_damaged_file(
     server: LiveServer, capsys: pytest.CaptureFixture[str]
@@ -67,7 +54,7 @@ async def test_repair_republishes_the_table_without_the_damaged_file(
     before = await _count(server, "events")
     assert before.status_code != 200, before.text  # the damage is seen
 
-    code, out, err = await _repair(capsys, "events")
+    code, out, err = await run_in_thread(capsys, "repair", "events")
     assert code == 0, err
     assert f"{key}: size" in out
     assert "removed" in out
@@ -102,7 +89,8 @@ async def test_repair_from_a_backup_copy_restores_the_file(
     _truncate(server, key)
     assert (await _count(server, "events")).status_code != 200
 
-    code, out, err = await _repair(capsys, "events", "--from-backup", str(backup), "--json")
+    argv = ("repair", "events", "--from-backup", str(backup), "--json")
+    code, out, err = await run_in_thread(capsys, *argv)
     assert code == 0, err
     assert '"restored": [' in out
     assert key in out
@@ -118,11 +106,11 @@ async def test_repair_of_a_whole_table_changes_nothing(
 ) -> None:
     await _setup(server)
     head = server.rt.db.call(lambda c: reads.latest_snapshot(c, "default"), transaction=False)
-    code, out, _ = await _repair(capsys, "events")
+    code, out, _ = await run_in_thread(capsys, "repair", "events")
     assert code == 0
     assert "nothing to repair" in out
     after = server.rt.db.call(lambda c: reads.latest_snapshot(c, "default"), transaction=False)
     assert after == head
-    code, _, err = await _repair(capsys, "nope")
+    code, _, err = await run_in_thread(capsys, "repair", "nope")
     assert code == 1
     assert "TABLE_NOT_FOUND" in err
