@@ -874,6 +874,8 @@ class Executor:
                 if chunk:
                     self._ingest(table, chunk, wait=False)
                 self._outage_token_query(table)
+                if round_no == 0:
+                    self._outage_ready(refused=action["how"] == "refuse")
                 restored.wait(pause)
             for other in list(self.tables.values()):
                 self._outage_query(other)
@@ -882,6 +884,20 @@ class Executor:
             timer.cancel()
             end()
         self.stats.killed("s3-outage")
+
+    def _outage_ready(self, *, refused: bool) -> None:
+        """``GET /v1/ready`` stays 200 (the load balancer keeps sending ingest)
+        and, while connections are refused, says the store is unavailable
+        (docs/OPERATIONS.md); a hung store may not be noticed within its probe."""
+        r = self._call("GET", "/v1/ready")
+        body = r.json() if r.status_code == 200 else {}
+        store = body.get("checks", {}).get("object_store")
+        if r.status_code != 200 or (refused and store != "unavailable"):
+            raise InvariantViolation(
+                "clear errors during an object-store outage",
+                f"GET /v1/ready answered HTTP {r.status_code} with the object store {store!r}"
+                f" while it refused connections; expected 200 and unavailable: {r.text[:500]}",
+            )
 
     def _outage_answer(self, r: httpx.Response, what: str, *also: str) -> dict[str, Any] | None:
         """A 200's body, None for a documented outage error, else a violation."""
