@@ -860,6 +860,9 @@ class Executor:
                     restore()
                     restored.set()
 
+        def refusing() -> bool:
+            return action["how"] == "refuse" and not restored.is_set()
+
         # The outage ends on time even while a call of ours hangs in it.
         timer = threading.Timer(float(action["seconds"]), end)
         cut()
@@ -875,7 +878,7 @@ class Executor:
                     self._ingest(table, chunk, wait=False)
                 self._outage_token_query(table)
                 if round_no == 0:
-                    self._outage_ready(refused=action["how"] == "refuse")
+                    self._outage_ready(refusing)
                 restored.wait(pause)
             for other in list(self.tables.values()):
                 self._outage_query(other)
@@ -885,14 +888,16 @@ class Executor:
             end()
         self.stats.killed("s3-outage")
 
-    def _outage_ready(self, *, refused: bool) -> None:
+    def _outage_ready(self, refusing: Callable[[], bool]) -> None:
         """``GET /v1/ready`` stays 200 (the load balancer keeps sending ingest)
-        and, while connections are refused, says the store is unavailable
-        (docs/OPERATIONS.md); a hung store may not be noticed within its probe."""
+        and, if connections were refused all along, says the store is
+        unavailable (docs/OPERATIONS.md); a hung store may not be noticed
+        within the probe's timeout."""
         r = self._call("GET", "/v1/ready")
         body = r.json() if r.status_code == 200 else {}
         store = body.get("checks", {}).get("object_store")
-        if r.status_code != 200 or (refused and store != "unavailable"):
+        # Asked after the answer: the outage began before the request.
+        if r.status_code != 200 or (store != "unavailable" and refusing()):
             raise InvariantViolation(
                 "clear errors during an object-store outage",
                 f"GET /v1/ready answered HTTP {r.status_code} with the object store {store!r}"
