@@ -4,7 +4,9 @@
 through ``Outage``, a small TCP relay the tests can take down and bring back
 on the same port: DuckMesh then sees connections refused while the server
 keeps its objects (like a MinIO node restarting with its disk), which a
-stopped moto could not do (it keeps everything in memory).
+stopped moto could not do (it keeps everything in memory). ``pause`` and
+``resume`` (SIGSTOP, SIGCONT) make it hang instead. The storage tests and the
+scenario runner's ``--storage s3`` (its ``s3-outage`` fault) both use it.
 
 The server's own request log (werkzeug's access lines on stderr) counts the
 object reads (``GET /bucket/key``) that DuckMesh made.
