@@ -4,7 +4,9 @@
 through ``Outage``, a small TCP relay the tests can take down and bring back
 on the same port: DuckMesh then sees connections refused while the server
 keeps its objects (like a MinIO node restarting with its disk), which a
-stopped moto could not do (it keeps everything in memory).
+stopped moto could not do (it keeps everything in memory). ``pause`` and
+``resume`` (SIGSTOP, SIGCONT) make it hang instead. The storage tests and the
+scenario runner's ``--storage s3`` (its ``s3-outage`` fault) both use it.
 
 The server's own request log (werkzeug's access lines on stderr) counts the
 object reads (``GET /bucket/key``) that DuckMesh made.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -140,6 +143,26 @@ class S3TestServer:
             "AWS_EC2_METADATA_DISABLED": "true",
         }
 
+    def store_env(self, bucket: str, prefix: str = "dm") -> dict[str, str]:
+        """Everything a DuckMesh process needs to keep its data files in
+        ``s3://bucket/prefix`` on this server (through the relay)."""
+        return {
+            **self.env(),
+            "DUCKMESH_OBJECT_STORE_URL": f"s3://{bucket}/{prefix}",
+            "DUCKMESH_S3_ENDPOINT_URL": self.endpoint,
+            "DUCKMESH_S3_REGION": REGION,
+        }
+
+    def pause(self) -> None:
+        """SIGSTOP the server: connections are accepted (by the kernel) and
+        then hang until :meth:`resume`, as with a store that stopped answering."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def create_bucket(self, name: str) -> None:
         req = urllib.request.Request(f"http://127.0.0.1:{self._port}/{name}", method="PUT")
         urllib.request.urlopen(req, timeout=10).close()  # noqa: S310 (our http URL)
@@ -151,6 +174,7 @@ class S3TestServer:
 
     def stop(self) -> None:
         self.relay.down()
+        self.resume()  # a stopped process would not act on SIGTERM
         self.proc.terminate()
         try:
             self.proc.wait(10)

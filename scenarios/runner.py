@@ -3,6 +3,7 @@ against a real DuckMesh, with the consistency guarantees checked after every ste
 
     python -m scenarios.runner --budget SECONDS [--seed N] [--max-steps N]
                                [--load WRITERS [--load-max N] [--load-rate R]]
+                               [--storage local|s3]
 
 One :class:`~duckmesh_testing.scenario.System` (Postgres, an API process, a
 coordinator process) is started for the whole run: starting processes per
@@ -23,6 +24,11 @@ With ``--load WRITERS`` background writers (``duckmesh_testing/scenario/load.py`
 send record and CSV-upload requests throughout, checked by the same executor
 after every step; at the end every acknowledged token range must tile the
 tenant's tokens (the ledger) and ``duckmesh replay verify`` must pass.
+
+With ``--storage s3`` the data files live in a bucket of an S3-compatible
+test server (moto, a subprocess) and the scenarios also take the object store
+away (rule ``s3_outage``: connections refused, or the server SIGSTOPped, for
+1 to 6 seconds) while writes and queries are in flight.
 
 Exit status: 0 when every scenario held, 1 on a violation, 2 when the system
 could not be started.
@@ -58,7 +64,7 @@ from hypothesis.stateful import (
 from duckmesh_testing.scenario import Executor, HarnessError, InvariantViolation, Stats, System
 from duckmesh_testing.scenario import actions as A
 from duckmesh_testing.scenario.load import Load
-from duckmesh_testing.scenario.system import forwarded_env
+from duckmesh_testing.scenario.system import STORAGES, forwarded_env
 
 ROOT = Path(__file__).resolve().parent.parent
 FAILURE_FILE = ROOT / "reports" / "scenario-failure.json"
@@ -329,6 +335,22 @@ class DuckMeshScenario(RuleBasedStateMachine):
         self._do(A.kill_coordinator(fault, table.name, records))
 
 
+class DuckMeshS3Scenario(DuckMeshScenario):
+    """With S3 object storage (``--storage s3``): the same rules and object-store
+    outages. A subclass, so that runs on local files draw exactly as before."""
+
+    @rule(
+        data=st.data(),
+        how=st.sampled_from(A.OUTAGES),
+        tenths=st.integers(10, 60),
+    )
+    def s3_outage(self, data: st.DataObject, how: str, tenths: int) -> None:
+        table = self._pick(data)
+        before = self._batch(data, table, retries=False, max_size=5)
+        records = self._batch(data, table, retries=True, max_size=12)
+        self._do(A.s3_outage(how, tenths / 10, table.name, before, records))
+
+
 def _settings(max_steps: int, examples: int) -> settings:
     return settings(
         max_examples=examples,
@@ -355,8 +377,9 @@ def run_rounds(run: Run, max_steps: int) -> BaseException | None:
 
         try:
             # hypothesis.seed marks the class; each round draws from its own seed.
+            machine = DuckMeshS3Scenario if run.system.s3 is not None else DuckMeshScenario
             run_state_machine_as_test(
-                hypothesis_seed(run.round_seed)(DuckMeshScenario),
+                hypothesis_seed(run.round_seed)(machine),
                 settings=_settings(max_steps, EXAMPLES_PER_ROUND),
             )
         except Exception as exc:  # every failure is reported by the caller
@@ -397,6 +420,13 @@ def main(argv: list[str] | None = None) -> int:
         default=100.0,
         help="records per second per background writer (default 100; 0: unpaced)",
     )
+    p.add_argument(
+        "--storage",
+        choices=STORAGES,
+        default="local",
+        help="where data files live: local files (default) or a bucket on an S3 test server,"
+        " which the scenarios then take away now and then",
+    )
     p.add_argument("--keep", action="store_true", help="keep the system's logs and data")
     p.add_argument("--workdir", type=Path, help="directory for logs and data (kept)")
     p.add_argument("-v", "--verbose", action="store_true", help="print every step")
@@ -410,10 +440,12 @@ def main(argv: list[str] | None = None) -> int:
         server_env[name] = value
     print(
         f"scenario runner: seed {seed}, budget {args.budget:g}s, {args.max_steps} steps per"
-        f" example, server env {server_env or '{}'}",
+        f" example, {args.storage} storage, server env {server_env or '{}'}",
         flush=True,
     )
-    system = System(server_env=server_env, keep=args.keep, workdir=args.workdir)
+    system = System(
+        server_env=server_env, keep=args.keep, workdir=args.workdir, storage=args.storage
+    )
     stats = Stats()
     started = time.monotonic()
     try:

@@ -39,6 +39,16 @@ Steps:
 - ``{"do": "damage_file", "table": name}``: truncate one of the table's Parquet
   files (kept aside first); the table may answer ``DATA_FILE_CORRUPT``, no other
   table may fail; then ``duckmesh repair TABLE --from-backup`` puts it back.
+- ``{"do": "s3_outage", "how": "refuse"|"hang", "seconds": s, "table": name,
+  "before": [...], "records": [...]}``: with S3 object storage, ``before`` is
+  ingested and committed (a file the API has not downloaded yet), then the
+  store is unreachable for ``s`` seconds (``refuse``: the relay in front of it
+  refuses and cuts connections; ``hang``: the server is SIGSTOPped, requests
+  hang) while ``records`` are ingested (they must be acknowledged) and the
+  tables queried (answers must be right or ``OBJECT_STORE_UNAVAILABLE``; a
+  short token wait may also answer ``CONSISTENCY_TIMEOUT``); then every
+  acknowledged write must become visible. With local files only the records
+  are ingested.
 - ``{"do": "compact"}``: run compaction for the tenant now (``POST
   /v1/compaction/run``); answers, old and new, must not change.
 """
@@ -72,8 +82,11 @@ KINDS: tuple[str, ...] = (
     "damage_file",
     "kill_postgres",
     "compact",
+    "s3_outage",
 )
 SIGNALS = ("term", "kill")
+OUTAGES = ("refuse", "hang")
+MAX_OUTAGE_S = 10.0
 
 SQL_KINDS = ("rows", "aggregate")
 
@@ -159,6 +172,19 @@ def compact() -> Action:
     return {"do": "compact"}
 
 
+def s3_outage(
+    how: str, seconds: float, table: str, before: Sequence[Record], records: Sequence[Record]
+) -> Action:
+    return {
+        "do": "s3_outage",
+        "how": how,
+        "seconds": seconds,
+        "table": table,
+        "before": [dict(r) for r in before],
+        "records": [dict(r) for r in records],
+    }
+
+
 def _need(action: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     if key not in action:
         raise BadAction(f"{action.get('do')}: missing {key!r} in {action!r}")
@@ -185,7 +211,7 @@ def validate(action: Any) -> Action:
         raise BadAction(f"unknown action {kind!r}; expected one of {', '.join(KINDS)}")
     if kind in ("create_table", "evolve_table", "ingest", "ingest_wait", "ingest_conflict"):
         _need(action, "table", str)
-    if kind in ("query_token", "query_latest", "damage_file"):
+    if kind in ("query_token", "query_latest", "damage_file", "s3_outage"):
         _need(action, "table", str)
     if kind == "create_table":
         _need(action, "columns", list)
@@ -203,6 +229,14 @@ def validate(action: Any) -> Action:
             raise BadAction(f"query_token: sql_kind must be one of {SQL_KINDS}")
     elif kind == "query_snapshot":
         _need(action, "pick", int)
+    elif kind == "s3_outage":
+        _records(action)
+        _records({"do": kind, "records": _need(action, "before", list)})
+        if action.get("how") not in OUTAGES:
+            raise BadAction(f"s3_outage: how must be one of {OUTAGES} in {action!r}")
+        seconds = _need(action, "seconds", (int, float))
+        if not 0 < seconds <= MAX_OUTAGE_S:
+            raise BadAction(f"s3_outage: seconds must be in (0, {MAX_OUTAGE_S}] in {action!r}")
     elif kind in ("kill_coordinator", "restart_api", "kill_server", "stall_coordinator"):
         _records(action)
         if kind == "stall_coordinator" and not action["records"]:
@@ -263,4 +297,9 @@ def describe(action: Mapping[str, Any]) -> str:
         return "kill_postgres (SIGKILL the catalog's Postgres, crash recovery)"
     if kind == "damage_file":
         return f"damage_file {table} (truncate a Parquet file, then duckmesh repair)"
+    if kind == "s3_outage":
+        return (
+            f"s3_outage ({action.get('how')}, {action.get('seconds')}s) after"
+            f" {len(action.get('before') or [])} record(s), while {len(records)} go to {table}"
+        )
     return repr(dict(action))

@@ -50,7 +50,7 @@ import attrs
 import httpx
 
 from duckmesh_testing.scenario import actions as A
-from duckmesh_testing.scenario.system import HarnessError, System
+from duckmesh_testing.scenario.system import STORAGES, HarnessError, System
 
 CONSISTENCY_TIMEOUT_MS = 30_000
 ROW_LIMIT = 1_000_000
@@ -61,6 +61,11 @@ SHUTDOWN_TIMEOUT_S = 30.0
 LOAD_REPLAY_S = 30.0  # a replay with background load checks it this long after the steps
 HISTORY_QUERIES = 6  # per step: see Executor._check_history
 STALL_DELAY_S = 3.0  # > the scenario lease (1.5 s): the stalled holder's lease runs out
+OUTAGE_ROUNDS = 3  # s3_outage: ingest and query this many times while the store is away
+OUTAGE_WAIT_MS = 300  # a token wait during an outage (commits cannot publish meanwhile)
+# What a query may answer while the object store is unreachable, besides a
+# right answer (docs/API.md); anything else is a violation.
+OUTAGE_ERRORS = ("OBJECT_STORE_UNAVAILABLE",)
 
 __all__ = ["Executor", "InvariantViolation", "Stats", "load_recording", "replay"]
 
@@ -100,6 +105,7 @@ class Stats:
     mode_b_waits: int = 0
     snapshot_rechecks: int = 0
     violations: int = 0
+    store_unavailable: int = 0  # queries answered OBJECT_STORE_UNAVAILABLE in an outage
 
     def summary(self, seed: int | None = None) -> str:
         tail = f" (seed {seed})" if seed is not None else ""
@@ -122,6 +128,10 @@ class Stats:
             f"{self.fault_kills} kills at fault points, {self.api_restarts} API restarts, "
             f"{self.compactions} compactions, "
             f"{self.mode_b_waits} mode-B waits, {self.snapshot_rechecks} snapshot re-checks"
+        ) + (
+            f", {self.store_unavailable} queries answered OBJECT_STORE_UNAVAILABLE"
+            if self.store_unavailable
+            else ""
         )
 
 
@@ -261,6 +271,7 @@ class Executor:
         return {
             "seed": seed,
             "system_env": dict(self.system.server_env),
+            **({"storage": self.system.storage} if self.system.storage != "local" else {}),
             **({"load": load.settings()} if load is not None else {}),
             **extra,
             "actions": copy.deepcopy(self.actions),
@@ -779,6 +790,8 @@ class Executor:
         """Truncate one of the table's data files: only that table may fail
         (``DATA_FILE_CORRUPT``); ``duckmesh repair`` from the copy makes it whole."""
         table = self._table(action["table"])
+        if self.system.s3 is not None:
+            return  # the files are objects in a bucket: not covered (docs/CONSISTENCY.md)
         r = self._call("GET", "/v1/snapshots", params={"limit": 1})
         self._expect(r, 200, "GET /v1/snapshots")
         sid = r.json()["snapshots"][0]["snapshot_id"]
@@ -810,6 +823,133 @@ class Executor:
             raise InvariantViolation(
                 "integrity", f"duckmesh repair {table.name} from the copy exited {code}: {output}"
             )
+
+    def _do_s3_outage(self, action: A.Action) -> None:
+        """The object store is unreachable for ``seconds``: writes must still be
+        acknowledged (the bus is Postgres) and queries answer right or with a
+        documented error; afterwards the step's checks require every
+        acknowledged write visible (the commits retried with backoff)."""
+        table = self._table(action["table"])
+        records = action["records"]
+        if action["before"]:
+            self._ingest(table, action["before"], wait=False)
+        s3 = self.system.s3
+        if s3 is None:  # local files: nothing to take away
+            if records:
+                self._ingest(table, records, wait=False)
+            return
+        if action["before"]:
+            # Committed, and read by nobody yet: the API's cache does not have it.
+            top = self.last_token
+            if not _poll(
+                lambda: self.system.visible_watermark() >= top, CONSISTENCY_TIMEOUT_MS / 1000
+            ):
+                raise InvariantViolation(
+                    "visibility",
+                    f"token {top} was not committed within {CONSISTENCY_TIMEOUT_MS} ms",
+                )
+        cut, restore = s3.pause, s3.resume
+        if action["how"] == "refuse":
+            cut, restore = s3.relay.down, s3.relay.up
+        restored = threading.Event()
+        once = threading.Lock()
+
+        def end() -> None:
+            with once:
+                if not restored.is_set():
+                    restore()
+                    restored.set()
+
+        def refusing() -> bool:
+            return action["how"] == "refuse" and not restored.is_set()
+
+        # The outage ends on time even while a call of ours hangs in it.
+        timer = threading.Timer(float(action["seconds"]), end)
+        cut()
+        timer.start()
+        try:
+            # Writes over the first half of the outage, then queries, which
+            # may hang in the store client's retries past its end.
+            step = -(-len(records) // OUTAGE_ROUNDS) if records else 0
+            pause = float(action["seconds"]) / OUTAGE_ROUNDS / 2
+            for round_no in range(OUTAGE_ROUNDS):
+                chunk = records[round_no * step : (round_no + 1) * step]
+                if chunk:
+                    self._ingest(table, chunk, wait=False)
+                self._outage_token_query(table)
+                if round_no == 0:
+                    self._outage_ready(refusing)
+                restored.wait(pause)
+            for other in list(self.tables.values()):
+                self._outage_query(other)
+            timer.join()
+        finally:
+            timer.cancel()
+            end()
+        self.stats.killed("s3-outage")
+
+    def _outage_ready(self, refusing: Callable[[], bool]) -> None:
+        """``GET /v1/ready`` stays 200 (the load balancer keeps sending ingest)
+        and, if connections were refused all along, says the store is
+        unavailable (docs/OPERATIONS.md); a hung store may not be noticed
+        within the probe's timeout."""
+        r = self._call("GET", "/v1/ready")
+        body = r.json() if r.status_code == 200 else {}
+        store = body.get("checks", {}).get("object_store")
+        # Asked after the answer: the outage began before the request.
+        if r.status_code != 200 or (store != "unavailable" and refusing()):
+            raise InvariantViolation(
+                "clear errors during an object-store outage",
+                f"GET /v1/ready answered HTTP {r.status_code} with the object store {store!r}"
+                f" while it refused connections; expected 200 and unavailable: {r.text[:500]}",
+            )
+
+    def _outage_answer(self, r: httpx.Response, what: str, *also: str) -> dict[str, Any] | None:
+        """A 200's body, None for a documented outage error, else a violation."""
+        if r.status_code == 200:
+            body: dict[str, Any] = r.json()
+            return body
+        code, _ = _error(r)
+        if code in OUTAGE_ERRORS and r.status_code == 503:
+            self.stats.store_unavailable += 1
+            return None
+        if code in also:
+            return None
+        raise InvariantViolation(
+            "clear errors during an object-store outage",
+            f"{what} answered HTTP {r.status_code} while the object store was unreachable;"
+            f" only {', '.join(OUTAGE_ERRORS + also)} may: {r.text[:800]}",
+        )
+
+    def _outage_query(self, table: TableModel) -> None:
+        sql = table.sql("rows")
+        r = self._call("POST", "/v1/query", json={"sql": sql, "row_limit": ROW_LIMIT})
+        answer = self._outage_answer(r, f"a mode-C query on {table.name}")
+        if answer is not None:
+            self._latest_watermark(int(answer["max_visibility_token"]), "a mode-C query")
+            self._check_rows(table, "rows", answer, "mode-C query during an outage")
+            self._remember(table, sql, answer)
+
+    def _outage_token_query(self, table: TableModel) -> None:
+        token = self.last_token
+        body = {
+            "sql": table.sql("aggregate"),
+            "min_visibility_token": token,
+            "consistency_timeout_ms": OUTAGE_WAIT_MS,
+        }
+        r = self._call("POST", "/v1/query", json=body)
+        self.stats.token_gated_queries += 1
+        what = f"a mode-A query on {table.name} (token {token})"
+        answer = self._outage_answer(r, what, "CONSISTENCY_TIMEOUT")
+        if answer is None:
+            return
+        watermark = int(answer["max_visibility_token"])
+        if watermark < token:
+            raise InvariantViolation(
+                "visibility", f"{what} was answered from watermark {watermark} < {token}"
+            )
+        self._latest_watermark(watermark, what)
+        self._check_rows(table, "aggregate", answer, f"{what} during an outage")
 
     def _do_restart_api(self, action: A.Action) -> None:
 
@@ -985,6 +1125,8 @@ def load_recording(path: Path) -> dict[str, Any]:
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
         raise ValueError(f"{path}: 'system_env' must map names to strings")
+    if data.get("storage", "local") not in STORAGES:
+        raise ValueError(f"{path}: 'storage' must be one of {STORAGES}")
     load = data.get("load")
     known = {"writers", "max_records", "rate", "seed"}
     if load is not None and (not isinstance(load, dict) or not set(load) <= known):
@@ -1007,7 +1149,8 @@ def replay(
     """
     env = dict(recording.get("system_env") or {})
     env.update(server_env or {})
-    system = System(server_env=env, keep=keep, workdir=workdir)
+    storage = str(recording.get("storage", "local"))
+    system = System(server_env=env, keep=keep, workdir=workdir, storage=storage)
     failed = True
     try:
         system.start()

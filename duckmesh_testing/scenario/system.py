@@ -6,6 +6,12 @@ The API (``serve --role api``) and the coordinator (``serve --role
 coordinator``) are separate ``python -m duckmesh.cli.main`` processes sharing
 the catalog and the data directory, so the coordinator can be SIGKILLed, or
 made to kill itself at a named fault point, while the API keeps answering.
+
+With ``storage="s3"`` the data files live in a bucket of an S3-compatible
+test server (moto, a real subprocess behind a relay the harness can cut:
+:mod:`duckmesh_testing.s3server`), and every process has its own object
+cache directory, as on separate hosts: a file is local only to the
+coordinator that wrote it and the API that downloaded it.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from psycopg.conninfo import make_conninfo
 
 from duckmesh.embedded import EmbeddedPostgres
 from duckmesh_testing.procs import free_port, server_env, spawn_serve, stop
+from duckmesh_testing.s3server import S3TestServer
 
 API_KEY = "dmk_scenario_aIxJtXU_kXAtgDCV16n6-RSiZ8LpM1tvF7-hL081"  # public: local runs only
 # Settings every scenario process gets (the brief of issue 8): short leases so
@@ -44,6 +51,8 @@ BASE_ENV = {
 # Variables of the caller's environment handed on to the server processes
 # (so a test can run the runner against a deliberately broken build).
 FORWARDED_ENV = ("DUCKMESH_UNSAFE_BREAK", "DUCKMESH_ENABLE_FAULTS")
+STORAGES = ("local", "s3")
+S3_BUCKET = "duckmesh-scenario"
 
 
 class HarnessError(RuntimeError):
@@ -143,7 +152,13 @@ class System:
         server_env: Mapping[str, str] | None = None,
         workdir: Path | None = None,
         keep: bool = False,
+        storage: str = "local",
     ) -> None:
+        if storage not in STORAGES:
+            raise HarnessError(f"storage must be one of {STORAGES}, got {storage!r}")
+        self.storage = storage
+        self.s3: S3TestServer | None = None  # started by start() with storage="s3"
+        self._caches = 0
         self.server_env = dict(server_env or {})
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="dmscn"))
@@ -202,12 +217,32 @@ class System:
             DUCKMESH_DATA_DIR=str(self.workdir / "data"),
             DUCKMESH_HTTP_PORT=str(free_port()),
         )
+        env.update(self.storage_env(role))
         env.update(self.server_env)
         return env
+
+    def storage_env(self, role: str | None = None) -> dict[str, str]:
+        """The object-store settings of a process: none for local files; with
+        S3 the bucket, and for a server process (``role``) a cache directory
+        of its own (every process is a host with its own disk)."""
+        if self.s3 is None:
+            return {}
+        env = self.s3.store_env(S3_BUCKET)
+        if role is not None:
+            self._caches += 1
+            cache = self.workdir / f"cache-{role}-{self._caches}"
+            env["DUCKMESH_OBJECT_CACHE_DIR"] = str(cache)
+        return env
+
+    def _start_s3(self) -> None:
+        self.s3 = S3TestServer(self.workdir / "s3.log")
+        self.s3.create_bucket(S3_BUCKET)
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.dsn = self._postgres()
+        if self.storage == "s3":
+            self._start_s3()
         self.api = Process("api", self.env_for("api"), self.workdir / "api.log")
         self.coordinator = Process(
             "coordinator", self.env_for("coordinator"), self.workdir / "coordinator.log"
@@ -225,6 +260,9 @@ class System:
         for proc in (self.api, self.coordinator):
             if proc is not None:
                 proc.terminate(20)
+        if self.s3 is not None:
+            self.s3.stop()
+            self.s3 = None
         if self._embedded is not None:
             self._embedded.stop()
             self._embedded = None
@@ -421,6 +459,7 @@ class System:
             DUCKMESH_CATALOG_DSN=self.dsn,
             DUCKMESH_DATA_DIR=str(self.workdir / "data"),
             DUCKMESH_LOG_LEVEL="warning",
+            **self.storage_env(),
         )
         done = subprocess.run(
             [sys.executable, "-m", "duckmesh.cli.main", *args],

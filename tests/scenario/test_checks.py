@@ -188,6 +188,7 @@ def test_action_constructors_make_valid_json_actions() -> None:
         A.damage_file("t"),
         A.kill_postgres(),
         A.compact(),
+        A.s3_outage("hang", 1.5, "t", [_rec("f", id=7)], [_rec("g", id=8)]),
     ]
     assert {a["do"] for a in made} == set(A.KINDS)
     for action in made:

@@ -32,14 +32,7 @@ SQL = "select count(*), sum(id), min(id), max(id) from events"
 
 
 def s3_env(server: S3TestServer, bucket: str, data_dir: Path, **extra: str) -> dict[str, str]:
-    return {
-        **server.env(),
-        "DUCKMESH_DATA_DIR": str(data_dir),
-        "DUCKMESH_OBJECT_STORE_URL": f"s3://{bucket}/dm",
-        "DUCKMESH_S3_ENDPOINT_URL": server.endpoint,
-        "DUCKMESH_S3_REGION": "us-east-1",
-        **extra,
-    }
+    return {**server.store_env(bucket), "DUCKMESH_DATA_DIR": str(data_dir), **extra}
 
 
 def bucket_keys(server: S3TestServer, bucket: str) -> set[str]:
