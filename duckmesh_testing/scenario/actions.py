@@ -39,6 +39,13 @@ Steps:
 - ``{"do": "damage_file", "table": name}``: truncate one of the table's Parquet
   files (kept aside first); the table may answer ``DATA_FILE_CORRUPT``, no other
   table may fail; then ``duckmesh repair TABLE --from-backup`` puts it back.
+  With ``"backup": false`` no copy is kept: ``duckmesh repair TABLE`` must drop
+  exactly that file (the table then holds exactly its other files' rows), and
+  ``duckmesh backfill TABLE`` must rebuild it from the bus to the whole model.
+- ``{"do": "store_full", "table": name, "records": [...]}``: restart the coordinator
+  with ``coordinator.store_put=enospc`` armed (the object store is full: its next
+  puts fail with ENOSPC), ingest ``records``; it must back off, publish nothing
+  half-done, and commit them once space is back.
 - ``{"do": "compact"}``: run compaction for the tenant now (``POST
   /v1/compaction/run``); answers, old and new, must not change.
 """
@@ -72,6 +79,7 @@ KINDS: tuple[str, ...] = (
     "damage_file",
     "kill_postgres",
     "compact",
+    "store_full",
 )
 SIGNALS = ("term", "kill")
 
@@ -147,8 +155,13 @@ def stall_coordinator(table: str, records: Sequence[Record]) -> Action:
     return {"do": "stall_coordinator", "table": table, "records": [dict(r) for r in records]}
 
 
-def damage_file(table: str) -> Action:
-    return {"do": "damage_file", "table": table}
+def damage_file(table: str, *, backup: bool = True) -> Action:
+    action: Action = {"do": "damage_file", "table": table}
+    return action | ({"backup": False} if not backup else {})
+
+
+def store_full(table: str, records: Sequence[Record]) -> Action:
+    return {"do": "store_full", "table": table, "records": [dict(r) for r in records]}
 
 
 def kill_postgres() -> Action:
@@ -203,6 +216,13 @@ def validate(action: Any) -> Action:
             raise BadAction(f"query_token: sql_kind must be one of {SQL_KINDS}")
     elif kind == "query_snapshot":
         _need(action, "pick", int)
+    elif kind == "damage_file" and not isinstance(action.get("backup", True), bool):
+        raise BadAction(f"damage_file: 'backup' must be a boolean in {action!r}")
+    elif kind == "store_full":
+        _need(action, "table", str)
+        _records(action)
+        if not action["records"]:
+            raise BadAction("store_full: needs records for the coordinator to put")
     elif kind in ("kill_coordinator", "restart_api", "kill_server", "stall_coordinator"):
         _records(action)
         if kind == "stall_coordinator" and not action["records"]:
@@ -261,6 +281,10 @@ def describe(action: Mapping[str, Any]) -> str:
         return "compact (POST /v1/compaction/run)"
     if kind == "kill_postgres":
         return "kill_postgres (SIGKILL the catalog's Postgres, crash recovery)"
+    if kind == "damage_file" and action.get("backup") is False:
+        return f"damage_file {table} (truncate a Parquet file, no copy: repair drops it, backfill)"
     if kind == "damage_file":
         return f"damage_file {table} (truncate a Parquet file, then duckmesh repair)"
+    if kind == "store_full":
+        return f"store_full (ENOSPC on the object store) committing {len(records)} to {table}"
     return repr(dict(action))

@@ -75,7 +75,7 @@ def test_delay_blocks_the_calling_thread(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_enospc_raises_a_disk_full_os_error() -> None:
     points = FaultPoints.from_spec("coordinator.store_put=enospc:1", enabled=True)
-    with pytest.raises(OSError) as caught:
+    with pytest.raises(OSError, match="No space left") as caught:
         points.hit("coordinator.store_put")
     assert caught.value.errno == errno.ENOSPC
     points.hit("coordinator.store_put")  # once only
