@@ -83,6 +83,8 @@ KILLS = (
     "stall",
     "damage",
     "postgres",
+    "damage_nobackup",
+    "store_full",
 )
 
 # Text that survives JSON, Postgres and Parquet (no surrogates or control characters).
@@ -319,8 +321,12 @@ class DuckMeshScenario(RuleBasedStateMachine):
         if what == "postgres":
             self._do(A.kill_postgres())
             return
-        if what == "damage":
-            self._do(A.damage_file(table.name))
+        if what in ("damage", "damage_nobackup"):
+            self._do(A.damage_file(table.name, backup=what == "damage"))
+            return
+        if what == "store_full":
+            records = self._batch(data, table, retries=False, max_size=5)
+            self._do(A.store_full(table.name, records))
             return
         if what == "stall":
             records = self._batch(data, table, retries=False, max_size=5)

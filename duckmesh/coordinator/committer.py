@@ -411,6 +411,7 @@ class Committer:
         try:
             size, checksum = layout.write_parquet(rows.arrow, scratch)
             key = layout.object_key(tenant, rows.table.table_id, rows.partition, snapshot_id, seq)
+            self.faults.hit("coordinator.store_put")  # a full object store: ENOSPC
             if not unsafe.broken("publish_before_durable"):  # TEST ONLY: published, never put
                 self.store.put_file(scratch, key, checksum)
         finally:

@@ -12,6 +12,7 @@ then disarms itself; all state is guarded by a lock.
 from __future__ import annotations
 
 import collections
+import errno
 import os
 import signal
 import threading
@@ -19,7 +20,7 @@ import time
 
 import attrs
 
-FAULT_ACTIONS = ("raise", "kill", "delay")
+FAULT_ACTIONS = ("raise", "kill", "delay", "enospc")
 
 # The points one commit of records passes, in order; all but the last are
 # before the snapshot is durable. Crash tests and the scenario runner kill the
@@ -35,6 +36,7 @@ KNOWN_FAULT_POINTS: tuple[str, ...] = (
     "coordinator.before_claim",
     "coordinator.poison_record",
     *COMMIT_FAULT_POINTS,
+    "coordinator.store_put",
     "compaction.after_write",
     "compaction.before_publish",
     "backfill.after_file_write",
@@ -122,7 +124,8 @@ class FaultPoints:
 
         ``"raise"`` raises :class:`FaultInjected`, ``"kill"`` sends SIGKILL to this process,
         ``"delay"`` blocks the calling thread for ``delay_s`` seconds (call sites run in worker
-        threads, so this does not stall the event loop).
+        threads, so this does not stall the event loop); ``"enospc"`` raises
+        ``OSError(ENOSPC)``, as a full disk or object store would.
         """
         if not self._enabled:
             return
@@ -143,6 +146,8 @@ class FaultPoints:
             os.kill(os.getpid(), signal.SIGKILL)
         elif action == "delay":
             time.sleep(delay_s)
+        elif action == "enospc":
+            raise OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} (fault injected at {name})")
 
     def hits(self, name: str) -> int:
         """How many times ``name`` was passed while enabled (armed or not)."""

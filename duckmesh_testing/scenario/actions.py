@@ -49,6 +49,13 @@ Steps:
   short token wait may also answer ``CONSISTENCY_TIMEOUT``); then every
   acknowledged write must become visible. With local files only the records
   are ingested.
+  With ``"backup": false`` no copy is kept: ``duckmesh repair TABLE`` must drop
+  exactly that file (the table then holds exactly its other files' rows), and
+  ``duckmesh backfill TABLE`` must rebuild it from the bus to the whole model.
+- ``{"do": "store_full", "table": name, "records": [...]}``: restart the coordinator
+  with ``coordinator.store_put=enospc`` armed (the object store is full: its next
+  puts fail with ENOSPC), ingest ``records``; it must back off, publish nothing
+  half-done, and commit them once space is back.
 - ``{"do": "compact"}``: run compaction for the tenant now (``POST
   /v1/compaction/run``); answers, old and new, must not change.
 """
@@ -83,6 +90,7 @@ KINDS: tuple[str, ...] = (
     "kill_postgres",
     "compact",
     "s3_outage",
+    "store_full",
 )
 SIGNALS = ("term", "kill")
 OUTAGES = ("refuse", "hang")
@@ -160,8 +168,13 @@ def stall_coordinator(table: str, records: Sequence[Record]) -> Action:
     return {"do": "stall_coordinator", "table": table, "records": [dict(r) for r in records]}
 
 
-def damage_file(table: str) -> Action:
-    return {"do": "damage_file", "table": table}
+def damage_file(table: str, *, backup: bool = True) -> Action:
+    action: Action = {"do": "damage_file", "table": table}
+    return action | ({"backup": False} if not backup else {})
+
+
+def store_full(table: str, records: Sequence[Record]) -> Action:
+    return {"do": "store_full", "table": table, "records": [dict(r) for r in records]}
 
 
 def kill_postgres() -> Action:
@@ -237,6 +250,13 @@ def validate(action: Any) -> Action:
         seconds = _need(action, "seconds", (int, float))
         if not 0 < seconds <= MAX_OUTAGE_S:
             raise BadAction(f"s3_outage: seconds must be in (0, {MAX_OUTAGE_S}] in {action!r}")
+    elif kind == "damage_file" and not isinstance(action.get("backup", True), bool):
+        raise BadAction(f"damage_file: 'backup' must be a boolean in {action!r}")
+    elif kind == "store_full":
+        _need(action, "table", str)
+        _records(action)
+        if not action["records"]:
+            raise BadAction("store_full: needs records for the coordinator to put")
     elif kind in ("kill_coordinator", "restart_api", "kill_server", "stall_coordinator"):
         _records(action)
         if kind == "stall_coordinator" and not action["records"]:
@@ -295,6 +315,8 @@ def describe(action: Mapping[str, Any]) -> str:
         return "compact (POST /v1/compaction/run)"
     if kind == "kill_postgres":
         return "kill_postgres (SIGKILL the catalog's Postgres, crash recovery)"
+    if kind == "damage_file" and action.get("backup") is False:
+        return f"damage_file {table} (truncate a Parquet file, no copy: repair drops it, backfill)"
     if kind == "damage_file":
         return f"damage_file {table} (truncate a Parquet file, then duckmesh repair)"
     if kind == "s3_outage":
@@ -302,4 +324,6 @@ def describe(action: Mapping[str, Any]) -> str:
             f"s3_outage ({action.get('how')}, {action.get('seconds')}s) after"
             f" {len(action.get('before') or [])} record(s), while {len(records)} go to {table}"
         )
+    if kind == "store_full":
+        return f"store_full (ENOSPC on the object store) committing {len(records)} to {table}"
     return repr(dict(action))

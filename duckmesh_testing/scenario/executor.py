@@ -48,7 +48,9 @@ from typing import Any
 
 import attrs
 import httpx
+import pyarrow.parquet as pq
 
+from duckmesh.storage.layout import TOKEN_COLUMN
 from duckmesh_testing.scenario import actions as A
 from duckmesh_testing.scenario.system import STORAGES, HarnessError, System
 
@@ -66,6 +68,8 @@ OUTAGE_WAIT_MS = 300  # a token wait during an outage (commits cannot publish me
 # What a query may answer while the object store is unreachable, besides a
 # right answer (docs/API.md); anything else is a violation.
 OUTAGE_ERRORS = ("OBJECT_STORE_UNAVAILABLE",)
+STORE_FULL_PUTS = 2  # object-store-full: this many puts fail with ENOSPC, then space is back
+CLI_ATTEMPTS = 5  # repair and backfill lose a race with compaction now and then: run again
 
 __all__ = ["Executor", "InvariantViolation", "Stats", "load_recording", "replay"]
 
@@ -106,6 +110,7 @@ class Stats:
     snapshot_rechecks: int = 0
     violations: int = 0
     store_unavailable: int = 0  # queries answered OBJECT_STORE_UNAVAILABLE in an outage
+    snapshots_expired: int = 0  # remembered snapshots found expired, as docs/API.md allows
 
     def summary(self, seed: int | None = None) -> str:
         tail = f" (seed {seed})" if seed is not None else ""
@@ -128,6 +133,7 @@ class Stats:
             f"{self.fault_kills} kills at fault points, {self.api_restarts} API restarts, "
             f"{self.compactions} compactions, "
             f"{self.mode_b_waits} mode-B waits, {self.snapshot_rechecks} snapshot re-checks"
+            f" ({self.snapshots_expired} found expired)"
         ) + (
             f", {self.store_unavailable} queries answered OBJECT_STORE_UNAVAILABLE"
             if self.store_unavailable
@@ -183,6 +189,14 @@ class TableModel:
     def _row(self, payload: Mapping[str, Any]) -> list[Any]:
         return [payload.get(c) for c in self.columns]
 
+    def rows_with(self, tokens: set[int]) -> list[list[Any]]:
+        """The rows of exactly the writes with these tokens (the rows a set of
+        data files holds), keyed tables resolved as a query resolves them."""
+        kept = TableModel(
+            self.name, self.columns, self.key, [w for w in self.writes if w.token in tokens]
+        )
+        return kept.rows_at(max(tokens, default=0))
+
 
 @attrs.define
 class Remembered:
@@ -191,6 +205,8 @@ class Remembered:
     sql: str
     rows: list[list[Any]]
     watermark: int
+    seen_at: float = attrs.field(factory=time.time)  # its snapshot was created no later
+    gone: bool = False  # expired as allowed, or lists a file dropped for good: not asked again
 
 
 def _canon(rows: Sequence[Sequence[Any]]) -> collections.Counter[str]:
@@ -228,6 +244,8 @@ class Executor:
         self._recheck_at = 0
         self._verified_snapshot = 0  # snapshots up to this one were checked (_check_history)
         self._unseen: list[tuple[int, float]] = []  # (token, sent at) not yet seen visible
+        self._pinned: int | None = None  # the first remembered snapshot, pinned for the scenario
+        self._lost_files: set[str] = set()  # keys dropped by a repair without a copy
         self.stats.scenarios += 1
 
     # -- driving -----------------------------------------------------------
@@ -256,6 +274,7 @@ class Executor:
         except InvariantViolation:
             self.stats.violations += 1
             raise
+        self._unpin()
 
     def verify_replay(self) -> None:
         """Invariant (e): the projections equal a replay of the event log."""
@@ -310,7 +329,7 @@ class Executor:
             raise InvariantViolation(guarantee, f"background load: {detail}{more}")
 
     def _check_alive(self) -> None:
-        for proc in (self.system.api, self.system.coordinator):
+        for proc in (self.system.api, self.system.coordinator, self.system.maintenance):
             if proc is not None and not proc.alive():
                 raise InvariantViolation(
                     "liveness",
@@ -416,11 +435,16 @@ class Executor:
             if rem.snapshot_id == sid and rem.sql == sql:
                 self._same_answer(rem, answer)
                 return
-        self.remembered.append(
-            Remembered(table.name, int(sid), sql, answer["rows"], answer["max_visibility_token"])
-        )
+        rem = Remembered(table.name, int(sid), sql, answer["rows"], answer["max_visibility_token"])
+        if self._pinned is None and table.rows_at(rem.watermark):
+            # The first answer with rows (so its snapshot lists files GC could
+            # take) is pinned and kept first, for the whole scenario.
+            if self._pin(rem.snapshot_id):
+                self.remembered.insert(0, rem)
+            return  # (not pinned: it had expired already, as allowed)
+        self.remembered.append(rem)
         if len(self.remembered) > REMEMBER_MAX:
-            del self.remembered[1]  # keep the very first answer for the whole scenario
+            del self.remembered[1]  # keep the first (once pinned, the pinned) answer
 
     def _same_answer(self, rem: Remembered, answer: Mapping[str, Any]) -> None:
         if (
@@ -436,6 +460,8 @@ class Executor:
             )
 
     def _requery(self, rem: Remembered) -> None:
+        if rem.gone:
+            return
         r = self._call(
             "POST",
             "/v1/query",
@@ -444,9 +470,18 @@ class Executor:
         self.stats.snapshot_rechecks += 1
         code, _ = _error(r)
         if code == "SNAPSHOT_NOT_FOUND":
-            raise InvariantViolation(
-                "snapshot reproducibility", f"snapshot {rem.snapshot_id} is gone: {r.text}"
-            )
+            refused = self.system.expiry_refused(rem.snapshot_id, rem.seen_at)
+            if refused is not None:
+                raise InvariantViolation(
+                    "snapshot reproducibility",
+                    f"snapshot {rem.snapshot_id} is gone although {refused}: {r.text}",
+                )
+            rem.gone = True  # expired under the documented rules
+            self.stats.snapshots_expired += 1
+            return
+        if code == "DATA_FILE_CORRUPT" and self._lists_lost_file(rem):
+            rem.gone = True  # docs/OPERATIONS.md: older snapshots listing a dropped file fail
+            return
         self._expect(r, 200, f"query on snapshot {rem.snapshot_id}")
         self._same_answer(rem, r.json())
 
@@ -636,6 +671,7 @@ class Executor:
             self._mode_b(table, answer)
 
     def _mode_b(self, table: TableModel, receipt: Mapping[str, Any]) -> None:
+        receipt_at = time.time()
         self.stats.mode_b_waits += 1
         top = int(receipt["max_visibility_token"])
         sid = receipt.get("visible_snapshot_id")
@@ -647,6 +683,8 @@ class Executor:
         r = self._call(
             "POST", "/v1/query", json={"sql": sql, "snapshot_id": sid, "row_limit": ROW_LIMIT}
         )
+        if _error(r)[0] == "SNAPSHOT_NOT_FOUND" and self._expiry_allowed(sid, receipt_at):
+            return
         self._expect(r, 200, f"query on snapshot {sid}")
         answer = r.json()
         if answer["max_visibility_token"] < top:
@@ -788,7 +826,8 @@ class Executor:
 
     def _do_damage_file(self, action: A.Action) -> None:
         """Truncate one of the table's data files: only that table may fail
-        (``DATA_FILE_CORRUPT``); ``duckmesh repair`` from the copy makes it whole."""
+        (``DATA_FILE_CORRUPT``); ``duckmesh repair`` from the copy makes it whole.
+        With ``"backup": false`` no copy is kept (:meth:`_damage_without_backup`)."""
         table = self._table(action["table"])
         if self.system.s3 is not None:
             return  # the files are objects in a bucket: not covered (docs/CONSISTENCY.md)
@@ -802,6 +841,11 @@ class Executor:
         ]
         if not files:
             return  # nothing written yet: nothing to damage
+        if action.get("backup") is False:
+            spare = sorted(set(files) - self._pinned_files())
+            if spare:  # the pinned snapshot must keep answering: never drop its files
+                self._damage_without_backup(table, spare[len(self.actions) % len(spare)], files)
+                return
         key = files[len(self.actions) % len(files)]
         path = self.system.object_path(key)
         backup = self.system.workdir / "backup"
@@ -811,18 +855,17 @@ class Executor:
         with open(path, "r+b") as f:
             f.truncate(size // 2)
         self.stats.killed("data-file-truncated")
-        for other in self.tables.values():
-            sql = other.sql("rows")
-            r = self._call("POST", "/v1/query", json={"sql": sql, "row_limit": ROW_LIMIT})
-            if other is table and _error(r)[0] == "DATA_FILE_CORRUPT":
-                continue  # the damaged table may say so, and only it
-            self._expect(r, 200, f"query on {other.name} with a file of {table.name} damaged")
-            self._check_rows(other, "rows", r.json(), "a query while a file is damaged")
+        self._only_damaged_table_fails(table)
         code, output = self.system.repair(table.name, backup)
         if code != 0:
             raise InvariantViolation(
                 "integrity", f"duckmesh repair {table.name} from the copy exited {code}: {output}"
             )
+        if path.exists() and path.stat().st_size != size:
+            # Compaction took the file out of the latest snapshot before it was
+            # damaged, so repair (which checks the latest) left it: older
+            # snapshots still list it. The runbook's step 1: copy it back.
+            shutil.copy2(backup / key, path)
 
     def _do_s3_outage(self, action: A.Action) -> None:
         """The object store is unreachable for ``seconds``: writes must still be
@@ -1097,6 +1140,181 @@ class Executor:
                 "a coordinator that lost its lease (SIGSTOPped while another committed)"
                 f" published anyway: {stale}",
             )
+
+    # -- storage housekeeping, a full store, a file lost for good -------------
+
+    def _pin(self, snapshot_id: int) -> bool:
+        """Pin the scenario's first remembered snapshot: it must answer the same
+        all along, whatever expiry and GC do. False if it already expired (as
+        allowed: then the next remembered answer is pinned instead)."""
+        r = self._call(
+            "POST",
+            "/v1/snapshots/pin",
+            json={"snapshot_id": snapshot_id, "pinned": True, "reason": "scenario runner"},
+        )
+        if _error(r)[0] == "SNAPSHOT_NOT_FOUND" and self._expiry_allowed(snapshot_id, time.time()):
+            return False
+        self._expect(r, 200, f"pin snapshot {snapshot_id}")
+        self._pinned = snapshot_id
+        self.system.pinned.add(snapshot_id)
+        return True
+
+    def _unpin(self) -> None:
+        if self._pinned is None:
+            return
+        r = self._call(
+            "POST", "/v1/snapshots/pin", json={"snapshot_id": self._pinned, "pinned": False}
+        )
+        self._expect(r, 200, f"unpin snapshot {self._pinned}")
+        self.system.pinned.discard(self._pinned)
+        self._pinned = None
+
+    def _expiry_allowed(self, snapshot_id: int, seen_at: float) -> bool:
+        """A snapshot answered 404: allowed when docs/API.md's expiry rules allow
+        it, else a violation (raised)."""
+        refused = self.system.expiry_refused(snapshot_id, seen_at)
+        if refused is not None:
+            raise InvariantViolation(
+                "snapshot reproducibility", f"snapshot {snapshot_id} is gone although {refused}"
+            )
+        self.stats.snapshots_expired += 1
+        return True
+
+    def _snapshot_files(self, snapshot_id: int, table: str | None = None) -> set[str]:
+        r = self._call("GET", f"/v1/snapshots/{snapshot_id}")
+        if r.status_code != 200:
+            return set()
+        return {
+            f["path"]
+            for t in r.json()["tables"]
+            if table is None or t["name"] == table
+            for f in t["files"]
+        }
+
+    def _pinned_files(self) -> set[str]:
+        return set() if self._pinned is None else self._snapshot_files(self._pinned)
+
+    def _lists_lost_file(self, rem: Remembered) -> bool:
+        return bool(self._lost_files & self._snapshot_files(rem.snapshot_id, rem.table))
+
+    def _damage_without_backup(self, table: TableModel, key: str, files: Sequence[str]) -> None:
+        """Truncate ``key`` with no copy kept. Only its table may fail; ``duckmesh
+        repair`` (no backup) must drop exactly that file, so the table holds
+        exactly the rows of its other files (no silent extra loss), and
+        ``duckmesh backfill`` (from the bus, which keeps every record within the
+        idempotency window) must bring the table back to the whole model."""
+        held = {k: _file_tokens(self.system.object_path(k)) for k in files}
+        lost = held[key]
+        path = self.system.object_path(key)
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size // 2)
+        self._lost_files.add(key)
+        self.stats.killed("data-file-lost")
+        self._only_damaged_table_fails(table)
+        summary = self._cli_json(table, "repair", self.system.repair_without_backup)
+        removed = set(summary.get("removed", []))
+        if removed - {key}:
+            raise InvariantViolation(
+                "integrity",
+                f"duckmesh repair {table.name} dropped {sorted(removed - {key})}, only {key}"
+                f" was damaged: {summary}",
+            )
+        kept: set[int] = set().union(*(t for k, t in held.items() if k != key))
+        if key in removed:
+            if summary.get("records_removed") != len(lost):
+                raise InvariantViolation(
+                    "integrity",
+                    f"duckmesh repair {table.name} says {summary.get('records_removed')} rows"
+                    f" removed, the dropped file held {len(lost)}",
+                )
+        else:
+            kept |= lost  # compaction had merged it away first: nothing lost
+        self._check_repaired(table, kept, "after duckmesh repair without a copy")
+        self._cli_json(table, "backfill", self.system.backfill)
+        # The snapshots published meanwhile lack the dropped rows on purpose
+        # (checked above); the history check resumes after the backfill.
+        r = self._call("GET", "/v1/snapshots", params={"limit": 1})
+        self._expect(r, 200, "GET /v1/snapshots")
+        self._verified_snapshot = max(
+            self._verified_snapshot, int(r.json()["snapshots"][0]["snapshot_id"])
+        )
+
+    def _only_damaged_table_fails(self, table: TableModel) -> None:
+        for other in self.tables.values():
+            sql = other.sql("rows")
+            r = self._call("POST", "/v1/query", json={"sql": sql, "row_limit": ROW_LIMIT})
+            if other is table and _error(r)[0] == "DATA_FILE_CORRUPT":
+                continue  # the damaged table may say so, and only it
+            self._expect(r, 200, f"query on {other.name} with a file of {table.name} damaged")
+            self._check_rows(other, "rows", r.json(), "a query while a file is damaged")
+
+    def _check_repaired(self, table: TableModel, tokens: set[int], what: str) -> None:
+        sql = table.sql("rows")
+        r = self._call(
+            "POST",
+            "/v1/query",
+            json={
+                "sql": sql,
+                "min_visibility_token": self.last_token,
+                "consistency_timeout_ms": CONSISTENCY_TIMEOUT_MS,
+                "row_limit": ROW_LIMIT,
+            },
+        )
+        self._expect(r, 200, f"query on {table.name} {what}")
+        want, have = _canon(table.rows_with(tokens)), _canon(r.json()["rows"])
+        if want != have:
+            raise InvariantViolation(
+                "integrity",
+                f"{table.name} {what}: {sum((want - have).values())} row(s) of intact files"
+                f" missing {list((want - have).elements())[:5]}, {sum((have - want).values())}"
+                f" unexpected {list((have - want).elements())[:5]}",
+            )
+
+    def _cli_json(
+        self, table: TableModel, what: str, command: Callable[[str], tuple[int, str]]
+    ) -> dict[str, Any]:
+        """Run ``duckmesh repair|backfill TABLE --json``; again after a lost race
+        with compaction (``CONCURRENCY_CONFLICT``, as docs/OPERATIONS.md says)."""
+        for _ in range(CLI_ATTEMPTS):
+            code, output = command(table.name)
+            if code == 0:
+                start = output.find("{")
+                parsed: dict[str, Any] = json.loads(output[start : output.rindex("}") + 1])
+                return parsed
+            if "CONCURRENCY_CONFLICT" not in output and "concurrency" not in output.lower():
+                break
+        raise InvariantViolation(
+            "integrity", f"duckmesh {what} {table.name} exited {code}: {output[-2000:]}"
+        )
+
+    def _do_store_full(self, action: A.Action) -> None:
+        """The object store is full: the coordinator's puts fail with ENOSPC
+        (``coordinator.store_put=enospc``) until space is back. The commit must
+        fail with nothing published, the tenant back off and retry; invariant
+        (a) then demands every acknowledged write."""
+        coordinator = self.system.coordinator
+        assert coordinator is not None
+        table = self._table(action["table"])
+        if coordinator.terminate(SHUTDOWN_TIMEOUT_S) is None:
+            raise InvariantViolation(
+                "graceful shutdown",
+                f"the coordinator did not stop within {SHUTDOWN_TIMEOUT_S}s of SIGTERM",
+            )
+        faults = f"coordinator.store_put=enospc:{STORE_FULL_PUTS}"
+        self.system.start_coordinator({"DUCKMESH_ENABLE_FAULTS": "1", "DUCKMESH_FAULTS": faults})
+        self._ingest(table, action["records"], wait=False)
+        _await(
+            lambda: "commit failed; the tenant backs off" in coordinator.log_since_start(),
+            FAULT_DEATH_TIMEOUT_S,
+            "the coordinator to meet the full object store",
+        )
+        self.stats.killed("object-store-full")
+
+
+def _file_tokens(path: Path) -> set[int]:
+    """The tokens of the rows a data file holds."""
+    column = pq.read_table(path, columns=[TOKEN_COLUMN]).column(TOKEN_COLUMN)
+    return {int(t) for t in column.to_pylist()}
 
 
 def _poll(condition: Callable[[], bool], timeout: float, every: float = 0.02) -> bool:

@@ -97,6 +97,7 @@ class Load:
         self.acked_top = 0  # highest token of any acknowledged load request
         self.unseen: list[tuple[int, float]] = []  # (top token, sent at) not yet seen visible
         self.remembered: list[tuple[int, str, list[list[Any]], int]] = []
+        self.seen_at: dict[int, float] = {}  # snapshot id -> when an answer showed it
         self._recheck = 0
         self.after_snapshot = 0  # later snapshots hold the load's tables
         self.max_late = 0.0  # the longest from sending a load write to a check showing it
@@ -384,7 +385,10 @@ class Load:
                 f" {answer['max_visibility_token']}"
             }
         self.remembered.append((int(answer["snapshot_id"]), sql, answer["rows"], token))
+        self.seen_at.setdefault(int(answer["snapshot_id"]), time.time())
         del self.remembered[:-REMEMBER]
+        kept = {m[0] for m in self.remembered}
+        self.seen_at = {sid: at for sid, at in self.seen_at.items() if sid in kept}
         now = time.monotonic()
         with self.lock:
             late = [
@@ -437,6 +441,12 @@ class Load:
         sid, sql, rows, _ = self.remembered[self._recheck % len(self.remembered)]
         self._recheck += 1
         r = call("POST", "/v1/query", json={"sql": sql, "snapshot_id": sid, "row_limit": 100_000})
+        if r.status_code == 404 and r.json().get("error_code") == "SNAPSHOT_NOT_FOUND":
+            refused = self.system.expiry_refused(sid, self.seen_at.get(sid, time.time()))
+            if refused is None:  # expired as docs/API.md allows: not asked again
+                self.remembered = [m for m in self.remembered if m[0] != sid]
+                return []
+            return [("snapshot reproducibility", f"snapshot {sid} is gone although {refused}")]
         if r.status_code != 200 or r.json()["rows"] != rows:
             return [
                 (

@@ -47,7 +47,18 @@ BASE_ENV = {
     "DUCKMESH_LOG_LEVEL": "warning",
     # Scenario tables are small: let compaction merge as soon as there are two files.
     "DUCKMESH_COMPACTION_MIN_FILES": "2",
+    # Storage housekeeping races every step (the maintenance process): compaction,
+    # snapshot expiry and GC run often, with short retention and a short grace.
+    "DUCKMESH_COMPACTION_INTERVAL_MS": "1000",
+    "DUCKMESH_MAINTENANCE_INTERVAL_MS": "500",
+    "DUCKMESH_SNAPSHOT_RETAIN_COUNT": "5",
+    "DUCKMESH_SNAPSHOT_RETAIN_MS": "5000",
+    # Longer than a commit takes from writing its file to publishing it (the
+    # window is what protects those files), even through a coordinator stall.
+    "DUCKMESH_GC_SAFETY_WINDOW_MS": "10000",
 }
+# The snapshot's own time and its event's differ by a transaction's length.
+EXPIRY_SLACK_S = 0.5
 # Variables of the caller's environment handed on to the server processes
 # (so a test can run the runner against a deliberately broken build).
 FORWARDED_ENV = ("DUCKMESH_UNSAFE_BREAK", "DUCKMESH_ENABLE_FAULTS")
@@ -179,6 +190,8 @@ class System:
         self.ledger: list[tuple[int, int]] = []
         self.ledger_base = 0
         self.load: Any = None  # the background load, when one runs
+        self.maintenance: Process | None = None  # compaction, expiry and GC throughout
+        self.pinned: set[int] = set()  # snapshots the scenarios pinned (never expire)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -249,6 +262,10 @@ class System:
         )
         self.start_api()
         self.start_coordinator()
+        self.maintenance = Process(
+            "maintenance", self.env_for("maintenance"), self.workdir / "maintenance.log"
+        )
+        self.maintenance.start()
         self.started = True
         self.sync_tokens()
         self.ledger_base = self.issued_token or 0
@@ -257,7 +274,7 @@ class System:
         if self.client is not None:
             self.client.close()
             self.client = None
-        for proc in (self.api, self.coordinator):
+        for proc in (self.api, self.coordinator, self.maintenance):
             if proc is not None:
                 proc.terminate(20)
         if self.s3 is not None:
@@ -407,6 +424,8 @@ class System:
             self.start_api()
         if not self.coordinator.alive():
             self.start_coordinator()
+        if self.maintenance is not None and not self.maintenance.alive():
+            self.maintenance.start()
 
     @property
     def http(self) -> httpx.Client:
@@ -443,6 +462,45 @@ class System:
     def repair(self, table: str, backup: Path, timeout: float = 120) -> tuple[int, str]:
         """``duckmesh repair TABLE --from-backup DIR``: (exit code, output)."""
         return self._cli(["repair", table, "--from-backup", str(backup)], timeout)
+
+    def repair_without_backup(self, table: str, timeout: float = 120) -> tuple[int, str]:
+        """``duckmesh repair TABLE --json``: drops the damaged files (exit code, output)."""
+        return self._cli(["repair", table, "--json"], timeout)
+
+    def backfill(self, table: str, timeout: float = 120) -> tuple[int, str]:
+        """``duckmesh backfill TABLE --json`` (from the bus): (exit code, output)."""
+        return self._cli(["backfill", table, "--json"], timeout)
+
+    def expiry_refused(self, snapshot_id: int, seen_at: float) -> str | None:
+        """Why snapshot ``snapshot_id`` must not have expired yet, or None when
+        docs/API.md allows it: not pinned, not the latest nor among the newest
+        ``DUCKMESH_SNAPSHOT_RETAIN_COUNT``, older than ``DUCKMESH_SNAPSHOT_RETAIN_MS``.
+        ``seen_at`` (``time.time()``) is when an answer showed it: it was
+        created no later, so an age past the limit since then settles the age."""
+        if snapshot_id in self.pinned:
+            return "it is pinned"
+        count = int(BASE_ENV["DUCKMESH_SNAPSHOT_RETAIN_COUNT"])
+        r = self.http.get("/v1/snapshots", params={"limit": count})
+        if r.status_code != 200:
+            raise HarnessError(f"GET /v1/snapshots answered {r.status_code}: {r.text}")
+        newest = [int(s["snapshot_id"]) for s in r.json()["snapshots"]]
+        if newest and snapshot_id >= min(newest):
+            return f"it is among the newest {count} snapshots {newest} (the latest included)"
+        retain_s = int(BASE_ENV["DUCKMESH_SNAPSHOT_RETAIN_MS"]) / 1000
+        if time.time() - seen_at >= retain_s:
+            return None
+        # Seen recently: its own creation time decides (the publish event keeps it).
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT extract(epoch FROM now() - recorded_at) FROM event_log"
+                " WHERE stream = 'snapshots:default' AND version = %s",
+                (snapshot_id,),
+            ).fetchone()
+        if row is None:
+            return None  # archived with the old events: long expired
+        if float(row[0]) < retain_s - EXPIRY_SLACK_S:
+            return f"it was published {float(row[0]):.1f}s ago, under the {retain_s:g}s retained"
+        return None
 
     def object_path(self, key: str) -> Path:
         """Where the local object store keeps ``key`` (``DUCKMESH_DATA_DIR/objects``)."""

@@ -76,6 +76,21 @@ def test_keyed_model_applies_writes_in_token_order() -> None:
     assert table.expected("aggregate", 0) == [[0, None, 0]]
 
 
+def test_the_rows_of_some_files_resolve_keys_over_them_only() -> None:
+    """After a repair drops a file, a keyed table shows the newest version left
+    in the other files: a delete in the dropped file un-hides the older row."""
+    table = TableModel("kv", ["k", "v", "n"], ("k",))
+    table.writes = [
+        Write(1, "upsert", {"k": 1, "v": "a"}),
+        Write(2, "upsert", {"k": 2, "v": "b"}),
+        Write(3, "delete", {"k": 1}),
+        Write(4, "upsert", {"k": 2, "v": "c"}),
+    ]
+    assert table.rows_with({1, 2, 3, 4}) == table.rows_at(4) == [[2, "c", None]]
+    assert table.rows_with({1, 2}) == [[1, "a", None], [2, "b", None]]  # 3 and 4 dropped
+    assert table.rows_with(set()) == []
+
+
 def test_append_only_model_keeps_every_write() -> None:
     table = TableModel("log", ["id", "v", "n"], ())
     table.writes = [Write(1, "insert", {"id": 1}), Write(2, "insert", {"id": 1})]
@@ -160,6 +175,8 @@ def test_answers_are_checked_against_the_model_at_their_watermark() -> None:
         {"do": "kill_coordinator", "fault": "nowhere", "table": "t", "records": []},
         {"do": "kill_coordinator", "fault": A.FAULT_POINTS[0], "table": "t", "records": []},
         {"do": "query_token", "table": "t", "sql_kind": "drop"},
+        {"do": "damage_file", "table": "t", "backup": "no"},
+        {"do": "store_full", "table": "t", "records": []},
         "ingest",
     ],
 )
@@ -186,9 +203,11 @@ def test_action_constructors_make_valid_json_actions() -> None:
         A.kill_server("t", [_rec("d", id=5)]),
         A.stall_coordinator("t", [_rec("e", id=6)]),
         A.damage_file("t"),
+        A.damage_file("t", backup=False),
         A.kill_postgres(),
         A.compact(),
         A.s3_outage("hang", 1.5, "t", [_rec("f", id=7)], [_rec("g", id=8)]),
+        A.store_full("t", [_rec("f", id=7)]),
     ]
     assert {a["do"] for a in made} == set(A.KINDS)
     for action in made:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -21,7 +22,7 @@ PUBLISH = "coordinator.before_publish_commit"
 
 
 def test_constants() -> None:
-    assert FAULT_ACTIONS == ("raise", "kill", "delay")
+    assert FAULT_ACTIONS == ("raise", "kill", "delay", "enospc")
     assert WRITE in KNOWN_FAULT_POINTS
     assert "compaction.before_publish" in KNOWN_FAULT_POINTS
 
@@ -70,6 +71,15 @@ def test_delay_blocks_the_calling_thread(monkeypatch: pytest.MonkeyPatch) -> Non
     for _ in range(3):
         points.hit("compaction.after_write")
     assert slept == [0.25, 0.25]
+
+
+def test_enospc_raises_a_disk_full_os_error() -> None:
+    points = FaultPoints.from_spec("coordinator.store_put=enospc:1", enabled=True)
+    with pytest.raises(OSError, match="No space left") as caught:
+        points.hit("coordinator.store_put")
+    assert caught.value.errno == errno.ENOSPC
+    points.hit("coordinator.store_put")  # once only
+    assert points.fired("coordinator.store_put") == 1
 
 
 def test_disabled_points_refuse_to_arm_and_never_fire() -> None:
