@@ -16,7 +16,9 @@ def test_an_earlier_deadline_armed_later_still_fires_on_time() -> None:
     short = watchdog.arm(0.05, early.set)
     try:
         assert early.wait(10)
-        assert short.fired and not long.fired and not late.is_set()
+        assert short.fired
+        assert not long.fired
+        assert not late.is_set()
     finally:
         long.disarm()
         short.disarm()
@@ -30,6 +32,8 @@ def test_a_disarmed_alarm_never_fires_and_later_ones_still_do() -> None:
     armed = watchdog.arm(0.1, second.set)  # later than the disarmed one: no wake-up needed
     try:
         assert second.wait(10)
-        assert armed.fired and not disarmed.fired and not first.is_set()
+        assert armed.fired
+        assert not disarmed.fired
+        assert not first.is_set()
     finally:
         armed.disarm()
