@@ -12,9 +12,10 @@ before.
 Arrow's Python values equal DuckDB's for the types in ``_ARROW_SAFE``
 (and lists, arrays and structs of them); a result with any other type
 (HUGEINT, INTERVAL, MAP, UNION, ENUM, ...) or a value Arrow cannot hand to
-Python (an infinite or BC date), and statements that are slow to bind
-(``_slow_to_bind``: a relation binds twice), are answered through DuckDB's
-own Python values (``fetchmany``) as before.
+Python (an infinite or BC date) is answered through DuckDB's own Python
+values (``fetchmany``), which runs the statement a second time; statements
+that are slow to bind (``_slow_to_bind``) take that path at once.
+The Arrow path runs the statement once (``_arrow_stream``).
 The values then go through the same ``_convert`` plans as ever.
 """
 
@@ -28,6 +29,7 @@ import duckdb
 import pyarrow as pa
 from duckdb.sqltypes import DuckDBPyType
 
+from duckmesh.query._arrow_stream import open_stream
 from duckmesh.query._convert import ROW_OVERHEAD, column_plan, convert_column, row_size
 
 __all__ = ["ARROW_BATCH_ROWS", "NotArrowSafe", "arrow_safe", "json_result", "rows_from_arrow"]
@@ -39,14 +41,14 @@ ARROW_BATCH_ROWS = 256
 CHUNK_BYTES = 4 * 1024 * 1024
 CHUNK_ROWS = 8192
 FIRST_FETCH_ROWS = 64
-# A relation binds its SQL twice (once to know the types, again to run), which
-# costs nothing for ordinary statements but seconds for one with thousands of
-# expressions, many joins, or a parameter holding a huge list (converted
-# holding the GIL): statements longer than this, or with list or struct
-# parameters, take the native path (one bind).
+# A result the Arrow path cannot convert is run again natively: a second bind,
+# which costs nothing for ordinary statements but seconds for one with
+# thousands of expressions, many joins, or a parameter holding a huge list
+# (converted holding the GIL): statements longer than this, or with list or
+# struct parameters, take the native path at once (one bind whatever the types).
 ARROW_MAX_SQL_CHARS = 8 * 1024
 # ... and so do statements naming more than this many sources (FROM and JOIN
-# keywords): join ordering is planned twice too.
+# keywords): join ordering would be planned twice too.
 ARROW_MAX_SOURCES = 8
 _SOURCES = re.compile(r"\b(?:from|join)\b", re.IGNORECASE)
 MAX_ARROW_DEPTH = 16
@@ -185,11 +187,13 @@ def json_result(
     if _slow_to_bind(sql, args):  # bind it once, natively
         cursor.execute(sql, args)
         return _native_rows(cursor, row_limit, max_bytes)
-    relation = cursor.sql(sql, params=args)
-    types = list(relation.types)
-    if types and all(arrow_safe(t) for t in types):
-        columns = tuple((n, str(t)) for n, t in zip(relation.columns, types, strict=True))
-        reader = relation.to_arrow_reader(ARROW_BATCH_ROWS)
+    stream = open_stream(cursor, sql, args, ARROW_BATCH_ROWS)
+    types = stream.types
+    if not (types and all(arrow_safe(t) for t in types)):
+        stream.close()
+    else:
+        columns = tuple((n, str(t)) for n, t in zip(stream.names, types, strict=True))
+        reader = stream.reader()
         try:
             rows, truncated = rows_from_arrow(reader, types, row_limit, max_bytes)
             return columns, rows, truncated

@@ -21,6 +21,10 @@ import time
 from collections.abc import Callable
 
 
+def _nothing() -> None:
+    return None
+
+
 class Alarm:
     """A pending deadline; ``fired`` tells whether the callback ever ran."""
 
@@ -47,6 +51,8 @@ class Alarm:
         """Stop the alarm; return whether the callback had fired."""
         with self._lock:
             self.active = False
+            # The entry waits in the heap until its deadline: hold no cursor.
+            self._callback = _nothing
             return self.fired
 
 
@@ -62,13 +68,19 @@ class Watchdog:
     def arm(self, delay_s: float, callback: Callable[[], object], repeat_s: float = 0.2) -> Alarm:
         alarm = Alarm(callback, repeat_s)
         with self._cv:
-            heapq.heappush(self._heap, (time.monotonic() + delay_s, next(self._seq), alarm))
+            entry = (time.monotonic() + delay_s, next(self._seq), alarm)
+            heapq.heappush(self._heap, entry)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="duckmesh-query-watchdog", daemon=True
                 )
                 self._thread.start()
-            self._cv.notify()
+            # The thread sleeps until the earliest deadline; it needs waking
+            # only when this one is earlier. With one timeout for every query
+            # (the usual case) a new alarm never is, so a query does not wake
+            # the thread (a context switch and a GIL hand-over per query).
+            if self._heap[0] is entry:
+                self._cv.notify()
         return alarm
 
     def _next_due(self) -> Alarm:

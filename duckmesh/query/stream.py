@@ -26,6 +26,7 @@ import attrs
 import pyarrow as pa
 from duckdb.sqltypes import DuckDBPyType
 
+from duckmesh.query._arrow_stream import open_stream
 from duckmesh.query._formats import make_encoder
 from duckmesh.query.sandbox import QueryLimits, SnapshotDatabase
 
@@ -81,8 +82,8 @@ def produce(
     """Run the query and ``emit`` a ``StreamHead``, then ``bytes`` chunks (in a thread)."""
     started = time.perf_counter()
     with database.running(sql, params, limits, snapshot_id, execute=False) as (cursor, tables):
-        relation = cursor.sql(sql, params=None if params is None else list(params))
-        reader = relation.to_arrow_reader(ROWS_PER_BATCH)
+        stream = open_stream(cursor, sql, params, ROWS_PER_BATCH)
+        reader = stream.reader()
 
         def head(truncated: bool | None) -> StreamHead:
             return StreamHead(
@@ -92,9 +93,10 @@ def produce(
                 execution_ms=(time.perf_counter() - started) * 1000.0,
             )
 
-        emit_batches(
-            reader, list(relation.types), limits.row_limit, media, readahead_bytes, emit, head
-        )
+        try:
+            emit_batches(reader, stream.types, limits.row_limit, media, readahead_bytes, emit, head)
+        finally:
+            reader.close()  # before the cursor goes back to the idle ones
 
 
 def emit_batches(
