@@ -306,9 +306,12 @@ class PostgresBus:
             self._ack(tx, batch)
 
     def _ack(self, conn: Conn, batch: Batch) -> None:
-        cur = conn.execute(
+        # RETURNING, not the row count: a row count is not known yet in a
+        # pipeline (a commit publishes in one, ``Database.call(pipeline=True)``).
+        row = conn.execute(
             "UPDATE bus_scope SET acked_token = %s"
-            " WHERE scope = %s AND owner = %s AND fence = %s AND acked_token = %s",
+            " WHERE scope = %s AND owner = %s AND fence = %s AND acked_token = %s"
+            " RETURNING scope",
             (
                 batch.last_token,
                 batch.scope,
@@ -316,8 +319,8 @@ class PostgresBus:
                 batch.fence,
                 batch.after_token,
             ),
-        )
-        if cur.rowcount != 1 and not unsafe.broken("no_fencing"):  # TEST ONLY: stale acks pass
+        ).fetchone()
+        if row is None and not unsafe.broken("no_fencing"):  # TEST ONLY: stale acks pass
             raise LeaseLost(batch.scope, batch.fence)
 
     def nack(self, batch: Batch, reason: str, *, retry_after_s: float = 0.0) -> None:

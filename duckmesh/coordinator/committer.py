@@ -174,6 +174,7 @@ class Committer:
         )
         if batch is None:
             return None
+        metrics.COMMIT_PHASE.labels(phase="claim").observe(time.perf_counter() - started)
         try:
             with LeaseHeartbeat(self.bus, batch, self.settings.lease_s):
                 outcome = self._commit_isolating(batch)
@@ -319,7 +320,10 @@ class Committer:
 
     def _commit(self, batch: Batch, poison: Sequence[Rejected] = ()) -> CommitOutcome:
         tenant = batch.scope
+        t0 = time.perf_counter()
         plan = self._plan(batch)
+        t1 = time.perf_counter()
+        metrics.COMMIT_PHASE.labels(phase="plan").observe(t1 - t0)
         head, watermark = plan.head, plan.watermark
         rejected = list(poison)
         excluded = {r.token for r in poison}
@@ -347,6 +351,8 @@ class Committer:
                 seq += 1
                 files.append(self._write(tenant, rows, next_id, seq))
         seq = self._write_uploads(tenant, plan, excluded, files, watermarks, rejected, next_id, seq)
+        t2 = time.perf_counter()
+        metrics.COMMIT_PHASE.labels(phase="write").observe(t2 - t1)
         self.faults.hit("coordinator.after_parquet_write")
         self.faults.hit("coordinator.before_publish_commit")
         new_watermark = max(batch.last_token, watermark)
@@ -357,6 +363,7 @@ class Committer:
                 files[1:],
             )
         snapshot_id = self._publish(batch, head, files, watermarks, rejected, new_watermark, traces)
+        metrics.COMMIT_PHASE.labels(phase="publish").observe(time.perf_counter() - t2)
         self.faults.hit("coordinator.after_publish_commit")
         self._observe_visibility(good, plan.uploads)
         if rejected:
@@ -470,6 +477,7 @@ class Committer:
                 still_valid=still_valid,
                 before=ack,
                 after=set_aside,
+                pipeline=True,
             )
         except RebaseRefused:
             raise LeaseLost(batch.scope, batch.fence) from None
