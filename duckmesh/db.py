@@ -17,7 +17,6 @@ abandons a thread mid-transaction: the call finishes or rolls back first.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import select
 from collections.abc import Callable
@@ -61,6 +60,27 @@ def check_at_checkout(conn: Conn) -> None:
         readable = [True]
     if readable:
         ConnectionPool.check_connection(conn)
+
+
+def _pipelined(conn: Conn, fn: Callable[[Conn], T], transaction: bool) -> T:
+    """``fn(conn)`` in pipeline mode, in one transaction if ``transaction``.
+
+    BEGIN and COMMIT are queued like any statement (psycopg's ``transaction()``
+    waits for a sync on entry and two on exit); leaving the pipeline waits
+    for every result and raises the first error, COMMIT's included, so the
+    transaction is durable when this returns. On any error the connection
+    rolls back before it goes back to the pool."""
+    try:
+        with conn.pipeline():
+            if transaction:
+                conn.execute("BEGIN")
+            result = fn(conn)
+            if transaction:
+                conn.execute("COMMIT")
+    except BaseException:
+        conn.rollback()  # a no-op unless a transaction is still open
+        raise
+    return result
 
 
 def connect(dsn: str) -> Conn:
@@ -117,10 +137,9 @@ class Database:
         pipeline ``fn`` must not read a cursor's ``rowcount`` before fetching
         from it (it is not known yet)."""
         try:
-            with (
-                self.pool.connection() as conn,
-                conn.pipeline() if pipeline else contextlib.nullcontext(),
-            ):
+            with self.pool.connection() as conn:
+                if pipeline:
+                    return _pipelined(conn, fn, transaction)
                 if not transaction:
                     return fn(conn)
                 with conn.transaction():

@@ -188,19 +188,31 @@ def publish_upload(
     return receipt, last + n
 
 
-def claim_uploads(
-    conn: Conn, scope: str, acked: int, last: int, records: list[Any], limit: int, max_bytes: int
-) -> tuple[list[BusRecord], list[UploadBatch]]:
-    """Merge the scope's records (``records``: claim rows in token order, up
-    to ``limit``) with its upload batches into the longest gapless run of
-    tokens after ``acked`` within ``limit`` rows and ``max_bytes``
-    (at least one item, however large)."""
-    heads = conn.execute(
+def claim_heads(conn: Conn, scope: str, acked: int, last: int) -> Any:
+    """The cursor of the scope's upload batch heads after ``acked`` (token
+    range and size), for ``claim_uploads``; not fetched, so that a pipeline
+    can send it with the claim's other reads."""
+    return conn.execute(
         "SELECT first_token, last_token, octet_length(data) FROM bus_batch"
         " WHERE tenant_id = %s AND first_token > %s AND first_token <= %s"
         " ORDER BY first_token LIMIT %s",
         (scope, acked, last, _CLAIM_BATCHES),
-    ).fetchall()
+    )
+
+
+def claim_uploads(
+    conn: Conn,
+    scope: str,
+    acked: int,
+    records: list[Any],
+    heads: list[Any],
+    limit: int,
+    max_bytes: int,
+) -> tuple[list[BusRecord], list[UploadBatch]]:
+    """Merge the scope's records (``records``: claim rows in token order, up
+    to ``limit``) with its upload batches (``heads``: ``claim_heads`` rows)
+    into the longest gapless run of tokens after ``acked`` within ``limit``
+    rows and ``max_bytes`` (at least one item, however large)."""
     taken: list[BusRecord] = []
     chosen: list[int] = []
     pos, rows, size, r, h = acked, 0, 0, 0, 0

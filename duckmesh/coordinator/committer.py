@@ -241,12 +241,9 @@ class Committer:
             {r.table_id for r in batch.records} | {u.table_id for u in batch.uploads}
         )
         head, tables, dropped = self.db.call(
-            lambda conn: (
-                reads.latest_snapshot(conn, tenant),
-                reads.tables_by_id(conn, tenant, table_ids),
-                reads.dropped_table_ids(conn, tenant),
-            ),
+            lambda conn: reads.commit_plan(conn, tenant, table_ids),
             transaction=False,
+            pipeline=True,
         )
         watermark = head.max_visibility_token if head else 0
         # The catalog is the truth: never commit a token twice (ADR 0006).
