@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
-import threading
 import time
 from collections.abc import Sequence
 
@@ -36,7 +35,9 @@ from duckmesh.catalog.model import Snapshot, TableDef
 from duckmesh.catalog.snapshots import ConflictPolicy, RebaseRefused, SnapshotChange
 from duckmesh.coordinator.columnar import UploadRows, build_many
 from duckmesh.coordinator.health import CommitHealth
+from duckmesh.coordinator.lease import LeaseHeartbeat
 from duckmesh.coordinator.parquet import PartitionRows, Rejected, build_tables
+from duckmesh.coordinator.puts import BackgroundPuts
 from duckmesh.db import Conn, Database
 from duckmesh.storage import layout
 from duckmesh.storage.layout import DataFile
@@ -103,39 +104,6 @@ def _by_table(records: Sequence[BusRecord]) -> dict[str, list[BusRecord]]:
     for rec in records:
         by_table.setdefault(rec.table_id, []).append(rec)
     return by_table
-
-
-class LeaseHeartbeat:
-    """Renews a batch's lease every third of its length while a commit runs,
-    so a slow commit (a big batch, a slow disk) is not taken over half-way.
-    A lost lease is only noted: fencing makes the publish fail anyway."""
-
-    def __init__(self, bus: IngestBus, batch: Batch, lease_s: float) -> None:
-        self.bus = bus
-        self.batch = batch
-        self.lease_s = lease_s
-        self.renewals = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
-
-    def __enter__(self) -> LeaseHeartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.lease_s / 3):
-            try:
-                self.bus.extend_lease(self.batch, self.lease_s)
-                self.renewals += 1
-            except LeaseLost:
-                log.warning("lease lost during a commit", tenant_id=self.batch.scope)
-                return
-            except Exception:  # the database hiccuped: try again next beat
-                log.exception("lease renewal failed", tenant_id=self.batch.scope)
 
 
 class Committer:
@@ -316,6 +284,15 @@ class Committer:
         return self._bisect(table, records[:mid]) + self._bisect(table, records[mid:])
 
     def _commit(self, batch: Batch, poison: Sequence[Rejected] = ()) -> CommitOutcome:
+        puts = BackgroundPuts(self.store)
+        try:
+            return self._commit_putting(batch, poison, puts)
+        finally:
+            puts.close()  # the puts are over whatever happened (no thread left behind)
+
+    def _commit_putting(
+        self, batch: Batch, poison: Sequence[Rejected], puts: BackgroundPuts
+    ) -> CommitOutcome:
         tenant = batch.scope
         t0 = time.perf_counter()
         plan = self._plan(batch)
@@ -346,8 +323,11 @@ class Committer:
             rejected.extend(bad)
             for rows in partitions:
                 seq += 1
-                files.append(self._write(tenant, rows, next_id, seq))
-        seq = self._write_uploads(tenant, plan, excluded, files, watermarks, rejected, next_id, seq)
+                files.append(self._write(tenant, rows, next_id, seq, puts))
+        self._write_uploads(
+            tenant, plan, excluded, files, watermarks, rejected, (next_id, seq), puts
+        )
+        puts.start()  # durable while the publish's first round trips run (coordinator/puts.py)
         t2 = time.perf_counter()
         metrics.COMMIT_PHASE.labels(phase="write").observe(t2 - t1)
         self.faults.hit("coordinator.after_parquet_write")
@@ -355,11 +335,14 @@ class Committer:
         new_watermark = max(batch.last_token, watermark)
         traces = tracing.bounded(t for u in plan.uploads for t in u.trace_ids)
         if unsafe.broken("split_publish") and len(files) > 1:  # TEST ONLY: two transactions
+            puts.wait()
             head, files = (
                 unsafe.publish_part(self.db, batch, head, files[:1], new_watermark),
                 files[1:],
             )
-        snapshot_id = self._publish(batch, head, files, watermarks, rejected, new_watermark, traces)
+        snapshot_id = self._publish(
+            batch, head, files, watermarks, rejected, new_watermark, traces, puts
+        )
         metrics.COMMIT_PHASE.labels(phase="publish").observe(time.perf_counter() - t2)
         self.faults.hit("coordinator.after_publish_commit")
         self._observe_visibility(good, plan.uploads)
@@ -385,12 +368,13 @@ class Committer:
         files: list[DataFile],
         watermarks: dict[str, int],
         rejected: list[Rejected],
-        snapshot_id: int,
-        seq: int,
-    ) -> int:
+        numbering: tuple[int, int],
+        puts: BackgroundPuts,
+    ) -> None:
         """Write the plan's upload batches (Arrow to Parquet, no JSON between),
         one file per (table, partition) however many batches the plan holds;
-        returns the last file sequence number used."""
+        ``numbering``: the snapshot id and the last file sequence number used."""
+        snapshot_id, seq = numbering
         by_table: dict[str, list[UploadRows]] = {}
         for upload in plan.uploads:
             if upload.table_id in plan.dropped:
@@ -407,19 +391,21 @@ class Committer:
         for table_id, batches in by_table.items():
             for rows in self._build_uploads(plan.tables[table_id], batches):
                 seq += 1
-                files.append(self._write(tenant, rows, snapshot_id, seq))
-        return seq
+                files.append(self._write(tenant, rows, snapshot_id, seq, puts))
 
-    def _write(self, tenant: str, rows: PartitionRows, snapshot_id: int, seq: int) -> DataFile:
+    def _write(
+        self, tenant: str, rows: PartitionRows, snapshot_id: int, seq: int, puts: BackgroundPuts
+    ) -> DataFile:
+        """Build one file in scratch; ``puts`` puts it at its key."""
         scratch = self.store.scratch_path(".parquet")
         try:
             size, checksum = layout.write_parquet(rows.arrow, scratch)
-            key = layout.object_key(tenant, rows.table.table_id, rows.partition, snapshot_id, seq)
-            if not unsafe.broken("publish_before_durable"):  # TEST ONLY: published, never put
-                self.store.put_file(scratch, key, checksum)
-        finally:
+        except BaseException:
             if scratch.exists():
                 os.unlink(scratch)
+            raise
+        key = layout.object_key(tenant, rows.table.table_id, rows.partition, snapshot_id, seq)
+        puts.add(scratch, key, checksum)
         return rows.data_file(key, size, checksum)
 
     def _publish(
@@ -431,6 +417,7 @@ class Committer:
         rejected: Sequence[Rejected],
         new_watermark: int,
         trace_ids: list[str],
+        puts: BackgroundPuts,
     ) -> int:
         """Publish with the REBASE policy: when compaction or a restore
         published first and the watermark is unchanged, our files are still
@@ -445,6 +432,7 @@ class Committer:
 
         def set_aside(conn: Conn, _snapshot_id: int) -> None:
             self.bus.quarantine(batch, entries, tx=conn)
+            puts.wait()  # the last step before COMMIT: every file durable first
             self.faults.hit("coordinator.inside_publish_commit")
 
         def still_valid(conn: Conn, latest: Snapshot | None) -> bool:
