@@ -23,6 +23,7 @@ import io
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 import pyarrow.parquet as pq
@@ -124,6 +125,8 @@ class Committer:
         self.settings = settings
         self.consumer_id = consumer_id
         self.health = health or CommitHealth()
+        # A commit's lease heartbeat and its puts run on these, started once.
+        self.workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="commit")
 
     def commit_once(self) -> CommitOutcome | None:
         """Commit the next pending batch of any scope; None when there is none.
@@ -144,7 +147,7 @@ class Committer:
             return None
         metrics.COMMIT_PHASE.labels(phase="claim").observe(time.perf_counter() - started)
         try:
-            with LeaseHeartbeat(self.bus, batch, self.settings.lease_s):
+            with LeaseHeartbeat(self.bus, batch, self.settings.lease_s, self.workers):
                 outcome = self._commit_isolating(batch)
         except LeaseLost:
             metrics.PUBLISH_FAILURES.labels(reason="lease_lost").inc()
@@ -284,7 +287,7 @@ class Committer:
         return self._bisect(table, records[:mid]) + self._bisect(table, records[mid:])
 
     def _commit(self, batch: Batch, poison: Sequence[Rejected] = ()) -> CommitOutcome:
-        puts = BackgroundPuts(self.store)
+        puts = BackgroundPuts(self.store, self.workers)
         try:
             return self._commit_putting(batch, poison, puts)
         finally:

@@ -12,7 +12,7 @@ fails the COMMIT, never follows it.
 from __future__ import annotations
 
 import os
-import threading
+from concurrent.futures import Executor, Future
 from pathlib import Path
 
 from duckmesh import unsafe
@@ -20,20 +20,22 @@ from duckmesh.storage.protocol import ObjectStore
 
 
 class BackgroundPuts:
-    """Scratch files to put at their keys, one after the other, in one thread."""
+    """Scratch files to put at their keys, one after the other, on one of
+    the committer's long-lived workers (a thread started per commit would
+    wait to be scheduled first: milliseconds on a busy host)."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, workers: Executor) -> None:
         self.store = store
+        self.workers = workers
         self._items: list[tuple[Path, str, str]] = []
-        self._thread: threading.Thread | None = None
+        self._running: Future[None] | None = None
         self._error: BaseException | None = None
 
     def add(self, scratch: Path, key: str, checksum: str) -> None:
         self._items.append((scratch, key, checksum))
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="commit-put", daemon=True)
-        self._thread.start()
+        self._running = self.workers.submit(self._run)
 
     def _run(self) -> None:
         try:
@@ -58,7 +60,7 @@ class BackgroundPuts:
 
     def close(self) -> None:
         """Until the puts are over (or, never started, the scratch files gone)."""
-        if self._thread is None:
+        if self._running is None:
             self._discard()
         else:
-            self._thread.join()
+            self._running.result()  # _run keeps its error for wait()
