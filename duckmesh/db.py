@@ -17,6 +17,7 @@ abandons a thread mid-transaction: the call finishes or rolls back first.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import select
 from collections.abc import Callable
@@ -78,7 +79,10 @@ def _pipelined(conn: Conn, fn: Callable[[Conn], T], transaction: bool) -> T:
             if transaction:
                 conn.execute("COMMIT")
     except BaseException:
-        conn.rollback()  # a no-op unless a transaction is still open
+        # A no-op unless a transaction is still open; on a broken connection
+        # it fails too (the pool then drops it): keep the first error.
+        with contextlib.suppress(psycopg.Error):
+            conn.rollback()
         raise
     return result
 
