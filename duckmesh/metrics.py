@@ -121,6 +121,14 @@ COMMIT_LATENCY = Histogram(
     buckets=_LATENCY_BUCKETS,
     registry=REGISTRY,
 )
+COMMIT_PHASE = Histogram(
+    "duckmesh_commit_phase_seconds",
+    "Wall time of each phase of a commit: claim (scope and batch), plan (catalog"
+    " reads), write (Parquet build and durable put), publish (the transaction).",
+    ["phase"],
+    buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 CLAIM_RETRIES = Counter(
     "duckmesh_claim_retries_total", "Publishes retried after a stream conflict.", registry=REGISTRY
 )

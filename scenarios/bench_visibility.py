@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -75,6 +76,37 @@ def _probe(port: int, ids: Iterator[int], until: float) -> dict[str, list[float]
     return {"ack": ack, "mode_b": mode_b, "mode_a": mode_a, "errors": errors}
 
 
+# Histograms whose mean over the probe window shows where a commit's time goes.
+_PHASES = re.compile(
+    r"^duckmesh_(commit_phase_seconds|commit_batch_latency_seconds|write_to_visible_seconds)"
+    r'_(sum|count)(?:\{phase="(\w+)"\})? (\S+)$',
+    re.MULTILINE,
+)
+
+
+def _phase_totals(server: Server) -> dict[str, tuple[float, float]]:
+    """(sum, count) per commit phase, commit and server-side write-to-visible."""
+    with server.client() as c:
+        text = c.get("/v1/metrics").text
+    totals: dict[str, list[float]] = {}
+    for name, kind, phase, value in _PHASES.findall(text):
+        pair = totals.setdefault(phase or name.removesuffix("_seconds"), [0.0, 0.0])
+        pair[kind == "count"] += float(value)
+    return {k: (v[0], v[1]) for k, v in totals.items()}
+
+
+def _phase_means(
+    before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+) -> dict[str, dict[str, float]]:
+    """Mean ms and count per phase between two scrapes."""
+    out = {}
+    for key, (total, count) in after.items():
+        t0, c0 = before.get(key, (0.0, 0.0))
+        if count > c0:
+            out[key] = {"mean_ms": round((total - t0) / (count - c0) * 1000, 1), "n": count - c0}
+    return out
+
+
 def _cpu_s(pids: dict[str, int]) -> dict[str, float]:
     return {role: sum(psutil.Process(pid).cpu_times()[:2]) for role, pid in pids.items()}
 
@@ -110,9 +142,11 @@ def measure(args: argparse.Namespace, env: dict[str, str]) -> dict[str, object]:
         for t in threads:
             t.start()
         time.sleep(1.0)  # let the steady state settle before sampling
+        phases_before = _phase_totals(server)
         cpu_before, began, sent_before = _cpu_s(pids), time.monotonic(), sum(sent)
         probed = _probe(server.port, ids, stop - 1)
         cpu_after, ended, sent_after = _cpu_s(pids), time.monotonic(), sum(sent)
+        phases = _phase_means(phases_before, _phase_totals(server))
         for t in threads:
             t.join()
         rss = server.rss_mib()
@@ -136,6 +170,7 @@ def measure(args: argparse.Namespace, env: dict[str, str]) -> dict[str, object]:
         "snapshots": snapshots,
         "records_per_snapshot": round(sum(sent) / max(1, snapshots), 1),
         "server_rss_mib": round(rss, 1),
+        "commit_phases": phases,
     }
 
 
@@ -155,6 +190,11 @@ def _print(label: str, results: dict[str, object]) -> None:
     print(f"  CPU cores by process: {results['cpu_cores']}")
     print(f"  snapshots: {results['snapshots']}, {results['records_per_snapshot']} records each")
     print(f"  errors: {results['errors']}; server RSS {results['server_rss_mib']:.0f} MiB")
+    phases: dict[str, dict[str, float]] = results["commit_phases"]  # type: ignore[assignment]
+    print(
+        "  mean ms (n): "
+        + ", ".join(f"{k} {v['mean_ms']} ({v['n']:.0f})" for k, v in phases.items())
+    )
 
 
 def main() -> None:
@@ -181,7 +221,7 @@ def main() -> None:
         target_line(
             "write-to-visible p95 ms",
             results["write_to_visible_mode_b"]["p95_ms"],  # type: ignore[index]
-            250,
+            150 if args.rate == 0 else 250,  # saturated: the product owner's target
             lower_is_better=True,
         )
     )

@@ -61,6 +61,36 @@ def dropped_table_ids(conn: Conn, tenant_id: str) -> set[str]:
     return {r[0] for r in rows}
 
 
+def commit_plan(
+    conn: Conn, tenant_id: str, table_ids: list[str]
+) -> tuple[Snapshot | None, dict[str, TableDef], set[str]]:
+    """What a commit reads before building files: the latest snapshot, the
+    batch's tables by id and the tenant's dropped table ids. The three
+    statements are sent before any is read, so in a pipeline
+    (``Database.call(pipeline=True)``) they share one round trip."""
+    head = conn.execute(
+        f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshot WHERE tenant_id = %s"
+        " ORDER BY snapshot_id DESC LIMIT 1",
+        (tenant_id,),
+    )
+    tables = conn.execute(
+        f"SELECT {_TABLE_COLUMNS}, t.dropped_at FROM table_def t JOIN table_schema_version v"
+        " ON v.table_id = t.table_id AND v.version = t.schema_version"
+        " WHERE t.tenant_id = %s AND t.table_id = ANY(%s)",
+        (tenant_id, table_ids),
+    )
+    dropped = conn.execute(
+        "SELECT table_id FROM table_def WHERE tenant_id = %s AND dropped_at IS NOT NULL",
+        (tenant_id,),
+    )
+    row = head.fetchone()
+    return (
+        _snapshot(row) if row else None,
+        {r[0]: _table(r[:10]) for r in tables.fetchall()},
+        {r[0] for r in dropped.fetchall()},
+    )
+
+
 def list_tables(conn: Conn, tenant_id: str) -> list[TableDef]:
     rows = conn.execute(
         f"SELECT {_TABLE_COLUMNS} FROM table_def t JOIN table_schema_version v"

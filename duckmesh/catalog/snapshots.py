@@ -204,8 +204,14 @@ def publish(
     before: TxHook | None = None,
     after: TxHook | None = None,
     attempts: int = REBASE_ATTEMPTS,
+    pipeline: bool = False,
 ) -> Published:
     """Publish ``change`` on ``parent`` in a transaction of its own.
+
+    ``pipeline=True`` sends the transaction in psycopg's pipeline mode
+    (``Database.call``): its dozen statements cost three round trips (the
+    hooks' reads, the append, the rest with the commit). The hooks must then
+    check what they wrote by fetching, not by row counts.
 
     Under ``REBASE`` a lost race re-reads the head and tries again on it while
     ``still_valid(conn, head)`` holds, at most ``attempts`` times; then
@@ -220,7 +226,7 @@ def publish(
             return publish_in(conn, change, head, before=before, after=after)
 
         try:
-            return db.call(attempt)
+            return db.call(attempt, pipeline=pipeline)
         except StaleParent:
             if policy is ConflictPolicy.ABORT:
                 raise

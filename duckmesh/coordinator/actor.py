@@ -18,6 +18,7 @@ import time
 import attrs
 import trio
 
+from duckmesh import metrics
 from duckmesh.coordinator.committer import CommitOutcome, Committer
 from duckmesh.notify import Notifications
 from duckmesh.supervisors import Actor
@@ -94,11 +95,13 @@ class CoordinatorActor(Actor):
                         pause = self.cadence.busy_pause(outcome, now - started, batch_max, now)
                         with trio.move_on_after(pause):
                             await self.stop_requested.wait()
+                        metrics.COMMIT_PHASE.labels(phase="pace").observe(pause)
                     continue
                 streak = 0
                 await self.notifications.records.wait(seen, self.flush_interval_s)
                 if self.cadence.linger_s:
                     await trio.sleep(self.cadence.linger_s)
+                    metrics.COMMIT_PHASE.labels(phase="linger").observe(self.cadence.linger_s)
         finally:
             with trio.move_on_after(2) as scope:
                 scope.shield = True

@@ -21,9 +21,9 @@ from __future__ import annotations
 import datetime as dt
 import io
 import os
-import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import attrs
 import pyarrow.parquet as pq
@@ -36,7 +36,9 @@ from duckmesh.catalog.model import Snapshot, TableDef
 from duckmesh.catalog.snapshots import ConflictPolicy, RebaseRefused, SnapshotChange
 from duckmesh.coordinator.columnar import UploadRows, build_many
 from duckmesh.coordinator.health import CommitHealth
+from duckmesh.coordinator.lease import LeaseHeartbeat
 from duckmesh.coordinator.parquet import PartitionRows, Rejected, build_tables
+from duckmesh.coordinator.puts import BackgroundPuts
 from duckmesh.db import Conn, Database
 from duckmesh.storage import layout
 from duckmesh.storage.layout import DataFile
@@ -105,39 +107,6 @@ def _by_table(records: Sequence[BusRecord]) -> dict[str, list[BusRecord]]:
     return by_table
 
 
-class LeaseHeartbeat:
-    """Renews a batch's lease every third of its length while a commit runs,
-    so a slow commit (a big batch, a slow disk) is not taken over half-way.
-    A lost lease is only noted: fencing makes the publish fail anyway."""
-
-    def __init__(self, bus: IngestBus, batch: Batch, lease_s: float) -> None:
-        self.bus = bus
-        self.batch = batch
-        self.lease_s = lease_s
-        self.renewals = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
-
-    def __enter__(self) -> LeaseHeartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.lease_s / 3):
-            try:
-                self.bus.extend_lease(self.batch, self.lease_s)
-                self.renewals += 1
-            except LeaseLost:
-                log.warning("lease lost during a commit", tenant_id=self.batch.scope)
-                return
-            except Exception:  # the database hiccuped: try again next beat
-                log.exception("lease renewal failed", tenant_id=self.batch.scope)
-
-
 class Committer:
     def __init__(
         self,
@@ -156,6 +125,8 @@ class Committer:
         self.settings = settings
         self.consumer_id = consumer_id
         self.health = health or CommitHealth()
+        # A commit's lease heartbeat and its puts run on these, started once.
+        self.workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="commit")
 
     def commit_once(self) -> CommitOutcome | None:
         """Commit the next pending batch of any scope; None when there is none.
@@ -174,8 +145,9 @@ class Committer:
         )
         if batch is None:
             return None
+        metrics.COMMIT_PHASE.labels(phase="claim").observe(time.perf_counter() - started)
         try:
-            with LeaseHeartbeat(self.bus, batch, self.settings.lease_s):
+            with LeaseHeartbeat(self.bus, batch, self.settings.lease_s, self.workers):
                 outcome = self._commit_isolating(batch)
         except LeaseLost:
             metrics.PUBLISH_FAILURES.labels(reason="lease_lost").inc()
@@ -240,12 +212,9 @@ class Committer:
             {r.table_id for r in batch.records} | {u.table_id for u in batch.uploads}
         )
         head, tables, dropped = self.db.call(
-            lambda conn: (
-                reads.latest_snapshot(conn, tenant),
-                reads.tables_by_id(conn, tenant, table_ids),
-                reads.dropped_table_ids(conn, tenant),
-            ),
+            lambda conn: reads.commit_plan(conn, tenant, table_ids),
             transaction=False,
+            pipeline=True,
         )
         watermark = head.max_visibility_token if head else 0
         # The catalog is the truth: never commit a token twice (ADR 0006).
@@ -318,8 +287,20 @@ class Committer:
         return self._bisect(table, records[:mid]) + self._bisect(table, records[mid:])
 
     def _commit(self, batch: Batch, poison: Sequence[Rejected] = ()) -> CommitOutcome:
+        puts = BackgroundPuts(self.store, self.workers)
+        try:
+            return self._commit_putting(batch, poison, puts)
+        finally:
+            puts.close()  # the puts are over whatever happened (no thread left behind)
+
+    def _commit_putting(
+        self, batch: Batch, poison: Sequence[Rejected], puts: BackgroundPuts
+    ) -> CommitOutcome:
         tenant = batch.scope
+        t0 = time.perf_counter()
         plan = self._plan(batch)
+        t1 = time.perf_counter()
+        metrics.COMMIT_PHASE.labels(phase="plan").observe(t1 - t0)
         head, watermark = plan.head, plan.watermark
         rejected = list(poison)
         excluded = {r.token for r in poison}
@@ -345,18 +326,27 @@ class Committer:
             rejected.extend(bad)
             for rows in partitions:
                 seq += 1
-                files.append(self._write(tenant, rows, next_id, seq))
-        seq = self._write_uploads(tenant, plan, excluded, files, watermarks, rejected, next_id, seq)
+                files.append(self._write(tenant, rows, next_id, seq, puts))
+        self._write_uploads(
+            tenant, plan, excluded, files, watermarks, rejected, (next_id, seq), puts
+        )
+        puts.start()  # durable while the publish's first round trips run (coordinator/puts.py)
+        t2 = time.perf_counter()
+        metrics.COMMIT_PHASE.labels(phase="write").observe(t2 - t1)
         self.faults.hit("coordinator.after_parquet_write")
         self.faults.hit("coordinator.before_publish_commit")
         new_watermark = max(batch.last_token, watermark)
         traces = tracing.bounded(t for u in plan.uploads for t in u.trace_ids)
         if unsafe.broken("split_publish") and len(files) > 1:  # TEST ONLY: two transactions
+            puts.wait()
             head, files = (
                 unsafe.publish_part(self.db, batch, head, files[:1], new_watermark),
                 files[1:],
             )
-        snapshot_id = self._publish(batch, head, files, watermarks, rejected, new_watermark, traces)
+        snapshot_id = self._publish(
+            batch, head, files, watermarks, rejected, new_watermark, traces, puts
+        )
+        metrics.COMMIT_PHASE.labels(phase="publish").observe(time.perf_counter() - t2)
         self.faults.hit("coordinator.after_publish_commit")
         self._observe_visibility(good, plan.uploads)
         if rejected:
@@ -381,12 +371,13 @@ class Committer:
         files: list[DataFile],
         watermarks: dict[str, int],
         rejected: list[Rejected],
-        snapshot_id: int,
-        seq: int,
-    ) -> int:
+        numbering: tuple[int, int],
+        puts: BackgroundPuts,
+    ) -> None:
         """Write the plan's upload batches (Arrow to Parquet, no JSON between),
         one file per (table, partition) however many batches the plan holds;
-        returns the last file sequence number used."""
+        ``numbering``: the snapshot id and the last file sequence number used."""
+        snapshot_id, seq = numbering
         by_table: dict[str, list[UploadRows]] = {}
         for upload in plan.uploads:
             if upload.table_id in plan.dropped:
@@ -403,20 +394,23 @@ class Committer:
         for table_id, batches in by_table.items():
             for rows in self._build_uploads(plan.tables[table_id], batches):
                 seq += 1
-                files.append(self._write(tenant, rows, snapshot_id, seq))
-        return seq
+                files.append(self._write(tenant, rows, snapshot_id, seq, puts))
 
-    def _write(self, tenant: str, rows: PartitionRows, snapshot_id: int, seq: int) -> DataFile:
+    def _write(
+        self, tenant: str, rows: PartitionRows, snapshot_id: int, seq: int, puts: BackgroundPuts
+    ) -> DataFile:
+        """Build one file in scratch; ``puts`` puts it at its key."""
         scratch = self.store.scratch_path(".parquet")
         try:
             size, checksum = layout.write_parquet(rows.arrow, scratch)
-            key = layout.object_key(tenant, rows.table.table_id, rows.partition, snapshot_id, seq)
-            self.faults.hit("coordinator.store_put")  # a full object store: ENOSPC
-            if not unsafe.broken("publish_before_durable"):  # TEST ONLY: published, never put
-                self.store.put_file(scratch, key, checksum)
-        finally:
+            # A full object store: the put would fail with ENOSPC (test builds only).
+            self.faults.hit("coordinator.store_put")
+        except BaseException:
             if scratch.exists():
                 os.unlink(scratch)
+            raise
+        key = layout.object_key(tenant, rows.table.table_id, rows.partition, snapshot_id, seq)
+        puts.add(scratch, key, checksum)
         return rows.data_file(key, size, checksum)
 
     def _publish(
@@ -428,6 +422,7 @@ class Committer:
         rejected: Sequence[Rejected],
         new_watermark: int,
         trace_ids: list[str],
+        puts: BackgroundPuts,
     ) -> int:
         """Publish with the REBASE policy: when compaction or a restore
         published first and the watermark is unchanged, our files are still
@@ -442,6 +437,7 @@ class Committer:
 
         def set_aside(conn: Conn, _snapshot_id: int) -> None:
             self.bus.quarantine(batch, entries, tx=conn)
+            puts.wait()  # the last step before COMMIT: every file durable first
             self.faults.hit("coordinator.inside_publish_commit")
 
         def still_valid(conn: Conn, latest: Snapshot | None) -> bool:
@@ -471,6 +467,7 @@ class Committer:
                 still_valid=still_valid,
                 before=ack,
                 after=set_aside,
+                pipeline=True,
             )
         except RebaseRefused:
             raise LeaseLost(batch.scope, batch.fence) from None

@@ -138,47 +138,51 @@ def append(
             raise ConcurrencyConflict(stream, expected_version)
         return []
     new_version = expected_version + len(events)
-    if expected_version == 0:
-        cur = conn.execute(
-            "INSERT INTO event_stream (stream, version) VALUES (%s, %s)"
-            " ON CONFLICT (stream) DO NOTHING",
-            (stream, new_version),
-        )
-    else:
-        cur = conn.execute(
-            "UPDATE event_stream SET version = %s WHERE stream = %s AND version = %s",
-            (new_version, stream, expected_version),
-        )
-    if cur.rowcount != 1:
-        raise ConcurrencyConflict(stream, expected_version)
+    # One statement checks and bumps the stream's version and inserts the
+    # events (none when the version moved on), so an append is one round
+    # trip and needs no row count: publishers may run it in a pipeline.
+    bump = (
+        "INSERT INTO event_stream (stream, version) VALUES (%(stream)s, %(new)s)"
+        " ON CONFLICT (stream) DO NOTHING RETURNING stream"
+        if expected_version == 0
+        else "UPDATE event_stream SET version = %(new)s"
+        " WHERE stream = %(stream)s AND version = %(expected)s RETURNING stream"
+    )
     metadata = {**_ACTING.get(), **(metadata or {})}
     meta = json.dumps(metadata)
-    recorded = []
-    for offset, event in enumerate(events, start=1):
-        row = conn.execute(
-            "INSERT INTO event_log"
-            " (stream, version, event_type, schema_version, tenant_id, payload, metadata)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING position, recorded_at",
-            (
-                stream,
-                expected_version + offset,
-                event.event_type,
-                event.schema_version,
-                tenant_id,
-                json.dumps(event.to_payload()),
-                meta,
-            ),
-        ).fetchone()
-        assert row is not None
-        rec = RecordedEvent(
-            position=row[0],
+    rows = conn.execute(
+        f"WITH bumped AS ({bump}) INSERT INTO event_log"
+        " (stream, version, event_type, schema_version, tenant_id, payload, metadata)"
+        " SELECT b.stream, %(expected)s + e.n, e.event_type, e.schema_version, %(tenant)s,"
+        " e.payload, %(meta)s FROM bumped b,"
+        " unnest(%(types)s::text[], %(versions)s::int[], %(payloads)s::jsonb[])"
+        " WITH ORDINALITY AS e(event_type, schema_version, payload, n)"
+        " ORDER BY e.n RETURNING version, position, recorded_at",
+        {
+            "stream": stream,
+            "new": new_version,
+            "expected": expected_version,
+            "tenant": tenant_id,
+            "meta": meta,
+            "types": [e.event_type for e in events],
+            "versions": [e.schema_version for e in events],
+            "payloads": [json.dumps(e.to_payload()) for e in events],
+        },
+    ).fetchall()
+    if not rows:
+        raise ConcurrencyConflict(stream, expected_version)
+    rows.sort()
+    recorded = [
+        RecordedEvent(
+            position=position,
             stream=stream,
-            version=expected_version + offset,
-            recorded_at=row[1],
+            version=version,
+            recorded_at=recorded_at,
             event=event,
             metadata=metadata,
         )
-        recorded.append(rec)
+        for event, (version, position, recorded_at) in zip(events, rows, strict=True)
+    ]
     conn.execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, stream))
     return recorded
 

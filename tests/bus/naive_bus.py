@@ -143,7 +143,9 @@ class HeldOpenDatabase(Database):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def call(self, fn: Callable[[Conn], T], *, transaction: bool = True) -> T:
+    def call(
+        self, fn: Callable[[Conn], T], *, transaction: bool = True, pipeline: bool = False
+    ) -> T:
         def held(conn: Conn) -> T:
             result = fn(conn)
             self.entered.set()

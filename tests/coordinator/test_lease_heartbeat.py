@@ -9,8 +9,8 @@ import time
 import pytest
 
 from duckmesh.catalog import commands
-from duckmesh.coordinator import committer as committer_module
 from duckmesh.coordinator.committer import CommitOutcome, CommitSettings, Committer
+from duckmesh.coordinator.lease import LeaseHeartbeat
 from duckmesh.ingest.validation import TableValidator, validate_records
 from duckmesh.runtime import Runtime
 from duckmesh.supervisors.faults import FaultPoints
@@ -69,7 +69,7 @@ def test_without_renewal_the_rival_takes_over_and_fencing_stops_the_slow_one(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Negative control: the same race with the heartbeat switched off.
-    monkeypatch.setattr(committer_module.LeaseHeartbeat, "_run", lambda self: None)
+    monkeypatch.setattr(LeaseHeartbeat, "_run", lambda self: None)
     outcome, rival_claims = _slow_commit_race(runtime)
     assert len(rival_claims) == 1
     assert outcome is not None
