@@ -34,6 +34,7 @@ import trio
 from psycopg.conninfo import make_conninfo
 
 from duckmesh import migrations
+from duckmesh.catalog import reads
 from duckmesh.config import Config, load_config
 from duckmesh.coordinator.committer import Committer
 from duckmesh.embedded import EmbeddedPostgres
@@ -314,6 +315,21 @@ def spawn_server(tmp_path: Path, dsn: str) -> Iterator[Callable[..., ServerProce
 # One committer per runtime for tests that commit by hand: a new one would wait
 # out the previous one's lease. Holding the runtime keeps its id from being reused.
 _COMMITTERS: dict[int, tuple[Runtime, Committer]] = {}
+
+
+def table_paths(rt: Runtime, table: str) -> list[str]:
+    """Sorted object keys of the files the latest snapshot lists for a table
+    of tenant ``default``."""
+
+    def load(c: Any) -> list[str]:
+        head = reads.latest_snapshot(c, "default")
+        tdef = reads.get_table(c, "default", table)
+        assert head is not None
+        assert tdef is not None
+        files = reads.snapshot_files(c, "default", head.snapshot_id)
+        return sorted(f.path for f in files if f.table_id == tdef.table_id)
+
+    return rt.db.call(load, transaction=False)
 
 
 def shared_committer(rt: Runtime) -> Committer:

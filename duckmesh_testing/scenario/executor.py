@@ -770,6 +770,18 @@ class Executor:
         if self.remembered:
             self._requery(self.remembered[action["pick"] % len(self.remembered)])
 
+    def _rearm_coordinator(self, faults: str) -> None:
+        """Stop the coordinator (SIGTERM, bounded) and start it again with the
+        fault points ``faults`` armed (``DUCKMESH_FAULTS`` syntax)."""
+        coordinator = self.system.coordinator
+        assert coordinator is not None
+        if coordinator.terminate(SHUTDOWN_TIMEOUT_S) is None:
+            raise InvariantViolation(
+                "graceful shutdown",
+                f"the coordinator did not stop within {SHUTDOWN_TIMEOUT_S}s of SIGTERM",
+            )
+        self.system.start_coordinator({"DUCKMESH_ENABLE_FAULTS": "1", "DUCKMESH_FAULTS": faults})
+
     def _do_kill_coordinator(self, action: A.Action) -> None:
         coordinator = self.system.coordinator
         assert coordinator is not None
@@ -781,14 +793,7 @@ class Executor:
             coordinator.kill()  # a random moment: a commit may be in flight
         else:
             table = self._table(action["table"])
-            if coordinator.terminate(SHUTDOWN_TIMEOUT_S) is None:
-                raise InvariantViolation(
-                    "graceful shutdown",
-                    f"the coordinator did not stop within {SHUTDOWN_TIMEOUT_S}s of SIGTERM",
-                )
-            self.system.start_coordinator(
-                {"DUCKMESH_ENABLE_FAULTS": "1", "DUCKMESH_FAULTS": f"{fault}=kill"}
-            )
+            self._rearm_coordinator(f"{fault}=kill")
             self._ingest(table, records, wait=False)
             code = coordinator.wait_exit(FAULT_DEATH_TIMEOUT_S)
             if code is None:
@@ -1083,16 +1088,11 @@ class Executor:
         coordinator = self.system.coordinator
         assert coordinator is not None
         table = self._table(action["table"])
-        if coordinator.terminate(SHUTDOWN_TIMEOUT_S) is None:
-            raise InvariantViolation(
-                "graceful shutdown",
-                f"the coordinator did not stop within {SHUTDOWN_TIMEOUT_S}s of SIGTERM",
-            )
         faults = (
             f"coordinator.before_publish_commit=delay:1:{STALL_DELAY_S},"
             "coordinator.after_publish_commit=kill"
         )
-        self.system.start_coordinator({"DUCKMESH_ENABLE_FAULTS": "1", "DUCKMESH_FAULTS": faults})
+        self._rearm_coordinator(faults)
         before = self.system.db_now()
         self._ingest(table, action["records"], wait=False)
         top = self.last_token
@@ -1295,13 +1295,8 @@ class Executor:
         coordinator = self.system.coordinator
         assert coordinator is not None
         table = self._table(action["table"])
-        if coordinator.terminate(SHUTDOWN_TIMEOUT_S) is None:
-            raise InvariantViolation(
-                "graceful shutdown",
-                f"the coordinator did not stop within {SHUTDOWN_TIMEOUT_S}s of SIGTERM",
-            )
         faults = f"coordinator.store_put=enospc:{STORE_FULL_PUTS}"
-        self.system.start_coordinator({"DUCKMESH_ENABLE_FAULTS": "1", "DUCKMESH_FAULTS": faults})
+        self._rearm_coordinator(faults)
         self._ingest(table, action["records"], wait=False)
         _await(
             lambda: "commit failed; the tenant backs off" in coordinator.log_since_start(),

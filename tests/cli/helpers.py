@@ -3,13 +3,11 @@ the data files a table's latest snapshot lists."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import trio
 
-from duckmesh.catalog import reads
 from duckmesh.cli.main import main
+from tests import fixtures
 from tests.fixtures import LiveServer
 
 
@@ -29,15 +27,5 @@ async def run_in_thread(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple
 
 
 def table_paths(server: LiveServer, table_name: str) -> list[str]:
-    """Sorted object keys of the files the latest snapshot lists for a table
-    of tenant ``default``."""
-
-    def paths(c: Any) -> list[str]:
-        head = reads.latest_snapshot(c, "default")
-        table = reads.get_table(c, "default", table_name)
-        assert head is not None
-        assert table is not None
-        files = reads.snapshot_files(c, "default", head.snapshot_id)
-        return sorted(f.path for f in files if f.table_id == table.table_id)
-
-    return server.rt.db.call(paths, transaction=False)
+    """Sorted object keys of the files the latest snapshot lists for a table."""
+    return fixtures.table_paths(server.rt, table_name)

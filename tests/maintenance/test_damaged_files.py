@@ -11,9 +11,10 @@ import pytest
 import trio
 
 from duckmesh import metrics
-from duckmesh.catalog import commands, reads
+from duckmesh.catalog import commands
 from duckmesh.maintenance.actors import TenantPassActor, compactor_for
 from duckmesh.runtime import Runtime
+from tests.fixtures import table_paths
 from tests.maintenance.test_compaction import LOG_TABLE, _ingest_commits, _live_files
 
 OTHER_TABLE = dict(LOG_TABLE, name="other")
@@ -35,18 +36,6 @@ def two_tables(rt: Runtime, commits: int) -> None:
                 for i in range(commits)
             ],
         )
-
-
-def table_paths(rt: Runtime, table: str) -> list[str]:
-    def load(c: Any) -> list[str]:
-        head = reads.latest_snapshot(c, "default")
-        tdef = reads.get_table(c, "default", table)
-        assert head is not None
-        assert tdef is not None
-        files = reads.snapshot_files(c, "default", head.snapshot_id)
-        return sorted(f.path for f in files if f.table_id == tdef.table_id)
-
-    return rt.db.call(load, transaction=False)
 
 
 def truncate(rt: Runtime, key: str) -> None:
