@@ -26,6 +26,7 @@ from duckmesh import metrics
 from duckmesh.catalog import reads
 from duckmesh.catalog.model import Snapshot
 from duckmesh.db import Conn, Database
+from duckmesh.errors import DuckMeshError
 from duckmesh.lru import LRU, LRUStatistics
 from duckmesh.query._bindings import table_bindings
 from duckmesh.query._engine import QueryEngine
@@ -133,6 +134,18 @@ class TenantDatabases:
                 return table_bindings(self.store, conn, reads.list_tables(conn, tenant), [])
             tables = reads.tables_as_of(conn, tenant, snap.created_at)
             files = reads.snapshot_files(conn, tenant, snap.snapshot_id)
+            # ``snap`` was read earlier (or cached): it may have expired since,
+            # and GC collects the files of expired snapshots only, so a list
+            # read after collection would be short, not refused. Checked after
+            # the list, unexpired here means unexpired when the list was read:
+            # every file it names was there.
+            now = reads.get_snapshot(conn, tenant, snap.snapshot_id)
+            if now is None or now.expired:
+                raise DuckMeshError(
+                    "SNAPSHOT_NOT_FOUND",
+                    f"snapshot {snap.snapshot_id} does not exist any more (expired)",
+                    snapshot_id=snap.snapshot_id,
+                )
             return table_bindings(self.store, conn, tables, files)
 
         bindings = await self.db.run(load, transaction=False)

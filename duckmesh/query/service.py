@@ -445,6 +445,8 @@ class QueryService:
                 ):
                     reloaded = True
                     continue
+                if exc.error_code == "SNAPSHOT_NOT_FOUND":
+                    self._snapshots.pop((tenant, snapshot_id))  # expired since it was cached
                 if exc.error_code == "QUERY_TIMEOUT" and self.stopping():
                     raise DuckMeshError(
                         "SHUTTING_DOWN", "the query was stopped: the server is shutting down"

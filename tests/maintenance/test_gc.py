@@ -86,6 +86,35 @@ async def test_gc_deletes_only_unreferenced_files_after_compaction(runtime: Runt
     assert all(d.equal for d in rt.db.call(replay.verify, transaction=False))
 
 
+async def test_a_snapshot_that_expires_while_it_is_asked_for_is_refused_not_short(
+    runtime: Runtime,
+) -> None:
+    """A query resolves its snapshot, then loads the snapshot's files: expiry
+    and GC may come in between (or the lookup was cached). The files of an
+    expired snapshot are collected, so its list would be short; the load must
+    answer SNAPSHOT_NOT_FOUND, never rows of a partial list (the scenario
+    runner's long run found an empty answer here)."""
+    rt = runtime
+    log_with_commits(rt, 8, "k")
+    old = rt.db.call(lambda c: reads.latest_snapshot(c, "default"), transaction=False)
+    assert old is not None
+    first = await rt.queries.execute(
+        "default", QueryRequest(sql="select count(*) from log", snapshot_id=old.snapshot_id)
+    )
+    assert first["rows"] == [[8]]
+    assert compactor_for(rt).compact("default").files_merged == 8
+    assert _collector(rt, retain_count=1).retain("default").files_deleted == 8
+    # The lookup is still cached as unexpired (no notification reaches this
+    # runtime) and the loaded schema names files GC deleted: the query
+    # reloads the snapshot, which must find it expired (other SQL: the same
+    # would be answered by the result cache, rightly).
+    with pytest.raises(DuckMeshError) as refused:
+        await rt.queries.execute(
+            "default", QueryRequest(sql="select sum(1) from log", snapshot_id=old.snapshot_id)
+        )
+    assert refused.value.error_code == "SNAPSHOT_NOT_FOUND"
+
+
 def test_orphans_wait_for_the_safety_window(runtime: Runtime) -> None:
     rt = runtime
     scratch = rt.store.scratch_path(".parquet")
