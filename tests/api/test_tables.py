@@ -159,7 +159,7 @@ async def test_table_commands_retry_a_concurrency_conflict(
         with psycopg.connect(runtime.dsn, autocommit=True) as conn:
             row = conn.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                " AND wait_event_type = 'Lock' AND query LIKE 'UPDATE event_stream%%'"
+                " AND wait_event_type = 'Lock' AND query LIKE '%%UPDATE event_stream%%'"
             ).fetchone()
             return int(row[0]) if row else 0
 
