@@ -269,14 +269,15 @@ def test_a_small_request_goes_record_by_record_with_the_same_answer() -> None:
 def test_digests_in_bulk_are_the_stored_ones(rows: list[tuple[str, str | None, str, str]]) -> None:
     """Keys stored before must match retries: the bulk digests equal
     ``record_hash``'s, and a pinned one never changes."""
-    ops, times, keys, texts = ([r[i] for r in rows] for i in range(4))
+    ops, keys, texts = [r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows]
+    times: list[object] = [r[1] for r in rows]
     try:
         expected = [record_hash(*r) for r in rows]
     except UnicodeEncodeError:
         with pytest.raises(UnicodeEncodeError):
-            record_hashes(ops, list(times), keys, texts)
+            record_hashes(ops, times, keys, texts)
         return
-    assert record_hashes(ops, list(times), keys, texts) == expected
+    assert record_hashes(ops, times, keys, texts) == expected
     pinned = record_hashes(["insert"], ["2026-01-01T00:00:00"], ["k0"], ['{"id":0}'])[0]
     # SHA-256 of 'insert\0 2026-01-01T00:00:00 \0 k0 \0 {"id":0}' (no spaces).
     assert pinned.hex() == "d129ec119cb1860a42b5fa1e021617eac638ea2b6328c95d5e3bd05c75908432"
