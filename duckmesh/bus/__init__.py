@@ -10,11 +10,15 @@ from duckmesh.bus.protocol import (
     IngestBus,
     IngestRecord,
     LeaseLost,
+    NewReceipts,
     QuarantineEntry,
     Receipt,
+    Receipts,
+    RecordColumns,
     UploadBatch,
     UploadReceipt,
     UploadRequest,
+    receipts_summary,
 )
 
 __all__ = [
@@ -23,9 +27,13 @@ __all__ = [
     "IngestBus",
     "IngestRecord",
     "LeaseLost",
+    "NewReceipts",
     "QuarantineEntry",
     "Receipt",
+    "Receipts",
+    "RecordColumns",
     "UploadBatch",
     "UploadReceipt",
     "UploadRequest",
+    "receipts_summary",
 ]

@@ -28,7 +28,7 @@ from duckmesh.bus.protocol import (
     IngestRecord,
     LeaseLost,
     QuarantineEntry,
-    Receipt,
+    Receipts,
     TokenJump,
     UploadReceipt,
     UploadRequest,
@@ -128,7 +128,7 @@ class PostgresBus:
         tenant_id: str,
         requests: Sequence[Sequence[IngestRecord]],
         trace_ids: Sequence[str | None] | None = None,
-    ) -> list[list[Receipt] | DuckMeshError]:
+    ) -> list[Receipts | DuckMeshError]:
         """One round trip when every record of the group is new (the common
         case): plan and encode, then one statement takes the tokens and
         writes keys and batches. Anything else — a duplicate, a conflict, a
@@ -139,11 +139,11 @@ class PostgresBus:
         owned = record_batches.owners(plan, trace_ids)
         enc = None
         if plan.clean and all(
-            (tenant_id, r.table_id, r.schema_version) in self._defs for r in plan.new
+            (tenant_id, t, v) in self._defs for t, v in record_batches.tables(plan.new)
         ):
             enc = record_batches.encode(plan.new, lambda t, v: self._table(tenant_id, t, v), owned)
 
-        def run(conn: Conn) -> list[list[Receipt] | DuckMeshError]:
+        def run(conn: Conn) -> list[Receipts | DuckMeshError]:
             if plan.clean:
                 found = self._publish_new(conn, tenant_id, plan, enc, owned)
                 if found is not None:
@@ -160,7 +160,7 @@ class PostgresBus:
         plan: record_batches.GroupPlan,
         enc: record_batches.Encoded | None,
         owned: record_batches.Owners,
-    ) -> list[list[Receipt] | DuckMeshError] | None:
+    ) -> list[Receipts | DuckMeshError] | None:
         """The one-statement write of a group of new records, or None when it
         must go the locked way (nothing was written then)."""
         if enc is None:
@@ -181,12 +181,7 @@ class PostgresBus:
             return None  # a key stored meanwhile: decide with the counter locked
         if written is None:
             return None
-        base = written[0]
-        return [
-            [Receipt(r.token + base, False) for r in result]
-            for result in plan.results
-            if not isinstance(result, DuckMeshError)
-        ]
+        return record_batches.rebased(plan, written[0])
 
     def _publish(
         self,
@@ -194,7 +189,7 @@ class PostgresBus:
         tenant_id: str,
         requests: Sequence[Sequence[IngestRecord]],
         trace_ids: Sequence[str | None] | None,
-    ) -> list[list[Receipt] | DuckMeshError]:
+    ) -> list[Receipts | DuckMeshError]:
         last, now = _lock_counter(conn, tenant_id)
         # With the counter locked no other ingest of this tenant can commit,
         # so this read of existing keys cannot miss a concurrent duplicate.

@@ -47,8 +47,8 @@ Methods are synchronous: callers run them in worker threads.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple, Protocol, overload
 
 import attrs
 import pyarrow as pa
@@ -72,10 +72,123 @@ class IngestRecord:
     arrow_row: int = attrs.field(default=0, eq=False, repr=False)
 
 
+class RecordColumns(Sequence[IngestRecord]):
+    """A request's validated records held as columns (``ingest.record_columns``):
+    one table and schema version, every key used once. Read as a sequence it
+    gives the very ``IngestRecord``s the record-by-record check would (built
+    on demand); the bus reads the columns instead (``record_batches``), so a
+    request accepted whole costs no object per record."""
+
+    __slots__ = ("arrow", "hashes", "keys", "ops", "schema_version", "table_id", "texts", "times")
+
+    def __init__(
+        self,
+        table_id: str,
+        schema_version: int,
+        keys: list[str],
+        ops: list[str],
+        texts: list[str],
+        hashes: list[bytes],
+        times: list[dt.datetime | None],
+        arrow: pa.Table | None,
+    ) -> None:
+        self.table_id = table_id
+        self.schema_version = schema_version
+        self.keys = keys
+        self.ops = ops
+        self.texts = texts
+        self.hashes = hashes
+        self.times = times
+        self.arrow = arrow  # the payloads' rows, or None: the bus parses the texts
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @overload
+    def __getitem__(self, index: int) -> IngestRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[IngestRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> IngestRecord | list[IngestRecord]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = range(len(self))[index]  # IndexError, negative indexes
+        return IngestRecord(
+            self.table_id,
+            self.keys[i],
+            self.ops[i],
+            self.texts[i],
+            self.hashes[i],
+            self.times[i],
+            self.schema_version,
+            self.arrow,
+            i,
+        )
+
+    def __iter__(self) -> Iterator[IngestRecord]:
+        return (self[i] for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, RecordColumns)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"RecordColumns({self.table_id!r}, {len(self)} records)"
+
+
 @attrs.frozen
 class Receipt:
     token: int
     duplicate: bool
+
+
+class NewReceipts(Sequence[Receipt]):
+    """The receipts of ``n`` new records with tokens ``first`` .. ``first + n - 1``
+    (a request whose every record is new): built on demand, compared as a list."""
+
+    __slots__ = ("first", "n")
+
+    def __init__(self, first: int, n: int) -> None:
+        self.first = first
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, index: int) -> Receipt: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Receipt]: ...
+
+    def __getitem__(self, index: int | slice) -> Receipt | list[Receipt]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self.n))]
+        return Receipt(self.first + range(self.n)[index], False)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, NewReceipts)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"NewReceipts({self.first}, {self.n})"
+
+
+Receipts = Sequence[Receipt]
+
+
+def receipts_summary(receipts: Receipts) -> tuple[int, int]:
+    """(duplicates, highest token) of a request's receipts."""
+    if isinstance(receipts, NewReceipts):
+        return 0, receipts.first + receipts.n - 1
+    return sum(1 for r in receipts if r.duplicate), max(r.token for r in receipts)
 
 
 class BusRecord(NamedTuple):
@@ -211,7 +324,7 @@ class IngestBus(Protocol):
         tenant_id: str,
         requests: Sequence[Sequence[IngestRecord]],
         trace_ids: Sequence[str | None] | None = None,  # per request, for the bus batches
-    ) -> list[list[Receipt] | DuckMeshError]: ...
+    ) -> list[Receipts | DuckMeshError]: ...
 
     def publish_upload(self, tenant_id: str, upload: UploadRequest) -> UploadReceipt: ...
 

@@ -21,15 +21,16 @@ from __future__ import annotations
 import bisect
 import datetime as dt
 import json
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from itertools import accumulate, chain, repeat
+from typing import Any, overload
 
 import attrs
 import pyarrow as pa
 
 from duckmesh import unsafe
 from duckmesh.bus.batches import CHUNK_ROWS, ipc
-from duckmesh.bus.protocol import IngestRecord, Receipt
+from duckmesh.bus.protocol import IngestRecord, NewReceipts, Receipt, Receipts, RecordColumns
 from duckmesh.bus.record_arrow import payloads_to_arrow, user_schema
 from duckmesh.catalog.model import TableDef
 from duckmesh.db import Conn
@@ -54,10 +55,40 @@ class GroupPlan:
     ``starts``: (offset in ``new`` of its first new record, request index)
     per request that has new records, in order."""
 
-    results: list[list[Receipt] | DuckMeshError]
-    new: list[IngestRecord]
+    results: list[Receipts | DuckMeshError]
+    new: Sequence[IngestRecord]  # a Joined when every request came as columns
     clean: bool
     starts: list[tuple[int, int]] = attrs.Factory(list)
+
+
+class Joined(Sequence[IngestRecord]):
+    """The records of several requests held as columns, one after the other
+    (the new records of a clean group of ``RecordColumns``)."""
+
+    __slots__ = ("_ends", "parts")
+
+    def __init__(self, parts: Sequence[RecordColumns]) -> None:
+        self.parts = parts
+        self._ends = list(accumulate(map(len, parts)))
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    @overload
+    def __getitem__(self, index: int) -> IngestRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[IngestRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> IngestRecord | list[IngestRecord]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = range(len(self))[index]
+        part = bisect.bisect_right(self._ends, i)
+        return self.parts[part][i - (self._ends[part - 1] if part else 0)]
+
+    def __iter__(self) -> Iterator[IngestRecord]:
+        return chain.from_iterable(self.parts)
 
 
 def _conflict(rec: IngestRecord, index: int, token: int, first_index: int | None) -> DuckMeshError:
@@ -87,8 +118,12 @@ def plan_group(
     start: int,
 ) -> GroupPlan:
     """Decide every request's outcome: each is all-or-nothing."""
+    if not existing:
+        fast = _plan_columns(requests, start)
+        if fast is not None:
+            return fast
     known = dict(existing)
-    results: list[list[Receipt] | DuckMeshError] = []
+    results: list[Receipts | DuckMeshError] = []
     new: list[IngestRecord] = []
     starts: list[tuple[int, int]] = []
     token, clean = start, True
@@ -124,6 +159,49 @@ def plan_group(
         new.extend(staged)
         results.append(receipts)
     return GroupPlan(results, new, clean, starts)
+
+
+def _plan_columns(requests: Sequence[Sequence[IngestRecord]], start: int) -> GroupPlan | None:
+    """``plan_group`` of requests that all came as columns and share no key
+    (then every record is new), without an object per record; else None."""
+    if not all(type(r) is RecordColumns for r in requests):
+        return None
+    parts: list[RecordColumns] = list(requests)  # type: ignore[arg-type]
+    seen: dict[str, set[str]] = {}
+    for part in parts:
+        keys = seen.setdefault(part.table_id, set())
+        before = len(keys)
+        keys.update(part.keys)  # a request's keys are distinct (its columns were checked)
+        if len(keys) != before + len(part):
+            return None  # a key another request of the group uses: decided one by one
+    # TEST ONLY (token_order): the receipt names a token below the record's own.
+    token = start - unsafe.broken("token_order")
+    results: list[Receipts | DuckMeshError] = []
+    starts: list[tuple[int, int]] = []
+    offset = 0
+    for index, part in enumerate(parts):
+        results.append(NewReceipts(token + offset + 1, len(part)))
+        starts.append((offset, index))
+        offset += len(part)
+    return GroupPlan(results, Joined(parts), True, starts)
+
+
+def tables(new: Sequence[IngestRecord]) -> set[tuple[str, int]]:
+    """The (table, schema version) pairs of ``new``."""
+    if isinstance(new, Joined):
+        return {(p.table_id, p.schema_version) for p in new.parts}
+    return {(r.table_id, r.schema_version) for r in new}
+
+
+def rebased(plan: GroupPlan, base: int) -> list[Receipts | DuckMeshError]:
+    """The receipts of a clean plan made from token 0, from ``base`` instead."""
+    return [
+        NewReceipts(r.first + base, r.n)
+        if isinstance(r, NewReceipts)
+        else [Receipt(x.token + base, False) for x in r]
+        for r in plan.results
+        if not isinstance(r, DuckMeshError)
+    ]
 
 
 Owners = Sequence[tuple[int, str | None]]  # (offset in new of a request's first record, trace id)
@@ -194,24 +272,64 @@ def _built_rows(table: TableDef, run: Sequence[IngestRecord]) -> pa.Table | None
     return pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
 
 
-def _run_table(table: TableDef, run: Sequence[IngestRecord]) -> tuple[pa.Table, str, str | None]:
+@attrs.define
+class Segments:
+    """A run of new records as slices ``(part, lo, hi)`` of requests held as
+    columns, all of one table and schema version."""
+
+    table_id: str
+    schema_version: int
+    pieces: list[tuple[RecordColumns, int, int]]
+
+    def __len__(self) -> int:
+        return sum(hi - lo for _, lo, hi in self.pieces)
+
+    def __iter__(self) -> Iterator[IngestRecord]:
+        return (part[i] for part, lo, hi in self.pieces for i in range(lo, hi))
+
+    def column(self, name: str) -> list[Any]:
+        """One column of the run's records (``RecordColumns`` attribute ``name``)."""
+        out: list[Any] = []
+        for part, lo, hi in self.pieces:
+            out += getattr(part, name)[lo:hi]
+        return out
+
+    def rows(self, table: TableDef) -> pa.Table | None:
+        """The run's rows from its requests' Arrow, as ``_built_rows``."""
+        schema = user_schema(table)
+        pieces = []
+        for part, lo, hi in self.pieces:
+            if part.arrow is None or not part.arrow.schema.equals(schema):
+                return None
+            pieces.append(part.arrow.slice(lo, hi - lo))
+        return pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces)
+
+
+Run = Sequence[IngestRecord] | Segments
+
+
+def _run_table(table: TableDef, run: Run) -> tuple[pa.Table, str, str | None]:
     """A run's rows as Arrow with the per-row op and event time columns it
     needs; raises ValueError when a payload does not convert."""
-    user = _built_rows(table, run)
+    if isinstance(run, Segments):
+        user, ops, times = run.rows(table), run.column("ops"), run.column("times")
+    else:
+        user, ops, times = _built_rows(table, run), [r.op for r in run], [r.event_time for r in run]
     if user is None:
-        user, kept, bad = payloads_to_arrow(table, [r.payload for r in run])
-        if bad or user is None or len(kept) != len(run):
+        texts = run.column("texts") if isinstance(run, Segments) else [r.payload for r in run]
+        user, kept, bad = payloads_to_arrow(table, texts)
+        if bad or user is None or len(kept) != len(texts):
             raise ValueError("a payload does not convert")
-    ops = {r.op for r in run}
-    op = next(iter(ops)) if len(ops) == 1 else MIXED_OP
+    used = set(ops)
+    op = next(iter(used)) if len(used) == 1 else MIXED_OP
     if op == MIXED_OP:
-        user = user.append_column(OP_COLUMN, pa.array([r.op for r in run], pa.string()))
-    if all(r.event_time is None for r in run):
+        user = user.append_column(OP_COLUMN, pa.array(ops, pa.string()))
+    if times.count(None) == len(times):
         return user, op, None
     # An instant outside 0001..9999 in UTC raises OverflowError: the run is
     # kept as JSON, where the claim sets it aside with its defect.
-    times = pa.array([r.event_time and r.event_time.astimezone(dt.UTC) for r in run], _UTC_US)
-    return user.append_column(EVENT_TIME_COLUMN, times), op, EVENT_TIME_COLUMN
+    utc = pa.array([t and t.astimezone(dt.UTC) for t in times], _UTC_US)
+    return user.append_column(EVENT_TIME_COLUMN, utc), op, EVENT_TIME_COLUMN
 
 
 # Payload bytes per stored batch: a bytea value holds at most 1 GB, and a
@@ -240,15 +358,76 @@ def runs(
     return out
 
 
-def encode(new: Sequence[IngestRecord], defs: Defs, owned: Owners = ()) -> Encoded:
-    out = Encoded(
-        table_ids=_dump_json([r.table_id for r in new]),
-        keys=_dump_json([r.idempotency_key for r in new]),
-        hashes=b"".join([r.payload_hash for r in new]),
-    )
+def column_runs(
+    parts: Sequence[RecordColumns], max_rows: int = CHUNK_ROWS, max_bytes: int = RUN_BYTES
+) -> list[tuple[int, Segments]]:
+    """``runs`` of the records of ``parts`` (the same cuts), as slices of
+    their columns: a request that fits in the current run joins it whole."""
+    out: list[tuple[int, Segments]] = []
+    rows = size = offset = 0
+    for part in parts:
+        sizes = list(map(len, part.texts))
+        run = out[-1][1] if out else None
+        same = (
+            run is not None
+            and run.table_id == part.table_id
+            and run.schema_version == part.schema_version
+        )
+        if run is not None and same and rows + len(part) <= max_rows:
+            total = sum(sizes)
+            if size + total <= max_bytes:
+                run.pieces.append((part, 0, len(part)))
+                rows, size, offset = rows + len(part), size + total, offset + len(part)
+                continue
+        for i, n in enumerate(sizes):  # record by record, as ``runs`` cuts
+            run = out[-1][1] if out else None
+            if run is not None and same and rows < max_rows and size + n <= max_bytes:
+                rows, size = rows + 1, size + n
+                last = run.pieces[-1]
+                if last[0] is part:
+                    run.pieces[-1] = (part, last[1], i + 1)
+                else:
+                    run.pieces.append((part, i, i + 1))
+            else:
+                seg = Segments(part.table_id, part.schema_version, [(part, i, i + 1)])
+                out.append((offset + i + 1, seg))
+                rows, size, same = 1, n, True
+        offset += len(part)
+    return out
+
+
+def encode(
+    new: Sequence[IngestRecord],
+    defs: Defs,
+    owned: Owners = (),
+    *,
+    max_rows: int = CHUNK_ROWS,
+    max_bytes: int = RUN_BYTES,
+) -> Encoded:
+    """The statement's rows for the new records; records of requests held as
+    columns (``Joined``) are read column by column, to the same result."""
+    cut: Sequence[tuple[int, Run]]
+    if isinstance(new, Joined):
+        parts = new.parts
+        out = Encoded(
+            table_ids=_dump_json(
+                list(chain.from_iterable(repeat(p.table_id, len(p)) for p in parts))
+            ),
+            keys=_dump_json(list(chain.from_iterable(p.keys for p in parts))),
+            hashes=b"".join(chain.from_iterable(p.hashes for p in parts)),
+        )
+        cut = column_runs(parts, max_rows, max_bytes)
+    else:
+        out = Encoded(
+            table_ids=_dump_json([r.table_id for r in new]),
+            keys=_dump_json([r.idempotency_key for r in new]),
+            hashes=b"".join([r.payload_hash for r in new]),
+        )
+        cut = runs(new, max_rows, max_bytes)
     offsets = [o for o, _ in owned]
-    for first, run in runs(new):
-        table = defs(run[0].table_id, run[0].schema_version)
+    for first, run in cut:
+        head = run if isinstance(run, Segments) else run[0]
+        table = defs(head.table_id, head.schema_version)
         try:
             if table is None:
                 raise ValueError("unknown table")

@@ -16,7 +16,7 @@ import structlog
 import trio
 
 from duckmesh import metrics, tracing
-from duckmesh.bus import IngestBus, IngestRecord, Receipt
+from duckmesh.bus import IngestBus, IngestRecord, Receipts, receipts_summary
 from duckmesh.errors import DuckMeshError
 from duckmesh.supervisors import Actor
 
@@ -28,7 +28,7 @@ class _Pending:
     records: Sequence[IngestRecord]
     trace_id: str | None = None
     done: trio.Event = attrs.field(factory=trio.Event)
-    receipts: list[Receipt] | None = None
+    receipts: Receipts | None = None
     error: DuckMeshError | None = None
 
 
@@ -69,7 +69,7 @@ class GroupCommitter(Actor):
                     pending.done.set()
             self._queues.clear()
 
-    async def submit(self, tenant: str, records: Sequence[IngestRecord]) -> list[Receipt]:
+    async def submit(self, tenant: str, records: Sequence[IngestRecord]) -> Receipts:
         nursery = self._nursery
         if nursery is None:
             raise DuckMeshError("NOT_READY", "ingest is not running; retry shortly")
@@ -138,7 +138,7 @@ class GroupCommitter(Actor):
             else:
                 p.receipts = result
                 if result:
-                    top = max(r.token for r in result)
+                    top = receipts_summary(result)[1]
                     if top > self.latest_token.get(tenant, 0):
                         self.latest_token[tenant] = top
             p.done.set()

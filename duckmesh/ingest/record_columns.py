@@ -15,6 +15,8 @@ None and the caller checks the records one by one, which gives the precise
 error body (index, field, reason). What it accepts is exactly what the
 one-by-one path accepts, as the same ``IngestRecord``s: same canonical text,
 hash and event time (tests/ingest/test_record_columns.py compares the two).
+They are handed over as columns (``RecordColumns``), which the bus reads
+without an object per record.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from itertools import chain
 from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any
 
-from duckmesh.bus import IngestRecord
+from duckmesh.bus import RecordColumns
 
 # The ranges catalog.types' validators check value by value, checked here whole.
 from duckmesh.catalog.types import (
@@ -43,7 +45,7 @@ from duckmesh.ingest.envelope import (
     RECORD_KEYS,
     canonical_json,
     event_time,
-    record_hash,
+    record_hashes,
 )
 
 if TYPE_CHECKING:
@@ -67,7 +69,7 @@ class _Unsure(ValueError):
 
 def validate_columns(
     tv: TableValidator, records: list[Any], max_record_bytes: int
-) -> list[IngestRecord] | None:
+) -> RecordColumns | None:
     """Every record, when the whole request is valid and decided here; else None."""
     try:
         return _validate(tv, records, max_record_bytes)
@@ -75,7 +77,7 @@ def validate_columns(
         return None
 
 
-def _validate(tv: TableValidator, records: list[Any], max_record_bytes: int) -> list[IngestRecord]:
+def _validate(tv: TableValidator, records: list[Any], max_record_bytes: int) -> RecordColumns:
     if set(map(type, records)) != {dict} or not RECORD_KEYS.issuperset(
         chain.from_iterable(records)
     ):
@@ -95,15 +97,12 @@ def _validate(tv: TableValidator, records: list[Any], max_record_bytes: int) -> 
     texts = _canonical_texts(columns, len(records))
     if max(map(len, texts)) > max_record_bytes:
         raise _Unsure
-    hashes = list(map(record_hash, ops, raw_times, keys, texts))
-    table_id, version = tv.table.table_id, tv.table.schema_version
+    hashes = record_hashes(ops, raw_times, keys, texts)
     rows = columns_to_arrow(tv.table, columns, len(records), _MISSING)
-    return [
-        IngestRecord(table_id, key, op, text, digest, when, version, rows, i)
-        for i, (key, op, text, digest, when) in enumerate(
-            zip(keys, ops, texts, hashes, times, strict=True)
-        )
-    ]
+    table = tv.table
+    return RecordColumns(
+        table.table_id, table.schema_version, keys, ops, texts, hashes, times, rows
+    )
 
 
 def _check_keys(keys: list[Any]) -> None:

@@ -10,7 +10,7 @@ recognisable as the same logical write.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -169,7 +169,7 @@ def _check_count(raw_records: Any, max_records: int) -> None:
 
 def validate_records(
     tv: TableValidator, raw_records: Any, *, max_records: int, max_record_bytes: int
-) -> list[IngestRecord]:
+) -> Sequence[IngestRecord]:
     """Validate every record; raise one error listing all problems, or return them all.
 
     A request of a few records or more is first checked column by column

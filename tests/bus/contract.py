@@ -30,6 +30,7 @@ from duckmesh.bus.protocol import (
     LeaseLost,
     QuarantineEntry,
     Receipt,
+    Receipts,
 )
 from duckmesh.errors import DuckMeshError
 
@@ -82,12 +83,12 @@ def poll_until(fn: Callable[[], T | None], *, timeout: float = POLL_TIMEOUT_S) -
         time.sleep(0.01)  # pacing between polls of a condition, not synchronisation
 
 
-def ok(result: list[Receipt] | DuckMeshError) -> list[Receipt]:
+def ok(result: Receipts | DuckMeshError) -> list[Receipt]:
     assert not isinstance(result, DuckMeshError), f"request failed: {result!r}"
-    return result
+    return list(result)
 
 
-def tokens(receipts: list[Receipt]) -> list[int]:
+def tokens(receipts: Receipts) -> list[int]:
     return [r.token for r in receipts]
 
 

@@ -26,7 +26,7 @@ import attrs
 import psycopg
 
 from duckmesh.bus.postgres import PostgresBus
-from duckmesh.bus.protocol import Batch, IngestRecord, Receipt
+from duckmesh.bus.protocol import Batch, IngestRecord, Receipt, Receipts
 from duckmesh.db import Conn, Database
 from duckmesh.errors import DuckMeshError
 
@@ -64,8 +64,8 @@ class NaiveSequenceBus(PostgresBus):
         tenant_id: str,
         requests: Sequence[Sequence[IngestRecord]],
         trace_ids: Sequence[str | None] | None = None,
-    ) -> list[list[Receipt] | DuckMeshError]:
-        results: list[list[Receipt] | DuckMeshError] = []
+    ) -> list[Receipts | DuckMeshError]:
+        results: list[Receipts | DuckMeshError] = []
         for request in requests:  # one independent transaction per request
 
             def run(conn: Conn, request: Sequence[IngestRecord] = request) -> list[Receipt]:

@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from duckmesh import metrics
-from duckmesh.bus.protocol import IngestBus, IngestRecord, Receipt
+from duckmesh.bus.protocol import IngestBus, IngestRecord, Receipts
 from duckmesh.errors import DuckMeshError
 from tests.bus.stored import stored_records
 from tests.fixtures import EVENTS, LiveServer
@@ -40,7 +40,7 @@ class GatedCountingBus:
         tenant_id: str,
         requests: Sequence[Sequence[IngestRecord]],
         trace_ids: Sequence[str | None] | None = None,
-    ) -> list[list[Receipt] | DuckMeshError]:
+    ) -> list[Receipts | DuckMeshError]:
         with self._lock:
             first = not self.calls
             self.calls.append(len(requests))
@@ -86,7 +86,7 @@ async def test_group_commit_serves_many_requests_with_few_transactions(
     all_submitted = trio.Event()
     real_submit = ingest.submit
 
-    async def counting_submit(tenant: str, records: Sequence[IngestRecord]) -> list[Receipt]:
+    async def counting_submit(tenant: str, records: Sequence[IngestRecord]) -> Receipts:
         nonlocal submitted
         submitted += 1
         if submitted == n_requests:

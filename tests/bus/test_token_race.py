@@ -24,7 +24,7 @@ import trio
 from psycopg.conninfo import make_conninfo
 
 from duckmesh.bus.postgres import PostgresBus
-from duckmesh.bus.protocol import Receipt
+from duckmesh.bus.protocol import Receipts
 from duckmesh.config import Config
 from duckmesh.db import Database
 from duckmesh.errors import DuckMeshError
@@ -155,7 +155,7 @@ def _publish_in_thread(bus: PostgresBus, name: str) -> tuple[threading.Thread, l
     return thread, out
 
 
-def _single_token(result: list[list[Receipt] | DuckMeshError] | BaseException) -> int:
+def _single_token(result: list[Receipts | DuckMeshError] | BaseException) -> int:
     if isinstance(result, BaseException):
         raise AssertionError(f"publish raised {result!r}") from result
     (receipt,) = ok(result[0])

@@ -13,6 +13,7 @@ import trio
 from duckmesh import migrations
 from duckmesh.bus import IngestRecord, Receipt
 from duckmesh.catalog import commands
+from duckmesh.errors import DuckMeshError
 from duckmesh.query.service import QueryRequest
 from duckmesh.runtime import Runtime, coordinator_actors
 
@@ -63,7 +64,7 @@ async def test_records_written_before_the_upgrade_commit_and_dedupe(
     assert out == [[Receipt(2, True), Receipt(4, False)]]
     changed = _record(tid, "old0", {"id": 0, "v": "changed"})
     conflict = rt.bus.publish("default", [[changed]])[0]
-    assert not isinstance(conflict, list)
+    assert isinstance(conflict, DuckMeshError)
     assert conflict.error_code == "IDEMPOTENCY_CONFLICT"
     assert conflict.context["original_token"] == 1
     committer = coordinator_actors(rt)[0].committer

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from duckmesh.catalog.model import Column, TableDef
 from duckmesh.catalog.types import parse_type
 from duckmesh.errors import DuckMeshError
+from duckmesh.ingest.envelope import record_hash, record_hashes
 from duckmesh.ingest.record_columns import MIN_RECORDS, validate_columns
 from duckmesh.ingest.validation import TableValidator, _validate_each, validate_records
 from tests.strategies import ingest_records, invalid_values_for, table_definitions
@@ -252,3 +253,31 @@ def test_a_small_request_goes_record_by_record_with_the_same_answer() -> None:
     assert validate_columns(tv, records, MAX_BYTES) == _validate_each(tv, records, MAX_BYTES)
     full, each = both(tv, records)
     assert full == each
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["insert", "upsert", "delete"]),
+            st.none() | st.text(),
+            st.text(min_size=1),
+            st.text(),
+        ),
+        max_size=5,
+    )
+)
+def test_digests_in_bulk_are_the_stored_ones(rows: list[tuple[str, str | None, str, str]]) -> None:
+    """Keys stored before must match retries: the bulk digests equal
+    ``record_hash``'s, and a pinned one never changes."""
+    ops, keys, texts = [r[0] for r in rows], [r[2] for r in rows], [r[3] for r in rows]
+    times: list[object] = [r[1] for r in rows]
+    try:
+        expected = [record_hash(*r) for r in rows]
+    except UnicodeEncodeError:
+        with pytest.raises(UnicodeEncodeError):
+            record_hashes(ops, times, keys, texts)
+        return
+    assert record_hashes(ops, times, keys, texts) == expected
+    pinned = record_hashes(["insert"], ["2026-01-01T00:00:00"], ["k0"], ['{"id":0}'])[0]
+    # SHA-256 of 'insert\0 2026-01-01T00:00:00 \0 k0 \0 {"id":0}' (no spaces).
+    assert pinned.hex() == "d129ec119cb1860a42b5fa1e021617eac638ea2b6328c95d5e3bd05c75908432"

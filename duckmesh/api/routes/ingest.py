@@ -17,6 +17,7 @@ from duckmesh import metrics
 from duckmesh.api.bodies import IngestBody
 from duckmesh.api.context import ApiContext, api, require
 from duckmesh.api.http import Principal, json_body, json_response
+from duckmesh.bus import receipts_summary
 from duckmesh.ingest.upload import ingest_upload, is_upload
 from duckmesh.ingest.validation import validate_records
 from duckmesh.query.barrier import wait_for_token
@@ -77,9 +78,8 @@ async def accept(
     await ctx.storage_quota.check(tenant)
     ctx.rate_limiter.take(tenant, len(records))
     receipts = await rt.ingest.submit(tenant, records)
-    duplicates = sum(1 for r in receipts if r.duplicate)
+    duplicates, top = receipts_summary(receipts)
     accepted = len(receipts) - duplicates
-    top = max(r.token for r in receipts)
     metrics.INGEST_ACK_LATENCY.observe(time.perf_counter() - started)
     metrics.INGEST_RECORDS.inc(accepted)
     metrics.INGEST_DUPLICATES.inc(duplicates)
