@@ -467,25 +467,32 @@ class Executor:
     def _requery(self, rem: Remembered) -> None:
         if rem.gone:
             return
-        for _ in range(2):
-            # A row limit of its own each time: the API's result cache (keyed
-            # by it) cannot answer, so the snapshot's files are read again.
-            rem.rechecks += 1
-            r = self._call(
-                "POST",
-                "/v1/query",
-                json={
-                    "sql": rem.sql,
-                    "snapshot_id": rem.snapshot_id,
-                    "row_limit": ROW_LIMIT - rem.rechecks,
-                },
-            )
-            code, _ = _error(r)
-            # Unreadable files: the snapshot may have expired (and they been
-            # collected, as allowed) after the query found it. Ask again.
-            if code != "DATA_FILE_CORRUPT" or self._lists_lost_file(rem):
-                break
+        # A row limit of its own each time: the API's result cache (keyed by
+        # it) cannot answer, so the snapshot's files are read again.
+        rem.rechecks += 1
+        r = self._call(
+            "POST",
+            "/v1/query",
+            json={
+                "sql": rem.sql,
+                "snapshot_id": rem.snapshot_id,
+                "row_limit": ROW_LIMIT - rem.rechecks,
+            },
+        )
         self.stats.snapshot_rechecks += 1
+        code, _ = _error(r)
+        if code == "DATA_FILE_CORRUPT" and self._lists_lost_file(rem):
+            rem.gone = True  # docs/OPERATIONS.md: older snapshots listing a dropped file fail
+            return
+        if code == "DATA_FILE_CORRUPT":
+            if self.system.snapshot_live(rem.snapshot_id):
+                # Unexpired now, so it was when the file was read: GC must keep it.
+                raise InvariantViolation(
+                    "snapshot reproducibility",
+                    f"snapshot {rem.snapshot_id} answered {rem.sql!r} before and is still"
+                    f" retained, but a file it lists cannot be read any more: {r.text}",
+                )
+            code = "SNAPSHOT_NOT_FOUND"  # it expired (files collected) as the query ran
         if code == "SNAPSHOT_NOT_FOUND":
             refused = self.system.expiry_refused(rem.snapshot_id, rem.seen_at)
             if refused is not None:
@@ -496,15 +503,6 @@ class Executor:
             rem.gone = True  # expired under the documented rules
             self.stats.snapshots_expired += 1
             return
-        if code == "DATA_FILE_CORRUPT" and self._lists_lost_file(rem):
-            rem.gone = True  # docs/OPERATIONS.md: older snapshots listing a dropped file fail
-            return
-        if code == "DATA_FILE_CORRUPT":  # twice, and the snapshot still there: a file is gone
-            raise InvariantViolation(
-                "snapshot reproducibility",
-                f"snapshot {rem.snapshot_id} answered {rem.sql!r} before and is still"
-                f" retained, but a file it lists cannot be read any more: {r.text}",
-            )
         self._expect(r, 200, f"query on snapshot {rem.snapshot_id}")
         self._same_answer(rem, r.json())
 

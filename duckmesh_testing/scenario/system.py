@@ -503,6 +503,17 @@ class System:
             return f"it was published {float(row[0]):.1f}s ago, under the {retain_s:g}s retained"
         return None
 
+    def snapshot_live(self, snapshot_id: int) -> bool:
+        """The catalog's word, not the API's (whose lookups are cached): the
+        snapshot exists and has not expired."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT expired_at IS NULL FROM snapshot"
+                " WHERE tenant_id = 'default' AND snapshot_id = %s",
+                (snapshot_id,),
+            ).fetchone()
+        return row is not None and bool(row[0])
+
     def setting(self, name: str) -> str:
         """A server setting as the processes got it: ``server_env`` over ``BASE_ENV``."""
         return self.server_env.get(name, BASE_ENV[name])
