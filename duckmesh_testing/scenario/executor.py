@@ -25,7 +25,7 @@ After every step it checks the invariants (each failure raises
     tokens with no gap;
 (c) snapshot reproducibility: remembered (snapshot id, SQL) pairs answer the
     same rows when asked again, past the API's result cache (some after every
-    step, all at the end after one more expiry and GC pass);
+    step, all at the end after one more compaction, expiry and GC pass);
 (d) watermarks only rise: across answers on the latest snapshot and across
     ``GET /v1/snapshots`` (newer snapshots never have lower watermarks);
 (e) at the end, ``duckmesh replay verify`` exits 0 (:meth:`Executor.verify_replay`).
@@ -269,11 +269,13 @@ class Executor:
             raise
 
     def finish(self) -> None:
-        """End of a scenario: snapshot expiry and GC once more, now, then every
-        remembered answer once more (so a recording's last steps meet
-        housekeeping whatever its timing)."""
+        """End of a scenario: housekeeping once more, now (a compaction, then
+        expiry and GC), then every remembered answer once more, so the files
+        of the remembered snapshots are compacted out and collectable however
+        the steps were timed, and a recording replays to the same end."""
         try:
-            self._collect_now()
+            self._maintain("compaction")
+            self._maintain("retention")
             for rem in list(self.remembered):
                 self._requery(rem)
         except InvariantViolation:
@@ -835,23 +837,21 @@ class Executor:
         self.system.start_coordinator()
 
     def _do_compact(self, action: A.Action) -> None:
-        for _ in range(5):
-            r = self._call("POST", "/v1/compaction/run")
-            if _error(r)[0] != "CONCURRENCY_CONFLICT":  # a commit published first: retry
-                break
-        self._expect(r, 200, "POST /v1/compaction/run")
-        if r.json().get("status") != "completed":
-            raise InvariantViolation("protocol", f"compaction answered {r.text}")
-        self.stats.compactions += 1
+        self._maintain("compaction")
 
-    def _collect_now(self) -> None:
-        """``POST /v1/retention/run``: expiry and GC for the tenant in the API
-        (racing the maintenance process's collector, as two collectors may)."""
+    def _maintain(self, job: str) -> None:
+        """``POST /v1/{job}/run`` (``compaction`` or ``retention``: expiry and
+        GC) for the tenant in the API, racing the maintenance process's
+        passes; a publish that went first makes it run again."""
         for _ in range(5):
-            r = self._call("POST", "/v1/retention/run")
-            if _error(r)[0] != "CONCURRENCY_CONFLICT":  # the other collector went first: retry
+            r = self._call("POST", f"/v1/{job}/run")
+            if _error(r)[0] != "CONCURRENCY_CONFLICT":
                 break
-        self._expect(r, 200, "POST /v1/retention/run")
+        self._expect(r, 200, f"POST /v1/{job}/run")
+        if r.json().get("status") != "completed":
+            raise InvariantViolation("protocol", f"{job} answered {r.text}")
+        if job == "compaction":
+            self.stats.compactions += 1
 
     def _do_kill_postgres(self, action: A.Action) -> None:
         if not self.system.owns_postgres:
