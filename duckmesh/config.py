@@ -105,6 +105,8 @@ UNSAFE_BREAKS = (
     "no_fencing",  # a coordinator that lost its lease still publishes (bus ack, committer)
     "skip_idempotency",  # idempotency keys are not recorded: retries are new (bus insert)
     "split_publish",  # a commit's files are published in two transactions (committer)
+    "expire_pinned",  # snapshot expiry ignores pins (maintenance/gc.py ``_expire``)
+    "gc_live_files",  # GC takes files only retained snapshots list (maintenance/gc.py ``_collect``)
 )
 
 

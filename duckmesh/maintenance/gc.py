@@ -40,7 +40,7 @@ from typing import TypeVar
 import attrs
 import structlog
 
-from duckmesh import metrics
+from duckmesh import metrics, unsafe
 from duckmesh.bus import IngestBus
 from duckmesh.catalog import reads
 from duckmesh.catalog.commands import record_maintenance
@@ -64,6 +64,11 @@ SCRATCH_MIN_AGE_S = 300.0
 T = TypeVar("T")
 # The projection tables ``CatalogPruned`` deletes from.
 PRUNED_TABLES = ("data_file", "snapshot", "snapshot_table_watermark", "maintenance_run")
+# Expiry never takes a pinned snapshot.
+NOT_PINNED = (
+    " AND NOT EXISTS (SELECT 1 FROM snapshot_pin p"
+    "   WHERE p.tenant_id = s.tenant_id AND p.snapshot_id = s.snapshot_id)"
+)
 
 
 @attrs.frozen
@@ -204,13 +209,13 @@ class Collector:
         return len(chosen)
 
     def _expire(self, conn: Conn, tenant: str) -> int:
+        unpinned = "" if unsafe.broken("expire_pinned") else NOT_PINNED  # TEST ONLY: pins ignored
         rows = conn.execute(
             "SELECT s.snapshot_id FROM snapshot s"
             " WHERE s.tenant_id = %s AND s.expired_at IS NULL"
             " AND s.snapshot_id < (SELECT max(snapshot_id) FROM snapshot WHERE tenant_id = %s)"
             " AND s.created_at < now() - make_interval(secs => %s)"
-            " AND NOT EXISTS (SELECT 1 FROM snapshot_pin p"
-            "   WHERE p.tenant_id = s.tenant_id AND p.snapshot_id = s.snapshot_id)"
+            f"{unpinned}"
             " AND s.snapshot_id NOT IN (SELECT snapshot_id FROM snapshot WHERE tenant_id = %s"
             "   ORDER BY snapshot_id DESC LIMIT %s)"
             " ORDER BY s.snapshot_id",
@@ -247,6 +252,9 @@ class Collector:
     def _collect(self, tenant: str) -> tuple[int, int]:
         window = self.settings.safety_window_s
 
+        # A live snapshot is unexpired or pinned. TEST ONLY: unexpired ones are not.
+        retained = "FALSE" if unsafe.broken("gc_live_files") else "s.expired_at IS NULL"
+
         def unreferenced(conn: Conn) -> tuple[list[tuple[str, str]], set[str], set[str]]:
             # Files removed by a snapshot older than the window that no live
             # (unexpired or pinned) snapshot still lists.
@@ -258,7 +266,7 @@ class Collector:
                 " AND NOT EXISTS (SELECT 1 FROM snapshot s"
                 "   WHERE s.tenant_id = f.tenant_id AND s.snapshot_id >= f.added_in"
                 "   AND s.snapshot_id < f.removed_in"
-                "   AND (s.expired_at IS NULL OR EXISTS (SELECT 1 FROM snapshot_pin p"
+                f"   AND ({retained} OR EXISTS (SELECT 1 FROM snapshot_pin p"
                 "        WHERE p.tenant_id = s.tenant_id AND p.snapshot_id = s.snapshot_id)))",
                 (tenant, window),
             ).fetchall()

@@ -474,19 +474,20 @@ class System:
     def expiry_refused(self, snapshot_id: int, seen_at: float) -> str | None:
         """Why snapshot ``snapshot_id`` must not have expired yet, or None when
         docs/API.md allows it: not pinned, not the latest nor among the newest
-        ``DUCKMESH_SNAPSHOT_RETAIN_COUNT``, older than ``DUCKMESH_SNAPSHOT_RETAIN_MS``.
+        ``DUCKMESH_SNAPSHOT_RETAIN_COUNT``, older than ``DUCKMESH_SNAPSHOT_RETAIN_MS``
+        (as the servers got them: ``--server-env`` may change both).
         ``seen_at`` (``time.time()``) is when an answer showed it: it was
         created no later, so an age past the limit since then settles the age."""
         if snapshot_id in self.pinned:
             return "it is pinned"
-        count = int(BASE_ENV["DUCKMESH_SNAPSHOT_RETAIN_COUNT"])
+        count = int(self.setting("DUCKMESH_SNAPSHOT_RETAIN_COUNT"))
         r = self.http.get("/v1/snapshots", params={"limit": count})
         if r.status_code != 200:
             raise HarnessError(f"GET /v1/snapshots answered {r.status_code}: {r.text}")
         newest = [int(s["snapshot_id"]) for s in r.json()["snapshots"]]
         if newest and snapshot_id >= min(newest):
             return f"it is among the newest {count} snapshots {newest} (the latest included)"
-        retain_s = int(BASE_ENV["DUCKMESH_SNAPSHOT_RETAIN_MS"]) / 1000
+        retain_s = int(self.setting("DUCKMESH_SNAPSHOT_RETAIN_MS")) / 1000
         if time.time() - seen_at >= retain_s:
             return None
         # Seen recently: its own creation time decides (the publish event keeps it).
@@ -501,6 +502,21 @@ class System:
         if float(row[0]) < retain_s - EXPIRY_SLACK_S:
             return f"it was published {float(row[0]):.1f}s ago, under the {retain_s:g}s retained"
         return None
+
+    def snapshot_live(self, snapshot_id: int) -> bool:
+        """The catalog's word, not the API's (whose lookups are cached): the
+        snapshot exists and has not expired."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT expired_at IS NULL FROM snapshot"
+                " WHERE tenant_id = 'default' AND snapshot_id = %s",
+                (snapshot_id,),
+            ).fetchone()
+        return row is not None and bool(row[0])
+
+    def setting(self, name: str) -> str:
+        """A server setting as the processes got it: ``server_env`` over ``BASE_ENV``."""
+        return self.server_env.get(name, BASE_ENV[name])
 
     def object_path(self, key: str) -> Path:
         """Where the local object store keeps ``key`` (``DUCKMESH_DATA_DIR/objects``)."""

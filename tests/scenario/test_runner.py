@@ -14,7 +14,8 @@
     caught by a short run, which names the broken guarantee, and its
     recording replays to the same violation; a commit published in two
     transactions is caught under background load, which the recording
-    carries.
+    carries; expiry that ignores pins and GC that takes the files of retained
+    snapshots are caught with housekeeping hurried (``--server-env``).
 """
 
 from __future__ import annotations
@@ -173,19 +174,67 @@ LOAD = ["--load", "2", "--load-max", "50", "--load-rate", "100"]
 # The replay finds the half-published snapshot in the history, which the
 # scenarios' short snapshot retention would expire before the check reaches it.
 LONG_RETENTION = ["--server-env", "DUCKMESH_SNAPSHOT_RETAIN_MS=600000"]
+# The housekeeping twins show when a scenario ends (the first examples are
+# trivial): shorter scenarios end sooner.
+SHORT_SCENARIOS = ["--max-steps", "8"]
+# Every snapshot but the latest may expire at once: the pinned one too when
+# pins are ignored (at the latest in the housekeeping that ends each scenario).
+EXPIRE_AT_ONCE = [
+    *SHORT_SCENARIOS,
+    "--server-env",
+    "DUCKMESH_SNAPSHOT_RETAIN_COUNT=1",
+    "--server-env",
+    "DUCKMESH_SNAPSHOT_RETAIN_MS=0",
+]
+# No snapshot expires and a removed file is collected at once, by the
+# housekeeping that ends each scenario only (a compaction, then expiry and GC):
+# the maintenance process's own passes are off, so no commit or compaction is
+# writing a file when the window of 0 lets GC take unknown objects, and the
+# replay is deterministic.
+COLLECT_AT_END = [
+    *SHORT_SCENARIOS,
+    *LONG_RETENTION,
+    *["--server-env", "DUCKMESH_GC_SAFETY_WINDOW_MS=0"],
+    *["--server-env", "DUCKMESH_MAINTENANCE_INTERVAL_MS=86400000"],
+    *["--server-env", "DUCKMESH_COMPACTION_INTERVAL_MS=86400000"],
+]
 TWINS = [
-    ("token_order", "tokens are gapless and commit-ordered", 10, []),
-    ("publish_before_durable", "crash safety (files durable before they are published)", 10, []),
-    ("skip_idempotency", "idempotency", 10, []),
-    ("no_fencing", "fencing", 30, []),
-    ("split_publish", "visibility", 30, LOAD + LONG_RETENTION),
+    ("token_order", "tokens are gapless and commit-ordered", "", 10, []),
+    (
+        "publish_before_durable",
+        "crash safety (files durable before they are published)",
+        "",
+        10,
+        [],
+    ),
+    ("skip_idempotency", "idempotency", "", 10, []),
+    ("no_fencing", "fencing", "", 30, []),
+    ("split_publish", "visibility", "", 30, LOAD + LONG_RETENTION),
+    (
+        "expire_pinned",
+        "snapshot reproducibility",
+        "although it is pinned",
+        30,
+        EXPIRE_AT_ONCE,
+    ),
+    (
+        "gc_live_files",
+        "snapshot reproducibility",
+        # Silently without the collected file's rows once its catalog row is
+        # pruned (the same pass), DATA_FILE_CORRUPT if asked before.
+        "earlier it answered|cannot be read any more",
+        30,
+        COLLECT_AT_END,
+    ),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("twin", "guarantee", "budget", "extra"), TWINS, ids=[t[0] for t in TWINS])
+@pytest.mark.parametrize(
+    ("twin", "guarantee", "detail", "budget", "extra"), TWINS, ids=[t[0] for t in TWINS]
+)
 def test_each_broken_twin_is_caught_and_replays(
-    twin: str, guarantee: str, budget: int, extra: list[str], tmp_path: Path
+    twin: str, guarantee: str, detail: str, budget: int, extra: list[str], tmp_path: Path
 ) -> None:
     failure = tmp_path / "failure.json"
     args = ["--budget", str(budget), "--shrink-budget", "5", "--seed", str(SEED), *extra]
@@ -201,12 +250,14 @@ def test_each_broken_twin_is_caught_and_replays(
     recording: dict[str, Any] = json.loads(failure.read_text())
     assert recording["system_env"]["DUCKMESH_UNSAFE_BREAK"] == twin
     assert recording["violation"].startswith(violated), recording["violation"]
+    assert re.search(detail, recording["violation"]), recording["violation"]
     replayed = _run(
         ["-m", "duckmesh.cli.main", "scenario", "replay", str(failure)], _env(), timeout=180
     )
     again = replayed.stdout + replayed.stderr
     assert replayed.returncode == 1, again
     assert violated in again, again
+    assert re.search(detail, again), again
 
 
 def _rows(prefix: str, ops: list[tuple[str, int, str]]) -> list[dict[str, Any]]:
