@@ -10,10 +10,13 @@ The baseline in the same run is the plain ack latency (a write without wait).
 
     python -m scenarios.bench_visibility [--seconds 20] [--rate 2000]
     python -m scenarios.bench_visibility --rate 0 --writers 8 --compare-cadence 0,50
+    python -m scenarios.bench_visibility --rate 0 --writers 8 --only-b
 
 ``--rate 0`` saturates (the writers send flat out); ``--compare-cadence``
 runs more servers in the same invocation, one per busy commit interval
 (ADR 0015; 0 turns the adaptive cadence off). The report gives each process's CPU per record.
+``--only-b`` probes mode B alone, with each answer's delay after the
+``created_at`` of the snapshot it names (the wake-up after a publication).
 """
 
 from __future__ import annotations
