@@ -213,6 +213,8 @@ def _print(label: str, results: dict[str, object]) -> None:
         ("strict write->query (mode A)", "strict_write_query_mode_a"),
     ):
         s: dict[str, float] = results[key]  # type: ignore[assignment]
+        if not s["n"]:
+            continue  # not probed (--only-b)
         print(
             f"  {name:<30} n={s['n']:<5} p50={s['p50_ms']:.1f} ms  p95={s['p95_ms']:.1f} ms"
             f"  p99={s['p99_ms']:.1f} ms"
@@ -261,14 +263,15 @@ def main() -> None:
             lower_is_better=True,
         )
     )
-    print(
-        target_line(
-            "mode A p95 ms",
-            results["strict_write_query_mode_a"]["p95_ms"],  # type: ignore[index]
-            300,
-            lower_is_better=True,
+    if not args.only_b:
+        print(
+            target_line(
+                "mode A p95 ms",
+                results["strict_write_query_mode_a"]["p95_ms"],  # type: ignore[index]
+                300,
+                lower_is_better=True,
+            )
         )
-    )
     write_report(
         "visibility",
         {"seconds": args.seconds, "target_rate": args.rate, **results, "runs": runs},
