@@ -10,16 +10,21 @@ The baseline in the same run is the plain ack latency (a write without wait).
 
     python -m scenarios.bench_visibility [--seconds 20] [--rate 2000]
     python -m scenarios.bench_visibility --rate 0 --writers 8 --compare-cadence 0,50
+    python -m scenarios.bench_visibility --rate 0 --writers 8 --only-b
 
 ``--rate 0`` saturates (the writers send flat out); ``--compare-cadence``
 runs more servers in the same invocation, one per busy commit interval
 (ADR 0015; 0 turns the adaptive cadence off). The report gives each process's CPU per record.
+``--only-b`` probes mode B alone, with each answer's delay after the
+``created_at`` of the snapshot it names (the wake-up after a publication).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import itertools
+import json
 import re
 import threading
 import time
@@ -38,11 +43,23 @@ from scenarios.harness import (
 from scenarios.profile_ingest import group_pids
 
 
-def _probe(port: int, ids: Iterator[int], until: float) -> dict[str, list[float] | int]:
-    """One write at a time: plain ack, wait_for_visibility (B), write then query (A)."""
+def _published_at(probe: HttpClient, snapshot_id: int) -> float:
+    """The wall-clock time a snapshot was published (its ``created_at``)."""
+    probe.conn.request("GET", f"/v1/snapshots/{snapshot_id}", headers=probe.headers)
+    body = json.loads(probe.conn.getresponse().read())
+    return dt.datetime.fromisoformat(body["created_at"]).timestamp()
+
+
+def _probe(
+    port: int, ids: Iterator[int], until: float, *, only_b: bool = False
+) -> dict[str, list[float] | int]:
+    """One write at a time: plain ack, wait_for_visibility (B), write then query (A);
+    ``only_b``: mode B alone (3x the samples), with each answer's delay after
+    the publication of the snapshot it names (same host, same clock)."""
     probe = HttpClient(port)
     ack: list[float] = []
     mode_b: list[float] = []
+    after_publish: list[float] = []
     mode_a: list[float] = []
     errors = 0
 
@@ -51,16 +68,22 @@ def _probe(port: int, ids: Iterator[int], until: float) -> dict[str, list[float]
         return {"idempotency_key": f"p{i}", "payload": {"id": i, "value": 2.0}}
 
     while time.monotonic() < until:
-        t0 = time.perf_counter()
-        status, body = probe.post("/v1/ingest/events", {"records": [one()]})
-        ack.append(time.perf_counter() - t0)
-        errors += status != 200
+        if not only_b:
+            t0 = time.perf_counter()
+            status, body = probe.post("/v1/ingest/events", {"records": [one()]})
+            ack.append(time.perf_counter() - t0)
+            errors += status != 200
         t0 = time.perf_counter()
         status, body = probe.post(
             "/v1/ingest/events", {"records": [one()], "wait_for_visibility": True}
         )
         mode_b.append(time.perf_counter() - t0)
+        answered = time.time()
         errors += status != 200
+        if only_b:
+            if status == 200:
+                after_publish.append(answered - _published_at(probe, body["visible_snapshot_id"]))
+            continue
         rec = one()
         t0 = time.perf_counter()
         status, body = probe.post("/v1/ingest/events", {"records": [rec]})
@@ -73,7 +96,13 @@ def _probe(port: int, ids: Iterator[int], until: float) -> dict[str, list[float]
         )
         mode_a.append(time.perf_counter() - t0)
         errors += status != 200 or status2 != 200
-    return {"ack": ack, "mode_b": mode_b, "mode_a": mode_a, "errors": errors}
+    return {
+        "ack": ack,
+        "mode_b": mode_b,
+        "after_publish": after_publish,
+        "mode_a": mode_a,
+        "errors": errors,
+    }
 
 
 # Histograms whose mean over the probe window shows where a commit's time goes.
@@ -144,7 +173,7 @@ def measure(args: argparse.Namespace, env: dict[str, str]) -> dict[str, object]:
         time.sleep(1.0)  # let the steady state settle before sampling
         phases_before = _phase_totals(server)
         cpu_before, began, sent_before = _cpu_s(pids), time.monotonic(), sum(sent)
-        probed = _probe(server.port, ids, stop - 1)
+        probed = _probe(server.port, ids, stop - 1, only_b=args.only_b)
         cpu_after, ended, sent_after = _cpu_s(pids), time.monotonic(), sum(sent)
         phases = _phase_means(phases_before, _phase_totals(server))
         for t in threads:
@@ -159,6 +188,7 @@ def measure(args: argparse.Namespace, env: dict[str, str]) -> dict[str, object]:
         "background_records_per_s": round(achieved),
         "ack": summary_ms(probed["ack"]),  # type: ignore[arg-type]
         "write_to_visible_mode_b": summary_ms(probed["mode_b"]),  # type: ignore[arg-type]
+        "mode_b_after_publish": summary_ms(probed["after_publish"]),  # type: ignore[arg-type]
         "strict_write_query_mode_a": summary_ms(probed["mode_a"]),  # type: ignore[arg-type]
         "errors": probed["errors"],
         "cpu_us_per_record": {
@@ -179,9 +209,12 @@ def _print(label: str, results: dict[str, object]) -> None:
     for name, key in (
         ("ack (no wait)", "ack"),
         ("write-to-visible (mode B)", "write_to_visible_mode_b"),
+        ("mode B answer after publish", "mode_b_after_publish"),
         ("strict write->query (mode A)", "strict_write_query_mode_a"),
     ):
         s: dict[str, float] = results[key]  # type: ignore[assignment]
+        if not s["n"]:
+            continue  # not probed (--only-b)
         print(
             f"  {name:<30} n={s['n']:<5} p50={s['p50_ms']:.1f} ms  p95={s['p95_ms']:.1f} ms"
             f"  p99={s['p99_ms']:.1f} ms"
@@ -208,6 +241,11 @@ def main() -> None:
         metavar="MS,MS",
         help="also run with these DUCKMESH_COMMIT_BUSY_INTERVAL_MS (0: back-to-back commits)",
     )
+    ap.add_argument(
+        "--only-b",
+        action="store_true",
+        help="probe mode B alone, with each answer's delay after its snapshot's publication",
+    )
     args = ap.parse_args()
     configs: dict[str, dict[str, str]] = {"default": {}}
     for cap in filter(None, args.compare_cadence.split(",")):
@@ -225,14 +263,15 @@ def main() -> None:
             lower_is_better=True,
         )
     )
-    print(
-        target_line(
-            "mode A p95 ms",
-            results["strict_write_query_mode_a"]["p95_ms"],  # type: ignore[index]
-            300,
-            lower_is_better=True,
+    if not args.only_b:
+        print(
+            target_line(
+                "mode A p95 ms",
+                results["strict_write_query_mode_a"]["p95_ms"],  # type: ignore[index]
+                300,
+                lower_is_better=True,
+            )
         )
-    )
     write_report(
         "visibility",
         {"seconds": args.seconds, "target_rate": args.rate, **results, "runs": runs},

@@ -20,7 +20,7 @@ from duckmesh.api.http import Principal, json_body, json_response
 from duckmesh.bus import receipts_summary
 from duckmesh.ingest.upload import ingest_upload, is_upload
 from duckmesh.ingest.validation import validate_records
-from duckmesh.query.barrier import wait_for_token
+from duckmesh.query.barrier import wait_visible
 
 bp = Blueprint("ingest", __name__)
 log = structlog.get_logger("duckmesh.api")
@@ -93,16 +93,14 @@ async def accept(
     }
     if body.options.wait_for_visibility:
         timeout_s = rt.queries.consistency_timeout(body.options.visibility_timeout_ms)
-        snap = await wait_for_token(
+        result["visible_snapshot_id"] = await wait_visible(
             rt.db,
             rt.bus,
             rt.notifications,
             tenant,
             top,
             timeout_s,
-            kind="ingest",
             skip=rt.queries.settings.unsafe_skip_barrier,
         )
-        result["visible_snapshot_id"] = snap.snapshot_id if snap else None
         result["status"] = "visible"
     return result
