@@ -198,6 +198,11 @@ COLLECT_AT_END = [
     *["--server-env", "DUCKMESH_MAINTENANCE_INTERVAL_MS=86400000"],
     *["--server-env", "DUCKMESH_COMPACTION_INTERVAL_MS=86400000"],
 ]
+# no_fencing lets a stale batch rebase over any publication, a compaction's
+# too: with compaction racing every commit the stale publish may first show as
+# a damaged or missing file (crash safety) rather than as the lower fence this
+# twin is about. Background compaction off; explicit compaction steps stay.
+STALE_PUBLISH_ONLY = ["--server-env", "DUCKMESH_COMPACTION_INTERVAL_MS=86400000"]
 TWINS = [
     ("token_order", "tokens are gapless and commit-ordered", "", 10, []),
     (
@@ -208,7 +213,7 @@ TWINS = [
         [],
     ),
     ("skip_idempotency", "idempotency", "", 10, []),
-    ("no_fencing", "fencing", "", 30, []),
+    ("no_fencing", "fencing", "", 30, STALE_PUBLISH_ONLY),
     ("split_publish", "visibility", "", 30, LOAD + LONG_RETENTION),
     (
         "expire_pinned",
