@@ -72,7 +72,28 @@ class IngestRecord:
     arrow_row: int = attrs.field(default=0, eq=False, repr=False)
 
 
-class RecordColumns(Sequence[IngestRecord]):
+class RecordSequence(Sequence[IngestRecord]):
+    """Records held some other way than one object each, read as a sequence:
+    a subclass gives ``__len__`` and ``_at`` (an index already in range)."""
+
+    __slots__ = ()
+
+    def _at(self, i: int) -> IngestRecord:
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> IngestRecord: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[IngestRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> IngestRecord | list[IngestRecord]:
+        if isinstance(index, slice):
+            return [self._at(i) for i in range(*index.indices(len(self)))]
+        return self._at(range(len(self))[index])  # IndexError, negative indexes
+
+
+class RecordColumns(RecordSequence):
     """A request's validated records held as columns (``ingest.record_columns``):
     one table and schema version, every key used once. Read as a sequence it
     gives the very ``IngestRecord``s the record-by-record check would (built
@@ -104,16 +125,7 @@ class RecordColumns(Sequence[IngestRecord]):
     def __len__(self) -> int:
         return len(self.keys)
 
-    @overload
-    def __getitem__(self, index: int) -> IngestRecord: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[IngestRecord]: ...
-
-    def __getitem__(self, index: int | slice) -> IngestRecord | list[IngestRecord]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        i = range(len(self))[index]  # IndexError, negative indexes
+    def _at(self, i: int) -> IngestRecord:
         return IngestRecord(
             self.table_id,
             self.keys[i],

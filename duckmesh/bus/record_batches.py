@@ -23,14 +23,21 @@ import datetime as dt
 import json
 from collections.abc import Callable, Iterator, Sequence
 from itertools import accumulate, chain, repeat
-from typing import Any, overload
+from typing import Any
 
 import attrs
 import pyarrow as pa
 
 from duckmesh import unsafe
 from duckmesh.bus.batches import CHUNK_ROWS, ipc
-from duckmesh.bus.protocol import IngestRecord, NewReceipts, Receipt, Receipts, RecordColumns
+from duckmesh.bus.protocol import (
+    IngestRecord,
+    NewReceipts,
+    Receipt,
+    Receipts,
+    RecordColumns,
+    RecordSequence,
+)
 from duckmesh.bus.record_arrow import payloads_to_arrow, user_schema
 from duckmesh.catalog.model import TableDef
 from duckmesh.db import Conn
@@ -61,7 +68,7 @@ class GroupPlan:
     starts: list[tuple[int, int]] = attrs.Factory(list)
 
 
-class Joined(Sequence[IngestRecord]):
+class Joined(RecordSequence):
     """The records of several requests held as columns, one after the other
     (the new records of a clean group of ``RecordColumns``)."""
 
@@ -74,16 +81,7 @@ class Joined(Sequence[IngestRecord]):
     def __len__(self) -> int:
         return self._ends[-1] if self._ends else 0
 
-    @overload
-    def __getitem__(self, index: int) -> IngestRecord: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[IngestRecord]: ...
-
-    def __getitem__(self, index: int | slice) -> IngestRecord | list[IngestRecord]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        i = range(len(self))[index]
+    def _at(self, i: int) -> IngestRecord:
         part = bisect.bisect_right(self._ends, i)
         return self.parts[part][i - (self._ends[part - 1] if part else 0)]
 
