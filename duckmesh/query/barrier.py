@@ -71,10 +71,7 @@ async def wait_for_token(
     skip: bool = False,
 ) -> Snapshot | None:
     """Mode A: the latest snapshot, once its watermark is at least ``token``."""
-    _check(token)
-    if skip:
-        return await latest(db, tenant)  # deliberately broken: no wait, any watermark
-    visible = await _wait(db, bus, notifications, tenant, token, timeout_s, kind, receipt=False)
+    visible = await _wait(db, bus, notifications, tenant, token, timeout_s, kind, False, skip)
     return visible.snapshot
 
 
@@ -90,19 +87,8 @@ async def wait_visible(
 ) -> int | None:
     """Mode B: the id of a published snapshot whose watermark is at least
     ``token``, a receipt's own token (so issued: no check against the bus)."""
-    _check(token)
-    if skip:
-        snap = await latest(db, tenant)  # deliberately broken: no wait, any watermark
-        return snap.snapshot_id if snap else None
-    visible = await _wait(db, bus, notifications, tenant, token, timeout_s, "ingest", receipt=True)
+    visible = await _wait(db, bus, notifications, tenant, token, timeout_s, "ingest", True, skip)
     return visible.snapshot_id
-
-
-def _check(token: int) -> None:
-    if token < 0:
-        raise DuckMeshError(
-            "VISIBILITY_TOKEN_INVALID", "tokens are non-negative integers", token=token
-        )
 
 
 async def _wait(
@@ -113,9 +99,16 @@ async def _wait(
     token: int,
     timeout_s: float,
     kind: str,
-    *,
     receipt: bool,
+    skip: bool,
 ) -> Visible:
+    if token < 0:
+        raise DuckMeshError(
+            "VISIBILITY_TOKEN_INVALID", "tokens are non-negative integers", token=token
+        )
+    if skip:  # deliberately broken: no wait, any watermark
+        snap = await latest(db, tenant)
+        return Visible(snap.snapshot_id if snap else None, snap)
     deadline = trio.current_time() + timeout_s
     signal = notifications.snapshots(tenant)
     checked_issued = receipt
