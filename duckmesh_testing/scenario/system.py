@@ -360,9 +360,13 @@ class System:
             "coordinator", self.env_for("coordinator"), self.workdir / "coordinator-b.log"
         )
 
-    def db_now(self) -> Any:
+    def _catalog_row(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        """One row of a catalog query, on a connection of its own (autocommit)."""
         with psycopg.connect(self.dsn, autocommit=True) as conn:
-            row = conn.execute("SELECT now()").fetchone()
+            return conn.execute(sql, params).fetchone()
+
+    def db_now(self) -> Any:
+        row = self._catalog_row("SELECT now()")
         assert row is not None
         return row[0]
 
@@ -371,19 +375,17 @@ class System:
         records to commit after ``since`` (a database time): it is committing.
         A lease outlives its ack, so a live lease alone would not say that."""
         lease_ms = int(BASE_ENV["DUCKMESH_LEASE_MS"])
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM bus_scope s JOIN bus_token_counter c"
-                " ON c.tenant_id = s.scope WHERE s.owner IS NOT NULL"
-                " AND s.lease_until > %s + make_interval(secs => %s)"
-                " AND s.acked_token < c.last_token",
-                (since, lease_ms / 1000),
-            ).fetchone()
+        row = self._catalog_row(
+            "SELECT count(*) FROM bus_scope s JOIN bus_token_counter c"
+            " ON c.tenant_id = s.scope WHERE s.owner IS NOT NULL"
+            " AND s.lease_until > %s + make_interval(secs => %s)"
+            " AND s.acked_token < c.last_token",
+            (since, lease_ms / 1000),
+        )
         return row is not None and int(row[0]) > 0
 
     def event_position(self) -> int:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            row = conn.execute("SELECT coalesce(max(position), 0) FROM event_log").fetchone()
+        row = self._catalog_row("SELECT coalesce(max(position), 0) FROM event_log")
         return int(row[0]) if row is not None else 0
 
     def stale_publications(self, since: int) -> list[str]:
@@ -491,12 +493,11 @@ class System:
         if time.time() - seen_at >= retain_s:
             return None
         # Seen recently: its own creation time decides (the publish event keeps it).
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT extract(epoch FROM now() - recorded_at) FROM event_log"
-                " WHERE stream = 'snapshots:default' AND version = %s",
-                (snapshot_id,),
-            ).fetchone()
+        row = self._catalog_row(
+            "SELECT extract(epoch FROM now() - recorded_at) FROM event_log"
+            " WHERE stream = 'snapshots:default' AND version = %s",
+            (snapshot_id,),
+        )
         if row is None:
             return None  # archived with the old events: long expired
         if float(row[0]) < retain_s - EXPIRY_SLACK_S:
@@ -506,12 +507,11 @@ class System:
     def snapshot_live(self, snapshot_id: int) -> bool:
         """The catalog's word, not the API's (whose lookups are cached): the
         snapshot exists and has not expired."""
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT expired_at IS NULL FROM snapshot"
-                " WHERE tenant_id = 'default' AND snapshot_id = %s",
-                (snapshot_id,),
-            ).fetchone()
+        row = self._catalog_row(
+            "SELECT expired_at IS NULL FROM snapshot"
+            " WHERE tenant_id = 'default' AND snapshot_id = %s",
+            (snapshot_id,),
+        )
         return row is not None and bool(row[0])
 
     def setting(self, name: str) -> str:
