@@ -42,23 +42,29 @@ def get_table(conn: Conn, tenant_id: str, name: str) -> TableDef | None:
     return _table(row) if row else None
 
 
-def tables_by_id(conn: Conn, tenant_id: str, table_ids: list[str]) -> dict[str, TableDef]:
-    """Current definitions of tables by id, dropped ones included."""
-    rows = conn.execute(
+def _tables_by_id(conn: Conn, tenant_id: str, table_ids: list[str]) -> Any:
+    return conn.execute(
         f"SELECT {_TABLE_COLUMNS}, t.dropped_at FROM table_def t JOIN table_schema_version v"
         " ON v.table_id = t.table_id AND v.version = t.schema_version"
         " WHERE t.tenant_id = %s AND t.table_id = ANY(%s)",
         (tenant_id, table_ids),
-    ).fetchall()
-    return {r[0]: _table(r[:10]) for r in rows}
+    )
+
+
+def tables_by_id(conn: Conn, tenant_id: str, table_ids: list[str]) -> dict[str, TableDef]:
+    """Current definitions of tables by id, dropped ones included."""
+    return {r[0]: _table(r[:10]) for r in _tables_by_id(conn, tenant_id, table_ids).fetchall()}
+
+
+def _dropped_table_ids(conn: Conn, tenant_id: str) -> Any:
+    return conn.execute(
+        "SELECT table_id FROM table_def WHERE tenant_id = %s AND dropped_at IS NOT NULL",
+        (tenant_id,),
+    )
 
 
 def dropped_table_ids(conn: Conn, tenant_id: str) -> set[str]:
-    rows = conn.execute(
-        "SELECT table_id FROM table_def WHERE tenant_id = %s AND dropped_at IS NOT NULL",
-        (tenant_id,),
-    ).fetchall()
-    return {r[0] for r in rows}
+    return {r[0] for r in _dropped_table_ids(conn, tenant_id).fetchall()}
 
 
 def commit_plan(
@@ -68,21 +74,9 @@ def commit_plan(
     batch's tables by id and the tenant's dropped table ids. The three
     statements are sent before any is read, so in a pipeline
     (``Database.call(pipeline=True)``) they share one round trip."""
-    head = conn.execute(
-        f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshot WHERE tenant_id = %s"
-        " ORDER BY snapshot_id DESC LIMIT 1",
-        (tenant_id,),
-    )
-    tables = conn.execute(
-        f"SELECT {_TABLE_COLUMNS}, t.dropped_at FROM table_def t JOIN table_schema_version v"
-        " ON v.table_id = t.table_id AND v.version = t.schema_version"
-        " WHERE t.tenant_id = %s AND t.table_id = ANY(%s)",
-        (tenant_id, table_ids),
-    )
-    dropped = conn.execute(
-        "SELECT table_id FROM table_def WHERE tenant_id = %s AND dropped_at IS NOT NULL",
-        (tenant_id,),
-    )
+    head = _latest_snapshot(conn, tenant_id)
+    tables = _tables_by_id(conn, tenant_id, table_ids)
+    dropped = _dropped_table_ids(conn, tenant_id)
     row = head.fetchone()
     return (
         _snapshot(row) if row else None,
@@ -134,12 +128,16 @@ def _snapshot(row: tuple[Any, ...]) -> Snapshot:
     return Snapshot(*row)
 
 
-def latest_snapshot(conn: Conn, tenant_id: str) -> Snapshot | None:
-    row = conn.execute(
+def _latest_snapshot(conn: Conn, tenant_id: str) -> Any:
+    return conn.execute(
         f"SELECT {_SNAPSHOT_COLUMNS} FROM snapshot WHERE tenant_id = %s"
         " ORDER BY snapshot_id DESC LIMIT 1",
         (tenant_id,),
-    ).fetchone()
+    )
+
+
+def latest_snapshot(conn: Conn, tenant_id: str) -> Snapshot | None:
+    row = _latest_snapshot(conn, tenant_id).fetchone()
     return _snapshot(row) if row else None
 
 

@@ -17,32 +17,24 @@ class LeaseHeartbeat:
     so a slow commit (a big batch, a slow disk) is not taken over half-way.
     A lost lease is only noted: fencing makes the publish fail anyway."""
 
-    def __init__(
-        self, bus: IngestBus, batch: Batch, lease_s: float, workers: Executor | None = None
-    ) -> None:
+    def __init__(self, bus: IngestBus, batch: Batch, lease_s: float, workers: Executor) -> None:
         self.bus = bus
         self.batch = batch
         self.lease_s = lease_s
         self.renewals = 0
-        # The committer's long-lived workers when given: starting a thread per
-        # commit waits for it to be scheduled (milliseconds on a busy host).
+        # The committer's long-lived workers: starting a thread per commit
+        # waits for it to be scheduled (milliseconds on a busy host).
         self._workers = workers
         self._stop = threading.Event()
-        self._running: Future[None] | threading.Thread | None = None
+        self._running: Future[None] | None = None
 
     def __enter__(self) -> LeaseHeartbeat:
-        if self._workers is not None:
-            self._running = self._workers.submit(self._run)
-        else:
-            self._running = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
-            self._running.start()
+        self._running = self._workers.submit(self._run)
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        if isinstance(self._running, threading.Thread):
-            self._running.join()
-        elif self._running is not None:
+        if self._running is not None:
             self._running.result()
 
     def _run(self) -> None:
